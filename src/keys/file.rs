@@ -1,0 +1,344 @@
+//! The device key as a PKCS#8 PEM file: generated on first start, checked on every load.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use ring::signature::{self as sig, KeyPair as _};
+use rsa::pkcs1::der::Decode as _;
+use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+
+use zeroize::Zeroizing;
+
+use super::{SignError, Signer};
+use crate::fsutil;
+use crate::jose::RsaPublicJwk;
+
+/// The rsaEncryption OID (PKCS#1), the only key algorithm we accept.
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+/// Below this, keys are refused: Salesforce and ring both require at least 2048 bits.
+pub const MIN_BITS: usize = 2048;
+/// ring verifies up to 8192 bits; larger keys would sign tokens nobody can check.
+pub const MAX_BITS: usize = 8192;
+
+/// Why the device key could not be loaded or created. Each message says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("could not read the device key {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the device key {} is readable or writable by others (mode {mode:04o}); fix it with: chmod 600 {}",
+        path.display(), path.display()
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error(
+        "the device key {} is not a PEM file ({reason}); expected '-----BEGIN PRIVATE KEY-----' (PKCS#8). Move it away and run 'asset-agent key generate'",
+        path.display()
+    )]
+    NotPem { path: PathBuf, reason: String },
+    #[error(
+        "the device key {} is a PKCS#1 'RSA PRIVATE KEY'; convert it to PKCS#8 with: openssl pkcs8 -topk8 -nocrypt -in {} -out {}.p8 && mv {}.p8 {}",
+        path.display(), path.display(), path.display(), path.display(), path.display()
+    )]
+    Pkcs1 { path: PathBuf },
+    #[error(
+        "the device key {} is a PEM '{label}', expected an unencrypted PKCS#8 'PRIVATE KEY'",
+        path.display()
+    )]
+    WrongLabel { path: PathBuf, label: String },
+    #[error(
+        "the device key {} is not an RSA key (algorithm {oid}); Salesforce asset tokens need RSA. Move it away and run 'asset-agent key generate'",
+        path.display()
+    )]
+    NotRsa { path: PathBuf, oid: String },
+    #[error(
+        "the device key {} has {bits} bits; at least {MIN_BITS} are required. Move it away and run 'asset-agent key generate'",
+        path.display()
+    )]
+    TooSmall { path: PathBuf, bits: usize },
+    #[error(
+        "the device key {} has {bits} bits; at most {MAX_BITS} are supported",
+        path.display()
+    )]
+    TooLarge { path: PathBuf, bits: usize },
+    #[error("the device key {} is malformed: {reason}", path.display())]
+    Malformed { path: PathBuf, reason: String },
+    #[error("key size {bits} is not supported: use {MIN_BITS}..={MAX_BITS} bits")]
+    BadSize { bits: usize },
+    #[error("could not generate a {bits}-bit RSA key")]
+    Generate {
+        bits: usize,
+        #[source]
+        source: rsa::Error,
+    },
+    #[error("could not encode the new device key")]
+    Encode,
+    #[error("could not store the new device key")]
+    Store(#[source] fsutil::Error),
+}
+
+/// A PKCS#8 RSA key loaded from a file, signing with ring.
+pub struct FileKey {
+    pair: sig::RsaKeyPair,
+    jwk: RsaPublicJwk,
+    path: PathBuf,
+}
+
+// === impl FileKey ===
+
+impl FileKey {
+    /// Loads and checks the key at `path`: owner-only permissions, PKCS#8, RSA, 2048+ bits.
+    ///
+    /// # Errors
+    /// A [`LoadError`] that names the file and says how to fix it.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let read_err = |source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(LoadError::Permissions {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let pem = zeroize_on_drop(fs::read(path).map_err(read_err)?);
+        Self::from_pem(path, &pem)
+    }
+
+    /// Loads the key at `path`, generating it first if the file does not exist.
+    /// Returns whether it was created.
+    ///
+    /// # Errors
+    /// As [`FileKey::load`] and [`FileKey::generate`].
+    pub fn load_or_generate(path: &Path, bits: usize) -> Result<(Self, bool), LoadError> {
+        match fs::symlink_metadata(path) {
+            Ok(_) => Ok((Self::load(path)?, false)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Self::generate(path, bits)?;
+                Ok((Self::load(path)?, true))
+            }
+            Err(source) => Err(LoadError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Generates a new RSA key of `bits` and stores it at `path` (0600, atomically). The
+    /// parent directory is created 0700 if missing. Overwrites nothing: callers check first.
+    ///
+    /// # Errors
+    /// When the size is unsupported, generation fails or the file cannot be written.
+    pub fn generate(path: &Path, bits: usize) -> Result<(), LoadError> {
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(LoadError::BadSize { bits });
+        }
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
+            .map_err(|source| LoadError::Generate { bits, source })?;
+        let pem = key
+            .to_pkcs8_pem(LineEnding::LF)
+            .map_err(|_| LoadError::Encode)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fsutil::ensure_dir(dir, 0o700).map_err(LoadError::Store)?;
+        }
+        fsutil::write_secret_atomic(path, pem.as_bytes()).map_err(LoadError::Store)
+    }
+
+    /// Parses a PKCS#8 PEM; `path` is only used in messages.
+    ///
+    /// # Errors
+    /// As [`FileKey::load`], minus the permission check.
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, LoadError> {
+        let p = || path.to_owned();
+        let (label, der) = rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| LoadError::NotPem {
+            path: p(),
+            reason: e.to_string(),
+        })?;
+        let der = zeroize_on_drop(der);
+        match label {
+            "PRIVATE KEY" => {}
+            "RSA PRIVATE KEY" => return Err(LoadError::Pkcs1 { path: p() }),
+            other => {
+                return Err(LoadError::WrongLabel {
+                    path: p(),
+                    label: other.to_owned(),
+                });
+            }
+        }
+        let info = rsa::pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| LoadError::Malformed {
+            path: p(),
+            reason: e.to_string(),
+        })?;
+        let oid = info.algorithm.oid.to_string();
+        if oid != RSA_ENCRYPTION {
+            return Err(LoadError::NotRsa { path: p(), oid });
+        }
+        let rsa_key = rsa::pkcs1::RsaPrivateKey::from_der(info.private_key).map_err(|e| {
+            LoadError::Malformed {
+                path: p(),
+                reason: e.to_string(),
+            }
+        })?;
+        let bits = bit_length(rsa_key.modulus.as_bytes());
+        if bits < MIN_BITS {
+            return Err(LoadError::TooSmall { path: p(), bits });
+        }
+        if bits > MAX_BITS {
+            return Err(LoadError::TooLarge { path: p(), bits });
+        }
+        let pair = sig::RsaKeyPair::from_pkcs8(&der).map_err(|e| LoadError::Malformed {
+            path: p(),
+            reason: e.to_string(),
+        })?;
+        let c = sig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        let jwk = RsaPublicJwk::from_components(&c.n, &c.e);
+        Ok(Self {
+            pair,
+            jwk,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Signer for FileKey {
+    fn public_jwk(&self) -> &RsaPublicJwk {
+        &self.jwk
+    }
+
+    fn sign_rs256(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let mut out = vec![0; self.pair.public().modulus_len()];
+        self.pair
+            .sign(
+                &sig::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                message,
+                &mut out,
+            )
+            .map_err(|_| SignError)?;
+        Ok(out)
+    }
+
+    fn public_key_pem(&self) -> Result<String, SignError> {
+        let c = sig::RsaPublicKeyComponents::<Vec<u8>>::from(self.pair.public_key());
+        let key = rsa::RsaPublicKey::new_unchecked(
+            rsa::BigUint::from_bytes_be(&c.n),
+            rsa::BigUint::from_bytes_be(&c.e),
+        );
+        key.to_public_key_pem(LineEnding::LF).map_err(|_| SignError)
+    }
+
+    fn bits(&self) -> usize {
+        self.pair.public().modulus_len() * 8
+    }
+}
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKey")
+            .field("path", &self.path)
+            .field("kid", &self.jwk.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bit_length(be: &[u8]) -> usize {
+    let be = &be[be.iter().position(|&b| b != 0).unwrap_or(be.len())..];
+    match be.first() {
+        Some(first) => be.len() * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+/// Key bytes, wiped when dropped.
+fn zeroize_on_drop(bytes: Vec<u8>) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const TEST_KEY: &str = include_str!("../../tests/data/device-key.pem");
+
+    fn write(dir: &Path, name: &str, body: &[u8], mode: u32) -> PathBuf {
+        let p = dir.join(name);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn loads_and_signs_verifiably() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "k.pem", TEST_KEY.as_bytes(), 0o600);
+        let key = FileKey::load(&p).unwrap();
+        assert_eq!(key.bits(), 2048);
+        let sig = key.sign_rs256(b"hello").unwrap();
+        assert!(key.public_jwk().verify_rs256(b"hello", &sig));
+        assert!(!key.public_jwk().verify_rs256(b"hellO", &sig));
+        assert!(key.public_key_pem().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert_eq!(key.public_jwk().kid, key.public_jwk().thumbprint());
+    }
+
+    #[test]
+    fn refuses_group_readable_with_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "k.pem", TEST_KEY.as_bytes(), 0o640);
+        let err = FileKey::load(&p).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(err.contains("k.pem"), "{err}");
+    }
+
+    #[test]
+    fn refuses_non_rsa_pkcs1_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = include_str!("../../tests/data/ec-key.pem");
+        let p = write(dir.path(), "ec.pem", ec.as_bytes(), 0o600);
+        assert!(matches!(FileKey::load(&p), Err(LoadError::NotRsa { .. })));
+        let pkcs1 = "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n";
+        let p = write(dir.path(), "p1.pem", pkcs1.as_bytes(), 0o600);
+        assert!(matches!(FileKey::load(&p), Err(LoadError::Pkcs1 { .. })));
+        let p = write(dir.path(), "junk.pem", b"not a key", 0o600);
+        assert!(matches!(FileKey::load(&p), Err(LoadError::NotPem { .. })));
+    }
+
+    #[test]
+    fn refuses_small_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = include_str!("../../tests/data/rsa1024-key.pem");
+        let p = write(dir.path(), "small.pem", small.as_bytes(), 0o600);
+        let err = FileKey::load(&p).unwrap_err();
+        assert!(matches!(err, LoadError::TooSmall { bits: 1024, .. }), "{err}");
+        assert!(err.to_string().contains("key generate"));
+    }
+
+    #[test]
+    fn generates_0600_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sub/device-key.pem");
+        let (key, created) = FileKey::load_or_generate(&p, 2048).unwrap();
+        assert!(created);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let (again, created) = FileKey::load_or_generate(&p, 2048).unwrap();
+        assert!(!created);
+        assert_eq!(key.public_jwk(), again.public_jwk());
+    }
+
+    #[test]
+    fn bit_length_counts_from_top_bit() {
+        assert_eq!(bit_length(&[0, 0x01, 0xff]), 9);
+        assert_eq!(bit_length(&[0x80, 0]), 16);
+        assert_eq!(bit_length(&[]), 0);
+    }
+}

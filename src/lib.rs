@@ -1,0 +1,13 @@
+//! asset-agent: gives a Linux device its Salesforce identity.
+//!
+//! The agent holds an RSA device key, obtains a Salesforce access token, mints actor tokens
+//! describing the device and its Asset, exchanges them for asset tokens (the OAuth 2.0 Asset
+//! Token Flow, RFC 8693), keeps a verified asset token fresh and hands it to local apps over
+//! a Unix socket.
+
+pub mod fsutil;
+pub mod http;
+pub mod jose;
+pub mod keys;
+pub mod salesforce;
+pub mod secret;
