@@ -1,4 +1,12 @@
 //! The Salesforce side: wire types, the HTTPS client, subject-token grants, the token
 //! exchange and asset-token verification.
 
+pub mod error;
+pub mod exchange;
+pub mod http;
+pub mod subject;
+pub mod verify;
 pub mod wire;
+
+pub use error::{Class, Error, Step};
+pub use http::Upstream;

@@ -1,0 +1,120 @@
+//! The command line (interface.md, "CLI").
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// asset-agent: gives this device its Salesforce identity and hands asset tokens to local apps.
+#[derive(Debug, Parser)]
+#[command(name = "asset-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default /etc/asset-agent/agent.toml, or ~/.config/asset-agent/agent.toml
+    /// when not root).
+    #[arg(long, global = true, env = "ASSET_AGENT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (what systemd starts).
+    Run,
+    /// Start the built-in Salesforce emulator and an agent against it in a temp dir, and
+    /// show the token flow live.
+    #[cfg(feature = "emulator")]
+    Demo(DemoArgs),
+    /// Print the current asset token.
+    Token(TokenArgs),
+    /// Show the agent's state.
+    Status(StatusArgs),
+    /// Show or create the device key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Run the Salesforce emulator on its own (develop device software without an org).
+    #[cfg(feature = "emulator")]
+    Emulator(EmulatorArgs),
+}
+
+/// Where client commands find the agent.
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The agent's socket (default: from the config, else /run/asset-agent/agent.sock).
+    #[arg(long, env = "ASSET_AGENT_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Print only the JWT (for `$(asset-agent token --raw)` in scripts).
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+    /// Print the full JSON answer (the default).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh first unless the token has at least this many seconds left.
+    #[arg(long, value_name = "SECS")]
+    pub min_ttl: Option<u64>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the status document as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Print the device public key (default: a summary with thumbprint and PEM).
+    Show(KeyShowArgs),
+    /// Create the device key if it does not exist yet (`run` also does this).
+    Generate,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct KeyShowArgs {
+    /// As a JWK (what the actor token's cnf.jwk carries).
+    #[arg(long)]
+    pub jwk: bool,
+    /// As an SPKI PEM public key.
+    #[arg(long)]
+    pub pem: bool,
+    /// Only the RFC 7638 thumbprint (the actor token's kid).
+    #[arg(long)]
+    pub thumbprint: bool,
+}
+
+#[cfg(feature = "emulator")]
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (headless runs, tests); default: until Ctrl-C.
+    #[arg(long = "for", value_name = "SECS")]
+    pub for_secs: Option<u64>,
+    /// Asset token lifetime the emulator issues.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub token_lifetime: u64,
+}
+
+#[cfg(feature = "emulator")]
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// The connected app's consumer key the emulator accepts.
+    #[arg(long, default_value = crate::emulator::DEFAULT_CLIENT_ID)]
+    pub client_id: String,
+    /// Asset token lifetime in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub token_lifetime: u64,
+    /// Rotate refresh tokens on every use.
+    #[arg(long)]
+    pub rotate_refresh_tokens: bool,
+}

@@ -1,0 +1,224 @@
+//! Wall-clock time, the one place it is read.
+//!
+//! Scheduling uses `tokio::time::Instant` (monotonic, and virtual under
+//! `tokio::time::pause`). Wall time is only needed for JWT timestamps (`iat`, `exp`, `nbf`)
+//! and RFC 3339 output, and it comes from a [`Clock`]:
+//! - [`Clock::system`] reads the system clock;
+//! - [`Clock::tokio_driven`] derives wall time from tokio's clock, so a test that pauses and
+//!   advances tokio time moves JWT time with it and can check expiry without sleeping.
+//!
+//! Either can carry a deliberate offset, which tests use to model a device clock that is
+//! wrong and the emulator uses for its "skewed clock" fault.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time. Cheap to clone; clones share the offset.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: Source,
+    /// Added to every reading, in milliseconds.
+    offset_ms: AtomicI64,
+}
+
+#[derive(Debug)]
+enum Source {
+    System,
+    Tokio {
+        base_wall: SystemTime,
+        base: tokio::time::Instant,
+    },
+}
+
+// === impl Clock ===
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Self::with_source(Source::System)
+    }
+
+    /// Wall time that advances with tokio's clock (virtual when paused), starting from the
+    /// system time at construction.
+    pub fn tokio_driven() -> Self {
+        #[allow(clippy::disallowed_methods)] // the one sanctioned read of SystemTime
+        let base_wall = SystemTime::now();
+        Self::with_source(Source::Tokio {
+            base_wall,
+            base: tokio::time::Instant::now(),
+        })
+    }
+
+    fn with_source(source: Source) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source,
+                offset_ms: AtomicI64::new(0),
+            }),
+        }
+    }
+
+    /// The current wall time, offset applied.
+    pub fn now(&self) -> SystemTime {
+        #[allow(clippy::disallowed_methods)]
+        let raw = match &self.inner.source {
+            Source::System => SystemTime::now(),
+            Source::Tokio { base_wall, base } => *base_wall + base.elapsed(),
+        };
+        let offset = self.inner.offset_ms.load(Ordering::Relaxed);
+        let delta = Duration::from_millis(offset.unsigned_abs());
+        if offset >= 0 {
+            raw + delta
+        } else {
+            raw.checked_sub(delta).unwrap_or(UNIX_EPOCH)
+        }
+    }
+
+    /// Seconds since the Unix epoch (negative before 1970, which a broken RTC can produce).
+    pub fn unix(&self) -> i64 {
+        unix_seconds(self.now())
+    }
+
+    /// Sets the deliberate offset from the underlying source, in seconds.
+    pub fn set_offset(&self, seconds: i64) {
+        self.inner
+            .offset_ms
+            .store(seconds.saturating_mul(1000), Ordering::Relaxed);
+    }
+
+    /// The deliberate offset, in seconds.
+    pub fn offset(&self) -> i64 {
+        self.inner.offset_ms.load(Ordering::Relaxed) / 1000
+    }
+}
+
+/// Seconds since the Unix epoch for `t`.
+pub fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// The `SystemTime` for a Unix timestamp (clamped at the epoch).
+pub fn from_unix(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+/// RFC 3339 with second precision, UTC (`2026-11-28T19:36:48Z`).
+pub fn rfc3339(secs: i64) -> String {
+    humantime::format_rfc3339_seconds(from_unix(secs)).to_string()
+}
+
+/// The device clock's error against Salesforce, measured from `Date` headers.
+///
+/// `Date` has one-second resolution and includes network delay, so offsets below
+/// [`Skew::threshold`] are treated as zero: correcting by noise would make things worse.
+/// Above it, JWT timestamps the agent mints (actor tokens, JWT-bearer assertions) are
+/// computed on corrected time, so a device that booted with a wrong clock can still
+/// authenticate (Greengrass #1559).
+#[derive(Debug)]
+pub struct Skew {
+    /// server minus local, in seconds; `i64::MIN` until measured.
+    offset: AtomicI64,
+    threshold: i64,
+}
+
+impl Default for Skew {
+    fn default() -> Self {
+        Self::new(DEFAULT_SKEW_THRESHOLD_SECS)
+    }
+}
+
+/// Offsets at or below this many seconds are not corrected.
+pub const DEFAULT_SKEW_THRESHOLD_SECS: i64 = 10;
+
+impl Skew {
+    pub fn new(threshold_secs: i64) -> Self {
+        Self {
+            offset: AtomicI64::new(i64::MIN),
+            threshold: threshold_secs,
+        }
+    }
+
+    /// Records one measurement: server time minus local time, in seconds.
+    pub fn observe(&self, server_minus_local: i64) {
+        self.offset.store(server_minus_local, Ordering::Relaxed);
+    }
+
+    /// The last measured offset (server minus local), if any response carried a `Date`.
+    pub fn measured(&self) -> Option<i64> {
+        match self.offset.load(Ordering::Relaxed) {
+            i64::MIN => None,
+            v => Some(v),
+        }
+    }
+
+    /// The correction to apply to local time: the measured offset if it exceeds the
+    /// threshold, else zero.
+    pub fn correction(&self) -> i64 {
+        match self.measured() {
+            Some(v) if v.abs() > self.threshold => v,
+            _ => 0,
+        }
+    }
+
+    pub fn threshold(&self) -> i64 {
+        self.threshold
+    }
+
+    /// Corrected Unix time for `clock`.
+    pub fn corrected_unix(&self, clock: &Clock) -> i64 {
+        clock.unix().saturating_add(self.correction())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn tokio_driven_follows_virtual_time() {
+        let clock = Clock::tokio_driven();
+        let t0 = clock.unix();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(clock.unix() - t0, 3600);
+    }
+
+    #[test]
+    fn offset_applies_both_ways() {
+        let clock = Clock::system();
+        let t0 = clock.unix();
+        clock.set_offset(-3600);
+        assert!((t0 - 3600 - clock.unix()).abs() <= 1);
+        clock.set_offset(7200);
+        assert!((clock.unix() - t0 - 7200).abs() <= 1);
+        assert_eq!(clock.offset(), 7200);
+    }
+
+    #[test]
+    fn skew_corrects_only_above_threshold() {
+        let skew = Skew::new(10);
+        assert_eq!(skew.measured(), None);
+        assert_eq!(skew.correction(), 0);
+        skew.observe(4);
+        assert_eq!(skew.correction(), 0);
+        skew.observe(-3600);
+        assert_eq!(skew.correction(), -3600);
+        let clock = Clock::system();
+        assert!((skew.corrected_unix(&clock) - (clock.unix() - 3600)).abs() <= 1);
+    }
+
+    #[test]
+    fn rfc3339_format() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(unix_seconds(from_unix(42)), 42);
+    }
+}

@@ -1,0 +1,237 @@
+//! `asset-agent demo`: the whole flow, live, with no org needed.
+//!
+//! Starts the built-in emulator on a free loopback port and a real agent against it in a
+//! private temp directory, then narrates each step as the agent takes it, from the progress
+//! events the flow publishes (the same code path as `run`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, shutdown_signal};
+use crate::agent::{self, Options};
+use crate::cli::DemoArgs;
+use crate::clock;
+use crate::config::{Config, LoadOptions};
+use crate::emulator::{self, Emulator, Registration};
+use crate::token::flow::Progress;
+
+pub async fn run(args: DemoArgs) -> Result<(), Error> {
+    crate::logging::init("warn", crate::config::LogFormat::Text);
+    let dir = TempDir::create()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| Error::Bind {
+            addr: "127.0.0.1:0".into(),
+            source,
+        })?;
+    let mut emu_config = emulator::Config::default();
+    emu_config.asset_token_lifetime = Duration::from_secs(args.token_lifetime.max(5));
+    say("starting the Salesforce emulator (generating its signing key)...");
+    let emu = Emulator::start(emu_config, listener)
+        .await
+        .map_err(Error::Emulator)?;
+    say(&format!("emulator listening at {}", emu.base_url()));
+
+    let refresh = emu.mint_refresh_token().map_err(Error::Emulator)?;
+    crate::fsutil::write_secret_atomic(&dir.0.join("refresh-token"), refresh.expose().as_bytes())
+        .map_err(|e| Error::Failed(format!("could not write the demo refresh token: {e}")))?;
+    let config = demo_config(&dir.0, emu.base_url())?;
+    say(&format!(
+        "agent config written to {} (refresh-token grant, JWKS verification)",
+        dir.0.join("agent.toml").display()
+    ));
+
+    let (progress, rx) = broadcast::channel(64);
+    let cancel = CancellationToken::new();
+    let options = Options {
+        progress,
+        ..Options::default()
+    };
+    let running = agent::start(&config, options, cancel.clone())
+        .await
+        .map_err(Error::Agent)?;
+    say(&format!(
+        "device key {} at {} (RSA {} bits, thumbprint {})",
+        if running.key_created { "created" } else { "loaded" },
+        config.key.path.display(),
+        config.key.bits,
+        running.key.public_jwk().kid
+    ));
+    let narrator = narrate(rx, &emu, &config.api.socket);
+    let stop = async {
+        match args.for_secs {
+            Some(secs) => {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                Ok("time limit")
+            }
+            None => shutdown_signal().await,
+        }
+    };
+    let why = tokio::select! {
+        r = stop => r?,
+        () = narrator => "narration ended",
+    };
+    say(&format!("stopping ({why})"));
+    cancel.cancel();
+    running.wait().await;
+    emu.shutdown().await;
+    let assets = refresh_summary(&running.tokens);
+    say(&format!("done: {assets}; removed {}", dir.0.display()));
+    Ok(())
+}
+
+fn refresh_summary(tokens: &crate::token::refresher::Handle) -> String {
+    let s = tokens.snapshot();
+    format!("{} refreshes succeeded, {} failed", s.refreshes_ok, s.refreshes_failed)
+}
+
+async fn narrate(mut rx: broadcast::Receiver<Progress>, emu: &Emulator, socket: &Path) {
+    let mut first = true;
+    loop {
+        let p = match rx.recv().await {
+            Ok(p) => p,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        match p {
+            Progress::AccessTokenObtained { method } => {
+                say(&format!("access token obtained ({method} grant)"));
+            }
+            Progress::AccessTokenRejected => say("the access token was rejected; getting a new one"),
+            Progress::ActorMinted { claims } => {
+                let asset = serde_json::to_string(&claims.asset).unwrap_or_default();
+                say(&format!(
+                    "actor token minted: did={} Name={:?} Asset={asset} cnf.jwk.kid={} valid {}s",
+                    claims.did,
+                    claims.name,
+                    claims.cnf.jwk.kid,
+                    claims.exp - claims.iat
+                ));
+            }
+            Progress::AssetTokenIssued { claims, lifetime } => {
+                if let Some(ev) = emu.events().last() {
+                    let how = match ev.registration {
+                        Registration::Created => "registered a NEW Asset",
+                        Registration::Linked => "linked the existing Asset",
+                    };
+                    say(&format!(
+                        "Salesforce {how} {} (Name {:?}, SerialNumber {:?}); AssetTokenEvent #{} published",
+                        ev.asset_id,
+                        ev.asset_name,
+                        ev.asset_serial_number.as_deref().unwrap_or("-"),
+                        ev.replay_id
+                    ));
+                }
+                say(&format!(
+                    "asset token issued and verified: sub={} aud={:?} iss={} expires {} ({}s)",
+                    claims.sub.as_deref().unwrap_or("-"),
+                    claims.aud,
+                    claims.iss.as_deref().unwrap_or("-"),
+                    clock::rfc3339(claims.exp),
+                    lifetime.as_secs()
+                ));
+            }
+            Progress::RefreshScheduled { in_ } => {
+                say(&format!("next refresh in {}s", in_.as_secs()));
+                if first {
+                    first = false;
+                    println!();
+                    println!("  Try it from another terminal:");
+                    println!(
+                        "    curl --unix-socket {} http://localhost/v1/token",
+                        socket.display()
+                    );
+                    println!(
+                        "    asset-agent token --raw --socket {}",
+                        socket.display()
+                    );
+                    println!(
+                        "    asset-agent status --socket {}",
+                        socket.display()
+                    );
+                    println!("  Ctrl-C ends the demo.");
+                    println!();
+                }
+            }
+            Progress::RefreshFailed { reason, retry_in } => {
+                say(&format!("refresh failed ({reason}); retrying in {}s", retry_in.as_secs()));
+            }
+        }
+    }
+}
+
+fn say(line: &str) {
+    let now = humantime::format_rfc3339_seconds(clock::Clock::system().now()).to_string();
+    let time = now.get(11..19).unwrap_or(&now);
+    println!("[{time}] {line}");
+}
+
+fn demo_config(dir: &Path, instance_url: &str) -> Result<Config, Error> {
+    let toml = format!(
+        r#"# Written by `asset-agent demo`.
+[salesforce]
+instance_url = "{instance_url}"
+client_id = "{client_id}"
+
+[auth]
+method = "refresh_token"
+refresh_token_file = "{dir}/refresh-token"
+
+[asset]
+device_id = "demo-device-0001"
+name = "Demo Pump"
+serial_number = "DEMO-0001"
+
+[key]
+path = "{dir}/device-key.pem"
+
+[state]
+dir = "{dir}"
+
+[token]
+verify = "jwks"
+audience = ["{audience}"]
+issuer = "{instance_url}"
+
+[api]
+socket = "{dir}/run/agent.sock"
+"#,
+        client_id = emulator::DEFAULT_CLIENT_ID,
+        audience = emulator::DEFAULT_AUDIENCE,
+        dir = dir.display(),
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, toml)
+        .map_err(|e| Error::Failed(format!("could not write {}: {e}", path.display())))?;
+    Config::load(&LoadOptions::new(Some(path), HashMap::new()))
+        .map_err(|e| Error::Config(Box::new(e)))
+}
+
+/// A private (0700) directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn create() -> Result<Self, Error> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let suffix = crate::actor::new_jti();
+        let dir = std::env::temp_dir().join(format!(
+            "asset-agent-demo-{}",
+            suffix.get(..8).unwrap_or(&suffix)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::Failed(format!("could not create {}: {e}", dir.display())))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,97 @@
+//! The subcommands. Each returns `Result<(), Error>`; `main` prints the cause chain and
+//! exits with [`Error::exit_code`].
+
+mod client;
+#[cfg(feature = "emulator")]
+mod demo;
+#[cfg(feature = "emulator")]
+mod emulator;
+mod key;
+mod run;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command};
+use crate::config::{self, Config, LoadOptions};
+
+/// Exit codes (interface.md).
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILURE: u8 = 1;
+pub const EXIT_CONFIG: u8 = 78;
+
+/// A command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration")]
+    Config(#[source] Box<config::Error>),
+    #[error("could not start the agent")]
+    Agent(#[source] crate::agent::Error),
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+    #[error(transparent)]
+    Key(#[from] crate::keys::LoadError),
+    #[error("{0}")]
+    Failed(String),
+    #[error("could not set up signal handling")]
+    Signals(#[source] std::io::Error),
+    #[cfg(feature = "emulator")]
+    #[error("the emulator failed")]
+    Emulator(#[source] crate::emulator::Error),
+    #[error("could not bind {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
+            Error::Agent(e) if e.is_config() => EXIT_CONFIG,
+            _ => EXIT_FAILURE,
+        }
+    }
+}
+
+/// Runs the chosen command.
+///
+/// # Errors
+/// The command's failure.
+pub async fn dispatch(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Run => run::run(cli.config).await,
+        #[cfg(feature = "emulator")]
+        Command::Demo(args) => demo::run(args).await,
+        Command::Token(args) => client::token(cli.config, args).await,
+        Command::Status(args) => client::status(cli.config, args).await,
+        Command::Key(cmd) => key::run(cli.config, cmd),
+        #[cfg(feature = "emulator")]
+        Command::Emulator(args) => emulator::run(args).await,
+    }
+}
+
+/// Loads the config the way `run` does (file, drop-ins, environment).
+///
+/// # Errors
+/// [`Error::Config`].
+pub fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Config::load(&LoadOptions::new(path, env)).map_err(|e| Error::Config(Box::new(e)))
+}
+
+/// Waits for SIGTERM or SIGINT.
+///
+/// # Errors
+/// When the handlers cannot be installed.
+pub async fn shutdown_signal() -> Result<&'static str, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,347 @@
+//! Finding, reading and merging the config sources.
+//!
+//! Files are read and parsed here rather than by `config::File`: that source rewrites the
+//! path relative to the working directory in its messages and, when the exact file is
+//! missing, quietly tries other extensions. We hand the parsed tables to the `config`
+//! crate as [`Layer`]s, which then merges them with the environment.
+//!
+//! Every source is also deserialised *on its own* before the merge. That costs a few
+//! microseconds and buys error messages that name the file or the environment variable
+//! holding an unknown key or a malformed value, which the merged result cannot tell us.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use config::{FileFormat, Format, Map, Value};
+
+use super::error::Error;
+use super::paths::{self, DROP_IN_DIR};
+use super::raw::{RawConfig, SECTIONS};
+use super::validate::{self, Context};
+use super::Config;
+
+/// `ASSET_AGENT_*` variables that belong to the agent but are not config keys: the config
+/// path, the log filter and the socket for client commands.
+pub const NON_CONFIG_VARS: [&str; 3] = [
+    "ASSET_AGENT_CONFIG",
+    "ASSET_AGENT_LOG",
+    "ASSET_AGENT_SOCKET",
+];
+
+const ENV_PREFIX: &str = "ASSET_AGENT_";
+/// Separates the section from the key in a variable name (`SALESFORCE__INSTANCE_URL`).
+const ENV_SEPARATOR: &str = "__";
+/// The origin the `config` crate gives every environment value.
+const CONFIG_CRATE_ENV_ORIGIN: &str = "the environment";
+const MERGED: &str = "the merged configuration";
+
+/// What [`Config::load`] needs from the outside world, passed in so tests can fake it.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// `--config PATH`. When `None`, `ASSET_AGENT_CONFIG` from [`env`](Self::env) is used,
+    /// then the default path. An explicit path must exist; the default one need not.
+    pub path: Option<PathBuf>,
+    /// The environment: usually [`LoadOptions::from_process`]'s copy of the process
+    /// environment, a fixed map in tests. Supplies `ASSET_AGENT_<SECTION>__<KEY>`
+    /// overrides and the variables the default paths depend on (`STATE_DIRECTORY`,
+    /// `RUNTIME_DIRECTORY`, `CONFIGURATION_DIRECTORY`, `XDG_*`, `HOME`).
+    pub env: HashMap<String, String>,
+    /// The effective uid that selects system (0) or per-user default paths; `None` reads
+    /// it from `/proc/self/status`.
+    pub euid: Option<u32>,
+    /// Where the default `asset.device_id` comes from (`/etc/machine-id`).
+    pub machine_id_path: PathBuf,
+}
+
+/// A parsed config file, as a source for the `config` crate.
+#[derive(Clone, Debug)]
+struct Layer {
+    path: PathBuf,
+    map: Map<String, Value>,
+}
+
+/// The `ASSET_AGENT_*` part of the environment, sorted out.
+struct EnvKeys {
+    /// Config overrides by variable name, sorted so checks report in a stable order.
+    keys: BTreeMap<String, String>,
+    /// See [`Config::ignored_env`].
+    ignored: Vec<String>,
+}
+
+/// Which source each merged leaf value came from, for naming it in validation errors.
+#[derive(Debug, Default)]
+pub(crate) struct Origins(HashMap<String, String>);
+
+// === impl LoadOptions ===
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            path: None,
+            env: HashMap::new(),
+            euid: None,
+            machine_id_path: PathBuf::from("/etc/machine-id"),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Options with `path` (from `--config`) and `env`; the euid is detected and the
+    /// machine id read from `/etc/machine-id`.
+    pub fn new(path: Option<PathBuf>, env: HashMap<String, String>) -> Self {
+        Self {
+            path,
+            env,
+            ..Self::default()
+        }
+    }
+
+    /// Options for the real process: its environment (variables that are not valid UTF-8
+    /// are skipped; none of ours can be) and `path` from `--config`.
+    pub fn from_process(path: Option<PathBuf>) -> Self {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self {
+            path,
+            env,
+            ..Self::default()
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads the main file, the drop-ins and the environment, merges them and validates
+    /// the result.
+    ///
+    /// # Errors
+    /// Any [`Error`]: an explicit file that is missing or unreadable, TOML syntax, an
+    /// unknown key, a malformed value, an empty `ASSET_AGENT_*__*` variable, or a broken
+    /// rule. Several rule violations come back together as [`Error::Several`].
+    pub fn load(opts: &LoadOptions) -> Result<Config, Error> {
+        let euid = opts.euid.unwrap_or_else(paths::effective_uid);
+        let env = EnvKeys::split(&opts.env)?;
+        let explicit = opts.path.clone().or_else(|| {
+            opts.env
+                .get("ASSET_AGENT_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let main = explicit.clone().or_else(|| paths::config_file(&opts.env, euid));
+
+        let mut layers = Vec::new();
+        let mut main_found = false;
+        if let Some(main) = &main {
+            match Layer::read(main)? {
+                Some(layer) => {
+                    layers.push(layer);
+                    main_found = true;
+                }
+                None if explicit.is_some() => {
+                    return Err(Error::FileMissing { path: main.clone() });
+                }
+                None => {}
+            }
+            let dir = main.parent().unwrap_or(Path::new("")).join(DROP_IN_DIR);
+            for path in drop_ins(&dir)? {
+                layers.extend(Layer::read(&path)?);
+            }
+        }
+
+        for layer in &layers {
+            check_alone(layer.clone(), &layer.origin())?;
+        }
+        for (var, value) in &env.keys {
+            check_alone(env_source([(var.clone(), value.clone())]), var)?;
+        }
+
+        let files: Vec<PathBuf> = layers.iter().map(|l| l.path.clone()).collect();
+        let mut builder = config::Config::builder();
+        for layer in layers {
+            builder = builder.add_source(layer);
+        }
+        let merged = builder
+            .add_source(env_source(env.keys))
+            .build()
+            .map_err(|e| Error::from_config(e, MERGED))?;
+        let origins = Origins::of(&merged);
+        let raw: RawConfig = merged
+            .try_deserialize()
+            .map_err(|e| Error::from_config(e, MERGED))?;
+
+        let ctx = Context {
+            env: &opts.env,
+            euid,
+            machine_id_path: &opts.machine_id_path,
+            origins: &origins,
+            main_file: main.as_deref(),
+            main_found,
+        };
+        let mut config = validate::validate(raw, &ctx)?;
+        config.files = files;
+        config.ignored_env = env.ignored;
+        Ok(config)
+    }
+}
+
+/// The variable that overrides dotted `key`: `token.refresh_at` → `ASSET_AGENT_TOKEN__REFRESH_AT`.
+pub(crate) fn env_var_for(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.to_uppercase().replace('.', ENV_SEPARATOR)
+    )
+}
+
+/// An environment source over `vars` only. `try_parsing` stays off: it would turn a serial
+/// number "00123" into the integer 123. Numbers and booleans still work, because the
+/// `config` crate converts strings when a field asks for `u32` or `bool`.
+fn env_source(vars: impl IntoIterator<Item = (String, String)>) -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+        .prefix_separator("_")
+        .separator(ENV_SEPARATOR)
+        .source(Some(vars.into_iter().collect()))
+}
+
+/// Deserialises one source by itself so an error can name it.
+fn check_alone(source: impl config::Source + Send + Sync + 'static, origin: &str) -> Result<(), Error> {
+    config::Config::builder()
+        .add_source(source)
+        .build()
+        .and_then(config::Config::try_deserialize::<RawConfig>)
+        .map(drop)
+        .map_err(|e| Error::from_config(e, origin))
+}
+
+/// `dir/*.toml`, sorted by name. Hidden files (editor swap files, `.#foo.toml`) are
+/// skipped. A missing directory simply means no drop-ins.
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::ReadDropIns {
+                dir: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::ReadDropIns {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(found)
+}
+
+// === impl Layer ===
+
+impl Layer {
+    /// Reads and parses `path`; `None` if it does not exist.
+    fn read(path: &Path) -> Result<Option<Self>, Error> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::ReadFile {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let origin = path.display().to_string();
+        let map = Format::parse(&FileFormat::Toml, Some(&origin), text).map_err(|source| {
+            Error::Syntax {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        Ok(Some(Self {
+            path: path.to_owned(),
+            map,
+        }))
+    }
+
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+impl config::Source for Layer {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
+        Ok(self.map.clone())
+    }
+}
+
+// === impl EnvKeys ===
+
+impl EnvKeys {
+    /// Only `ASSET_AGENT_` variables with a `__` are config keys. An empty one is an error:
+    /// quietly treating it as unset, or as an empty value, would each surprise someone.
+    fn split(env: &HashMap<String, String>) -> Result<Self, Error> {
+        let mut keys = BTreeMap::new();
+        let mut ignored = Vec::new();
+        for (var, value) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains(ENV_SEPARATOR) {
+                if !NON_CONFIG_VARS.contains(&var.as_str()) {
+                    ignored.push(var.clone());
+                }
+                continue;
+            }
+            if value.is_empty() {
+                return Err(Error::EmptyEnv { var: var.clone() });
+            }
+            keys.insert(var.clone(), value.clone());
+        }
+        ignored.sort();
+        Ok(Self { keys, ignored })
+    }
+}
+
+// === impl Origins ===
+
+impl Origins {
+    fn of(merged: &config::Config) -> Self {
+        let mut map = HashMap::new();
+        for section in SECTIONS {
+            let Ok(table) = merged.get_table(section) else {
+                continue;
+            };
+            for (key, value) in table {
+                let dotted = format!("{section}.{key}");
+                let origin = match value.origin() {
+                    Some(CONFIG_CRATE_ENV_ORIGIN) => env_var_for(&dotted),
+                    Some(o) => o.to_owned(),
+                    None => continue,
+                };
+                map.insert(dotted, origin);
+            }
+        }
+        Self(map)
+    }
+
+    /// The file or variable that set dotted `key`, if any did.
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+}

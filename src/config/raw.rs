@@ -1,0 +1,172 @@
+//! Stage one: the config exactly as written, before defaults and checks.
+//!
+//! Every field is optional, even the required ones: a drop-in or a single environment
+//! variable is deserialised on its own (so an error names the file or variable it came
+//! from), and a drop-in rightly leaves most keys out. Whether a required key is present is
+//! decided once, on the merged result, in `validate`. Every table denies unknown fields, so
+//! a misspelt key is an error rather than a silently ignored line.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{self, Fraction, HumanDuration, List, Named};
+use super::LogFormat;
+
+/// The top-level tables, in the order the example file documents them.
+pub(crate) const SECTIONS: [&str; 8] = [
+    "salesforce",
+    "auth",
+    "asset",
+    "key",
+    "token",
+    "state",
+    "api",
+    "log",
+];
+
+/// The whole file (or the merge of all files and the environment).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table of config sections")]
+pub(crate) struct RawConfig {
+    pub salesforce: RawSalesforce,
+    pub auth: RawAuth,
+    pub asset: RawAsset,
+    pub key: RawKey,
+    pub token: RawToken,
+    pub state: RawState,
+    pub api: RawApi,
+    pub log: RawLog,
+}
+
+/// `[salesforce]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [salesforce] table")]
+pub(crate) struct RawSalesforce {
+    pub instance_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [auth] table")]
+pub(crate) struct RawAuth {
+    pub method: Option<MethodName>,
+    pub refresh_token_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub assertion_key_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// `[asset]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [asset] table")]
+pub(crate) struct RawAsset {
+    pub device_id: Option<String>,
+    pub name: Option<String>,
+    pub serial_number: Option<String>,
+    pub account_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub id: Option<String>,
+    pub token_name: Option<String>,
+}
+
+/// `[key]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [key] table")]
+pub(crate) struct RawKey {
+    pub path: Option<PathBuf>,
+    pub bits: Option<usize>,
+}
+
+/// `[token]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [token] table")]
+pub(crate) struct RawToken {
+    pub refresh_at: Option<Fraction>,
+    pub verify: Option<VerifyName>,
+    pub certificate: Option<PathBuf>,
+    pub audience: Option<List<String>>,
+    pub issuer: Option<String>,
+    pub leeway: Option<HumanDuration>,
+    pub backoff_max: Option<HumanDuration>,
+    pub min_ttl_wait: Option<HumanDuration>,
+}
+
+/// `[state]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [state] table")]
+pub(crate) struct RawState {
+    pub dir: Option<PathBuf>,
+}
+
+/// `[api]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [api] table")]
+pub(crate) struct RawApi {
+    pub socket: Option<PathBuf>,
+    pub allow_uids: Option<List<u32>>,
+    pub allow_gids: Option<List<u32>>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [log] table")]
+pub(crate) struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<LogFormat>,
+}
+
+/// `auth.method` as written; `validate` turns it into `AuthMethod` with its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MethodName {
+    RefreshToken,
+    JwtBearer,
+    ClientCredentials,
+    DeviceFlow,
+}
+
+/// `token.verify` as written; `validate` turns it into `Verify` with its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VerifyName {
+    Jwks,
+    Certificate,
+    None,
+}
+
+// === impl MethodName ===
+
+impl Named for MethodName {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("refresh_token", Self::RefreshToken),
+        ("jwt_bearer", Self::JwtBearer),
+        ("client_credentials", Self::ClientCredentials),
+        ("device_flow", Self::DeviceFlow),
+    ];
+}
+
+impl<'de> Deserialize<'de> for MethodName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        units::named(d)
+    }
+}
+
+// === impl VerifyName ===
+
+impl Named for VerifyName {
+    const NAMES: &'static [(&'static str, Self)] = &[
+        ("jwks", Self::Jwks),
+        ("certificate", Self::Certificate),
+        ("none", Self::None),
+    ];
+}
+
+impl<'de> Deserialize<'de> for VerifyName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        units::named(d)
+    }
+}

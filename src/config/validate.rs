@@ -1,0 +1,550 @@
+//! Stage two: `RawConfig` → `Config`. The one place defaults are filled and rules checked.
+//!
+//! Every problem is collected rather than returning at the first, so `asset-agent check`
+//! (and a failed start) shows all of them at once. Each names the dotted key, the file or
+//! variable that set it, and the rule.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+
+use super::error::Error;
+use super::load::{env_var_for, Origins};
+use super::raw::{
+    MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawKey, RawLog, RawSalesforce, RawToken,
+    VerifyName,
+};
+use super::units::{percent, HumanDuration, Named};
+use super::{
+    Api, Asset, Auth, AuthMethod, Config, JwtBearer, Key, Log, LogFormat, Salesforce, State,
+    Token, Verify, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE, DEFAULT_KEY_BITS, DEFAULT_LEEWAY,
+    DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT, DEFAULT_REFRESH_AT, DEFAULT_TIMEOUT, KEY_BITS,
+    MAX_REFRESH_AT, MIN_REFRESH_AT,
+};
+use super::paths;
+
+/// `sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// Field lengths of the Asset object (Name 255, SerialNumber 80).
+const MAX_NAME: usize = 255;
+const MAX_SERIAL: usize = 80;
+
+/// What validation needs besides the raw config.
+pub(crate) struct Context<'a> {
+    pub env: &'a HashMap<String, String>,
+    pub euid: u32,
+    pub machine_id_path: &'a Path,
+    pub origins: &'a Origins,
+    /// The main config file, if one was looked for, and whether it existed.
+    pub main_file: Option<&'a Path>,
+    pub main_found: bool,
+}
+
+/// Collects problems while validation carries on.
+struct Check<'a> {
+    ctx: &'a Context<'a>,
+    problems: Vec<Error>,
+}
+
+/// Validates `raw` and fills defaults. `files` and `ignored_env` are left empty for the
+/// caller to fill.
+///
+/// # Errors
+/// The problem found, or [`Error::Several`] when there is more than one.
+pub(crate) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Error> {
+    let mut c = Check {
+        ctx,
+        problems: Vec::new(),
+    };
+    let state_dir = c.state_dir(raw.state.dir);
+    let base = state_dir.clone().unwrap_or_default();
+    let salesforce = c.salesforce(raw.salesforce);
+    let auth = c.auth(raw.auth, &base, salesforce.as_ref());
+    let asset = c.asset(raw.asset);
+    let key = c.key(raw.key, &base);
+    let token = c.token(raw.token);
+    let api = c.api(raw.api);
+    let log = c.log(raw.log);
+    match (salesforce, auth, asset, state_dir, api) {
+        (Some(salesforce), Some(auth), Some(asset), Some(dir), Some(api))
+            if c.problems.is_empty() =>
+        {
+            Ok(Config {
+                salesforce,
+                auth,
+                asset,
+                key,
+                token,
+                state: State { dir },
+                api,
+                log,
+                files: Vec::new(),
+                ignored_env: Vec::new(),
+            })
+        }
+        _ => Err(c.into_error()),
+    }
+}
+
+/// Checks `instance_url`: https, or http to a loopback host; no credentials, query or
+/// fragment; a site path prefix is kept without its trailing slash.
+pub(crate) fn instance_url(s: &str) -> Result<Url, String> {
+    let mut url = Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&url) => {}
+        "http" => {
+            return Err(format!(
+                "{s:?} uses plain http; use https (http is allowed only for loopback hosts \
+                 127.0.0.0/8, ::1 and localhost, e.g. the emulator)"
+            ));
+        }
+        other => return Err(format!("{s:?} has scheme {other:?}; use https")),
+    }
+    if url.host().is_none() {
+        return Err(format!("{s:?} has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain a user name or password".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{s:?} must not have a query or fragment"));
+    }
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+/// 127.0.0.0/8, ::1 or `localhost` (which resolvers must map to loopback, RFC 6761).
+fn is_loopback(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+// === impl Check ===
+
+impl Check<'_> {
+    fn into_error(mut self) -> Error {
+        if self.problems.len() == 1
+            && let Some(one) = self.problems.pop()
+        {
+            return one;
+        }
+        Error::Several(self.problems)
+    }
+
+    fn invalid(&mut self, key: &str, rule: impl Into<String>) {
+        self.problems.push(Error::Invalid {
+            key: key.to_owned(),
+            origin: self.ctx.origins.get(key),
+            rule: rule.into(),
+        });
+    }
+
+    /// A required key is absent. `condition` says when it is required, if not always.
+    fn missing(&mut self, key: &str, condition: &str) {
+        let var = env_var_for(key);
+        let mut hint = match self.ctx.main_file {
+            Some(f) if self.ctx.main_found => format!("set it in {} or with {var}", f.display()),
+            Some(f) => format!(
+                "set it in {} (which does not exist) or with {var}",
+                f.display()
+            ),
+            None => format!("set it in the config file or with {var}"),
+        };
+        // ASSET_AGENT_SALESFORCE_INSTANCE_URL (one underscore) is a likely typo.
+        let single = var.replacen("__", "_", 1);
+        if self.ctx.env.contains_key(&single) {
+            hint.push_str(&format!(
+                " ({single} is not read: section and key are separated by two underscores)"
+            ));
+        }
+        self.problems.push(Error::Missing {
+            key: key.to_owned(),
+            condition: condition.to_owned(),
+            hint,
+        });
+    }
+
+    /// A string that must be present and not blank.
+    fn required(&mut self, key: &str, value: Option<String>, condition: &str) -> Option<String> {
+        match value {
+            None => {
+                self.missing(key, condition);
+                None
+            }
+            Some(v) => self.not_blank(key, v),
+        }
+    }
+
+    fn not_blank(&mut self, key: &str, value: String) -> Option<String> {
+        if value.trim().is_empty() {
+            self.invalid(key, "must not be empty");
+            None
+        } else {
+            Some(value)
+        }
+    }
+
+    /// Paths must be absolute: relative ones would depend on the working directory, which
+    /// is `/` under systemd and something else in a shell.
+    fn path(&mut self, key: &str, value: Option<PathBuf>) -> Option<PathBuf> {
+        let p = value?;
+        if p.is_absolute() {
+            Some(p)
+        } else {
+            self.invalid(key, format!("{:?} must be an absolute path", p.display().to_string()));
+            None
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<HumanDuration>,
+        default: Duration,
+        range: RangeInclusive<Duration>,
+    ) -> Duration {
+        let d = value.map_or(default, |h| h.0);
+        if !range.contains(&d) {
+            let f = humantime::format_duration;
+            self.invalid(
+                key,
+                format!(
+                    "must be between {} and {}, got {}",
+                    f(*range.start()),
+                    f(*range.end()),
+                    f(d)
+                ),
+            );
+        }
+        d
+    }
+
+    /// A method-specific key set although another method is selected: most likely the
+    /// `method` line was forgotten, which would otherwise fail much later and obscurely.
+    fn unused<T>(&mut self, key: &str, value: &Option<T>, selector: &str, want: &str, got: &str) {
+        if value.is_some() {
+            self.invalid(
+                key,
+                format!("is only used when {selector} = \"{want}\" (it is \"{got}\")"),
+            );
+        }
+    }
+
+    fn state_dir(&mut self, dir: Option<PathBuf>) -> Option<PathBuf> {
+        if dir.is_some() {
+            return self.path("state.dir", dir);
+        }
+        let found = paths::state_dir(self.ctx.env, self.ctx.euid);
+        if found.is_none() {
+            self.problems.push(Error::Missing {
+                key: "state.dir".to_owned(),
+                condition: String::new(),
+                hint: "there is no default when not root and none of STATE_DIRECTORY, \
+                       XDG_DATA_HOME and HOME is set"
+                    .to_owned(),
+            });
+        }
+        found
+    }
+
+    fn salesforce(&mut self, raw: RawSalesforce) -> Option<Salesforce> {
+        let url = self
+            .required("salesforce.instance_url", raw.instance_url, "")
+            .and_then(|s| match instance_url(&s) {
+                Ok(url) => Some(url),
+                Err(rule) => {
+                    self.invalid("salesforce.instance_url", rule);
+                    None
+                }
+            });
+        let client_id = self.required("salesforce.client_id", raw.client_id, "");
+        if client_id
+            .as_ref()
+            .is_some_and(|id| id.chars().any(char::is_whitespace))
+        {
+            self.invalid("salesforce.client_id", "must not contain whitespace");
+        }
+        let client_secret_file = self.path("salesforce.client_secret_file", raw.client_secret_file);
+        let ca_file = self.path("salesforce.ca_file", raw.ca_file);
+        let timeout = self.duration(
+            "salesforce.timeout",
+            raw.timeout,
+            DEFAULT_TIMEOUT,
+            Duration::from_secs(1)..=Duration::from_secs(600),
+        );
+        Some(Salesforce {
+            instance_url: url?,
+            client_id: client_id?,
+            client_secret_file,
+            ca_file,
+            timeout,
+        })
+    }
+
+    fn auth(&mut self, raw: RawAuth, state: &Path, sf: Option<&Salesforce>) -> Option<Auth> {
+        let name = raw.method.unwrap_or(MethodName::RefreshToken);
+        let got = name.name();
+        let refresh_token_file = self
+            .path("auth.refresh_token_file", raw.refresh_token_file)
+            .unwrap_or_else(|| state.join("refresh-token"));
+        if name != MethodName::JwtBearer {
+            self.unused("auth.username", &raw.username, "auth.method", "jwt_bearer", got);
+            let k = "auth.assertion_key_file";
+            self.unused(k, &raw.assertion_key_file, "auth.method", "jwt_bearer", got);
+            self.unused("auth.audience", &raw.audience, "auth.method", "jwt_bearer", got);
+        }
+        if name != MethodName::DeviceFlow {
+            self.unused("auth.scope", &raw.scope, "auth.method", "device_flow", got);
+        }
+        let method = match name {
+            MethodName::RefreshToken => AuthMethod::RefreshToken,
+            MethodName::ClientCredentials => {
+                let has_secret = sf.is_none_or(|s| s.client_secret_file.is_some());
+                if !has_secret {
+                    let when = " (required when auth.method = \"client_credentials\")";
+                    self.missing("salesforce.client_secret_file", when);
+                }
+                AuthMethod::ClientCredentials
+            }
+            MethodName::DeviceFlow => AuthMethod::DeviceFlow {
+                scope: raw.scope.and_then(|s| self.not_blank("auth.scope", s)),
+            },
+            MethodName::JwtBearer => {
+                let when = " (required when auth.method = \"jwt_bearer\")";
+                let username = self.required("auth.username", raw.username, when);
+                let key_file = if raw.assertion_key_file.is_none() {
+                    self.missing("auth.assertion_key_file", when);
+                    None
+                } else {
+                    self.path("auth.assertion_key_file", raw.assertion_key_file)
+                };
+                let audience = match raw.audience {
+                    Some(a) => self.not_blank("auth.audience", a),
+                    None => Some(DEFAULT_JWT_AUDIENCE.to_owned()),
+                };
+                AuthMethod::JwtBearer(JwtBearer {
+                    username: username?,
+                    assertion_key_file: key_file?,
+                    audience: audience?,
+                })
+            }
+        };
+        Some(Auth {
+            method,
+            refresh_token_file,
+        })
+    }
+
+    fn asset(&mut self, raw: RawAsset) -> Option<Asset> {
+        let device_id = match raw.device_id {
+            Some(id) => self.not_blank("asset.device_id", id),
+            None => self.machine_id(),
+        };
+        if device_id
+            .as_ref()
+            .is_some_and(|id| id.chars().any(char::is_control))
+        {
+            self.invalid("asset.device_id", "must not contain control characters");
+        }
+        let name = self.required("asset.name", raw.name, "");
+        self.max_len("asset.name", name.as_deref(), MAX_NAME);
+        let serial_number = self.required("asset.serial_number", raw.serial_number, "");
+        self.max_len("asset.serial_number", serial_number.as_deref(), MAX_SERIAL);
+        let account_id = self.record_id("asset.account_id", raw.account_id, "001", "Account");
+        let contact_id = self.record_id("asset.contact_id", raw.contact_id, "003", "Contact");
+        let id = self.record_id("asset.id", raw.id, "02i", "Asset");
+        let token_name = match raw.token_name {
+            Some(n) => self.not_blank("asset.token_name", n),
+            None => device_id.as_ref().map(|d| format!("Asset Token: {d}")),
+        };
+        self.max_len("asset.token_name", token_name.as_deref(), MAX_NAME);
+        Some(Asset {
+            device_id: device_id?,
+            name: name?,
+            serial_number: serial_number?,
+            account_id,
+            contact_id,
+            id,
+            token_name: token_name?,
+        })
+    }
+
+    /// The default device id: the machine id, trimmed.
+    fn machine_id(&mut self) -> Option<String> {
+        let path = self.ctx.machine_id_path;
+        let read = fs::read_to_string(path).and_then(|s| {
+            let id = s.trim().to_owned();
+            if id.is_empty() {
+                Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"))
+            } else {
+                Ok(id)
+            }
+        });
+        match read {
+            Ok(id) => Some(id),
+            Err(source) => {
+                self.problems.push(Error::DeviceId {
+                    path: path.to_owned(),
+                    source,
+                });
+                None
+            }
+        }
+    }
+
+    fn max_len(&mut self, key: &str, value: Option<&str>, max: usize) {
+        if let Some(v) = value {
+            let n = v.chars().count();
+            if n > max {
+                self.invalid(key, format!("is {n} characters long; at most {max} are allowed"));
+            }
+        }
+    }
+
+    /// A Salesforce record id: 15 or 18 letters and digits starting with the object's
+    /// key prefix. Catches an Account id pasted where the Contact id belongs.
+    fn record_id(&mut self, key: &str, value: Option<String>, prefix: &str, object: &str) -> Option<String> {
+        let id = value?;
+        let shape = matches!(id.len(), 15 | 18) && id.chars().all(|c| c.is_ascii_alphanumeric());
+        if shape && id.starts_with(prefix) {
+            Some(id)
+        } else {
+            self.invalid(
+                key,
+                format!("{id:?} is not a 15- or 18-character {object} id (starting with {prefix})"),
+            );
+            None
+        }
+    }
+
+    fn key(&mut self, raw: RawKey, state: &Path) -> Key {
+        let path = self
+            .path("key.path", raw.path)
+            .unwrap_or_else(|| state.join("device-key.pem"));
+        let bits = raw.bits.unwrap_or(DEFAULT_KEY_BITS);
+        if !KEY_BITS.contains(&bits) {
+            self.invalid("key.bits", format!("must be 2048, 3072 or 4096, got {bits}"));
+        }
+        Key { path, bits }
+    }
+
+    fn token(&mut self, raw: RawToken) -> Token {
+        let refresh_at = raw.refresh_at.map_or(DEFAULT_REFRESH_AT, |f| f.0);
+        if !(MIN_REFRESH_AT..=MAX_REFRESH_AT).contains(&refresh_at) {
+            self.invalid(
+                "token.refresh_at",
+                format!(
+                    "must be between {} and {}, got {}",
+                    percent(MIN_REFRESH_AT),
+                    percent(MAX_REFRESH_AT),
+                    percent(refresh_at)
+                ),
+            );
+        }
+        let name = raw.verify.unwrap_or(VerifyName::Jwks);
+        let verify = match name {
+            VerifyName::Jwks => Verify::Jwks,
+            VerifyName::None => Verify::None,
+            VerifyName::Certificate => match raw.certificate.clone() {
+                Some(p) => self
+                    .path("token.certificate", Some(p))
+                    .map_or(Verify::Jwks, Verify::Certificate),
+                None => {
+                    let when = " (required when token.verify = \"certificate\")";
+                    self.missing("token.certificate", when);
+                    Verify::Jwks
+                }
+            },
+        };
+        if name != VerifyName::Certificate {
+            let got = name.name();
+            let c = &raw.certificate;
+            self.unused("token.certificate", c, "token.verify", "certificate", got);
+        }
+        let audience = raw.audience.map(|l| l.0).unwrap_or_default();
+        if audience.iter().any(|a| a.trim().is_empty()) {
+            self.invalid("token.audience", "must not contain empty entries");
+        }
+        let issuer = raw.issuer.and_then(|i| self.not_blank("token.issuer", i));
+        let secs = Duration::from_secs;
+        Token {
+            refresh_at,
+            verify,
+            audience,
+            issuer,
+            leeway: self.duration("token.leeway", raw.leeway, DEFAULT_LEEWAY, secs(0)..=secs(600)),
+            backoff_max: self.duration(
+                "token.backoff_max",
+                raw.backoff_max,
+                DEFAULT_BACKOFF_MAX,
+                secs(1)..=secs(86_400),
+            ),
+            min_ttl_wait: self.duration(
+                "token.min_ttl_wait",
+                raw.min_ttl_wait,
+                DEFAULT_MIN_TTL_WAIT,
+                secs(0)..=secs(300),
+            ),
+        }
+    }
+
+    fn api(&mut self, raw: RawApi) -> Option<Api> {
+        let socket = if raw.socket.is_some() {
+            self.path("api.socket", raw.socket)
+        } else {
+            let found = paths::socket(self.ctx.env, self.ctx.euid);
+            if found.is_none() {
+                self.problems.push(Error::Missing {
+                    key: "api.socket".to_owned(),
+                    condition: String::new(),
+                    hint: "there is no default when not root and neither RUNTIME_DIRECTORY \
+                           nor XDG_RUNTIME_DIR is set"
+                        .to_owned(),
+                });
+            }
+            found
+        };
+        if let Some(s) = &socket {
+            let n = s.as_os_str().len();
+            if n > MAX_SOCKET_PATH {
+                self.invalid(
+                    "api.socket",
+                    format!("is {n} bytes long; a Unix socket path can have at most {MAX_SOCKET_PATH}"),
+                );
+            }
+        }
+        Some(Api {
+            socket: socket?,
+            allow_uids: raw.allow_uids.map(|l| l.0).unwrap_or_default(),
+            allow_gids: raw.allow_gids.map(|l| l.0).unwrap_or_default(),
+        })
+    }
+
+    fn log(&mut self, raw: RawLog) -> Log {
+        let level = raw.level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
+        if level.trim().is_empty() {
+            self.invalid("log.level", "must not be empty");
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.invalid("log.level", format!("{level:?} is not a valid tracing filter: {e}"));
+        }
+        Log {
+            level,
+            format: raw.format.unwrap_or(LogFormat::Text),
+        }
+    }
+}

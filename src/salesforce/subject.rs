@@ -1,0 +1,307 @@
+//! The subject access token (spec §5): how the agent proves who it acts for before the
+//! exchange. Salesforce sends no `expires_in`, so an access token is kept until the exchange
+//! rejects it.
+//!
+//! The methods are variants of [`Credentials`]; each turns configuration into a fresh
+//! access token with one call to the token endpoint.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::error::{Error as UpstreamError, Step};
+use super::http::Upstream;
+use super::wire::{self, OAuthTokenResponse};
+use crate::fsutil;
+use crate::secret::Secret;
+
+/// An access token for the connected app.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub token: Secret,
+    /// The instance the grant answered for, as Salesforce reported it.
+    pub instance_url: Option<String>,
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("could not read the refresh token file {}", path.display())]
+    ReadRefreshToken {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no refresh token yet: {} does not exist or is empty. Store the connected app's refresh token there (mode 0600), or run 'asset-agent enroll' for the device flow",
+        path.display()
+    )]
+    NoRefreshToken { path: PathBuf },
+    #[error(
+        "the refresh token file {} is readable by others (mode {mode:04o}); fix it with: chmod 600 {}",
+        path.display(), path.display()
+    )]
+    RefreshTokenPermissions { path: PathBuf, mode: u32 },
+    #[error("could not store the rotated refresh token; the old one is no longer valid")]
+    PersistRotated(#[source] fsutil::Error),
+    #[error("could not sign the JWT-bearer assertion")]
+    Assertion(#[source] crate::jose::jws::Error),
+}
+
+/// How the agent obtains its subject access token.
+pub enum Credentials {
+    /// `grant_type=refresh_token`; the token lives in a file and is rewritten on rotation.
+    /// Also the steady state of the device flow, once enrolled.
+    RefreshToken(RefreshToken),
+    /// `grant_type=client_credentials`: runs as the app's integration user.
+    ClientCredentials { client_id: String, secret: Secret },
+    /// The JWT bearer grant (RFC 7523): an assertion signed with a key whose certificate is
+    /// uploaded to the connected app.
+    JwtBearer(JwtBearer),
+}
+
+/// Settings of the JWT bearer grant.
+pub struct JwtBearer {
+    pub client_id: String,
+    pub username: String,
+    pub audience: String,
+    pub key: std::sync::Arc<dyn crate::keys::Signer>,
+    /// Clock-skew correction for the assertion's timestamps.
+    pub skew: std::sync::Arc<crate::clock::Skew>,
+    pub clock: crate::clock::Clock,
+}
+
+/// How long a JWT-bearer assertion is valid (Salesforce accepts up to a few minutes).
+pub const ASSERTION_LIFETIME_SECS: i64 = 180;
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.method())
+    }
+}
+
+// === impl Credentials ===
+
+impl Credentials {
+    /// Obtains a new access token.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
+        match self {
+            Credentials::RefreshToken(rt) => rt.obtain(up).await,
+            Credentials::ClientCredentials { client_id, secret } => {
+                let form = [
+                    ("grant_type", wire::GRANT_CLIENT_CREDENTIALS),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", secret.expose()),
+                ];
+                let resp: OAuthTokenResponse = up
+                    .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+                    .await?;
+                Ok(resp.into())
+            }
+            Credentials::JwtBearer(jb) => {
+                let assertion = jb.assertion()?;
+                let form = [
+                    ("grant_type", wire::GRANT_JWT_BEARER),
+                    ("assertion", assertion.expose()),
+                ];
+                let resp: OAuthTokenResponse = up
+                    .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+                    .await?;
+                Ok(resp.into())
+            }
+        }
+    }
+
+    /// The method's name as configured (`refresh_token`, ...).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Credentials::RefreshToken(_) => "refresh_token",
+            Credentials::ClientCredentials { .. } => "client_credentials",
+            Credentials::JwtBearer(_) => "jwt_bearer",
+        }
+    }
+}
+
+impl From<OAuthTokenResponse> for AccessToken {
+    fn from(resp: OAuthTokenResponse) -> Self {
+        Self {
+            token: resp.access_token,
+            instance_url: resp.instance_url,
+        }
+    }
+}
+
+// === impl JwtBearer ===
+
+impl JwtBearer {
+    /// The RFC 7523 assertion: iss = client_id, sub = username, aud, exp a few minutes
+    /// ahead, on skew-corrected time so a device with a wrong clock still gets in.
+    ///
+    /// # Errors
+    /// [`Error::Assertion`] when signing fails.
+    pub fn assertion(&self) -> Result<Secret, Error> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            iat: i64,
+            exp: i64,
+            jti: String,
+        }
+        let now = self.skew.corrected_unix(&self.clock);
+        let claims = Claims {
+            iss: &self.client_id,
+            sub: &self.username,
+            aud: &self.audience,
+            iat: now,
+            exp: now + ASSERTION_LIFETIME_SECS,
+            jti: crate::actor::new_jti(),
+        };
+        crate::jose::jws::sign(self.key.as_ref(), &claims)
+            .map(Secret::new)
+            .map_err(Error::Assertion)
+    }
+}
+
+/// The refresh-token grant with optional rotation.
+#[derive(Debug)]
+pub struct RefreshToken {
+    client_id: String,
+    client_secret: Option<Secret>,
+    path: PathBuf,
+    /// The token as last read or written; re-read from the file when unset, so a token
+    /// stored by `asset-agent enroll` while the daemon waits is picked up.
+    current: Mutex<Option<Secret>>,
+}
+
+// === impl RefreshToken ===
+
+impl RefreshToken {
+    pub fn new(client_id: String, client_secret: Option<Secret>, path: PathBuf) -> Self {
+        Self {
+            client_id,
+            client_secret,
+            path,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn current(&self) -> Result<Secret, Error> {
+        if let Some(token) = self.current.lock().ok().and_then(|g| g.clone()) {
+            return Ok(token);
+        }
+        let token = read_refresh_token(&self.path)?;
+        if let Ok(mut g) = self.current.lock() {
+            *g = Some(token.clone());
+        }
+        Ok(token)
+    }
+
+    async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
+        let refresh = self.current()?;
+        let mut form = vec![
+            ("grant_type", wire::GRANT_REFRESH_TOKEN),
+            ("refresh_token", refresh.expose()),
+            ("client_id", self.client_id.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose()));
+        }
+        let resp: OAuthTokenResponse = up
+            .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+            .await?;
+        if let Some(rotated) = resp.refresh_token.filter(|r| !r.is_empty() && *r != refresh) {
+            // Rotation: the old token is already dead at Salesforce. Persist the new one
+            // before anything else; if that fails, the access token is still returned to
+            // no one, and the error says what happened.
+            fsutil::write_secret_atomic(&self.path, rotated.expose().as_bytes())
+                .map_err(Error::PersistRotated)?;
+            if let Ok(mut g) = self.current.lock() {
+                *g = Some(rotated);
+            }
+            tracing::info!(file = %self.path.display(), "refresh token rotated and stored");
+        }
+        Ok(AccessToken {
+            token: resp.access_token,
+            instance_url: resp.instance_url,
+        })
+    }
+
+    /// Forgets the in-memory token so the file is read again (after `enroll` wrote it).
+    pub fn reload(&self) {
+        if let Ok(mut g) = self.current.lock() {
+            *g = None;
+        }
+    }
+}
+
+/// Reads a refresh token file: owner-only permissions, surrounding whitespace trimmed.
+///
+/// # Errors
+/// [`Error::NoRefreshToken`] when missing or empty, else the read or permission error.
+pub fn read_refresh_token(path: &Path) -> Result<Secret, Error> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::NoRefreshToken {
+                path: path.to_owned(),
+            });
+        }
+        Err(source) => {
+            return Err(Error::ReadRefreshToken {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+    if mode & 0o077 != 0 {
+        return Err(Error::RefreshTokenPermissions {
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    let raw = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        Error::ReadRefreshToken {
+            path: path.to_owned(),
+            source,
+        }
+    })?);
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err(Error::NoRefreshToken {
+            path: path.to_owned(),
+        });
+    }
+    Ok(Secret::new(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn reads_trimmed_and_checks_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rt");
+        assert!(matches!(read_refresh_token(&p), Err(Error::NoRefreshToken { .. })));
+        fsutil::write_secret_atomic(&p, b"  5Aep861\n").unwrap();
+        assert_eq!(read_refresh_token(&p).unwrap().expose(), "5Aep861");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_refresh_token(&p).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        fsutil::write_secret_atomic(&p, b"\n").unwrap();
+        assert!(matches!(read_refresh_token(&p), Err(Error::NoRefreshToken { .. })));
+    }
+}

@@ -1,0 +1,300 @@
+//! Verifying asset tokens before anyone is handed one (spec §4).
+//!
+//! The agent checks every asset token it receives: RS256 signature by the org's asset-signing
+//! key, `exp`/`nbf`, and `iss`/`aud` when configured. A token that fails is never stored or
+//! served; catching a misconfigured org here beats every backend rejecting the device.
+//!
+//! Keys come from the org's JWKS at `{instance_url}/id/keys` (selected by `kid`, cached, and
+//! re-fetched when an unknown `kid` shows up, at most once per [`JWKS_REFETCH_MIN`]), or from
+//! a pinned PEM certificate. `verify = "none"` skips the signature (and says so loudly at
+//! start-up) but still refuses expired tokens.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use rsa::pkcs1::der::Decode as _;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::error::{Error as UpstreamError, Step};
+use super::http::Upstream;
+use super::wire::{self, AssetTokenClaims, Jwks};
+use crate::jose::RsaPublicJwk;
+use crate::secret::Secret;
+
+/// An unknown `kid` triggers a JWKS re-fetch at most this often, so a stream of bad tokens
+/// cannot turn the agent into a JWKS hammer.
+pub const JWKS_REFETCH_MIN: Duration = Duration::from_secs(30);
+
+/// The rsaEncryption OID.
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+
+/// An asset token that must not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not fetch the org's signing keys")]
+    Jwks(#[source] UpstreamError),
+    #[error("the asset token is signed with key {kid:?}, which {instance}/id/keys does not list")]
+    UnknownKid { kid: String, instance: String },
+    #[error("the asset token header has no kid, so its signing key cannot be chosen")]
+    NoKid,
+    #[error("the asset token failed verification: {0}")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    #[error("the asset token expired at {exp} (now {now})")]
+    Expired { exp: i64, now: i64 },
+    #[error("the asset token is not valid before {nbf} (now {now})")]
+    NotYetValid { nbf: i64, now: i64 },
+}
+
+/// The pinned certificate could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("could not read the asset-signing certificate {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("the asset-signing certificate {} is not a valid X.509 certificate", path.display())]
+    Parse { path: PathBuf },
+    #[error("the asset-signing certificate {} does not hold an RSA key", path.display())]
+    NotRsa { path: PathBuf },
+}
+
+/// Where the signing key comes from.
+#[derive(Debug)]
+pub enum Keys {
+    /// The org's JWKS, cached by kid.
+    Jwks(Mutex<JwksCache>),
+    /// A pinned certificate's key; `kid` is not consulted.
+    Pinned(RsaPublicJwk),
+    /// No signature check (`verify = "none"`).
+    Unverified,
+}
+
+#[derive(Debug, Default)]
+pub struct JwksCache {
+    keys: HashMap<String, RsaPublicJwk>,
+    fetched_at: Option<Instant>,
+}
+
+/// Checks asset tokens; see the module docs.
+#[derive(Debug)]
+pub struct Verifier {
+    keys: Keys,
+    audience: Vec<String>,
+    issuer: Option<String>,
+    leeway: Duration,
+}
+
+// === impl Verifier ===
+
+impl Verifier {
+    pub fn new(keys: Keys, audience: Vec<String>, issuer: Option<String>, leeway: Duration) -> Self {
+        Self {
+            keys,
+            audience,
+            issuer,
+            leeway,
+        }
+    }
+
+    /// Verifies with keys from the org's JWKS.
+    pub fn jwks() -> Keys {
+        Keys::Jwks(Mutex::new(JwksCache::default()))
+    }
+
+    /// Verifies with the key of the PEM certificate at `path`.
+    ///
+    /// # Errors
+    /// When the file is unreadable, not a certificate, or not an RSA key.
+    pub fn pinned(path: &Path) -> Result<Keys, CertError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let der = CertificateDer::from_pem_file(path).map_err(|source| CertError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let parse = || CertError::Parse {
+            path: path.to_owned(),
+        };
+        let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| parse())?;
+        let spki_der = cert.subject_public_key_info();
+        let spki = rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki_der.as_ref())
+            .map_err(|_| parse())?;
+        if spki.algorithm.oid.to_string() != RSA_ENCRYPTION {
+            return Err(CertError::NotRsa {
+                path: path.to_owned(),
+            });
+        }
+        let pkcs1 = spki.subject_public_key.raw_bytes();
+        let key = rsa::pkcs1::RsaPublicKey::from_der(pkcs1).map_err(|_| parse())?;
+        Ok(Keys::Pinned(RsaPublicJwk::from_components(
+            key.modulus.as_bytes(),
+            key.public_exponent.as_bytes(),
+        )))
+    }
+
+    /// Whether signatures are checked at all.
+    pub fn checks_signature(&self) -> bool {
+        !matches!(self.keys, Keys::Unverified)
+    }
+
+    /// Verifies `token` at `now` (Unix seconds, skew-corrected) and returns its claims.
+    ///
+    /// # Errors
+    /// See [`Error`]. JWKS fetch failures are retryable; everything else means the token
+    /// is unusable.
+    pub async fn verify(
+        &self,
+        up: &Upstream,
+        token: &Secret,
+        now: i64,
+    ) -> Result<AssetTokenClaims, Error> {
+        crate::jose::provider::install();
+        let mut validation = Validation::new(Algorithm::RS256);
+        // Time is checked below against our clock (virtual in tests, skew-corrected on
+        // devices), not jsonwebtoken's SystemTime.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp"]);
+        if self.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audience);
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let claims = match &self.keys {
+            Keys::Unverified => {
+                jsonwebtoken::dangerous::insecure_decode::<AssetTokenClaims>(token.expose())
+                    .map_err(Error::Invalid)?
+                    .claims
+            }
+            Keys::Pinned(jwk) => decode(token, jwk, &validation)?,
+            Keys::Jwks(cache) => {
+                let header = jsonwebtoken::decode_header(token.expose()).map_err(Error::Invalid)?;
+                let kid = header.kid.ok_or(Error::NoKid)?;
+                let jwk = self.jwks_key(cache, up, &kid).await?;
+                decode(token, &jwk, &validation)?
+            }
+        };
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        // exp is strict: an expired token is never accepted, whatever the leeway.
+        if claims.exp <= now {
+            return Err(Error::Expired {
+                exp: claims.exp,
+                now,
+            });
+        }
+        if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now.saturating_add(leeway)) {
+            return Err(Error::NotYetValid { nbf, now });
+        }
+        Ok(claims)
+    }
+
+    async fn jwks_key(
+        &self,
+        cache: &Mutex<JwksCache>,
+        up: &Upstream,
+        kid: &str,
+    ) -> Result<RsaPublicJwk, Error> {
+        let mut cache = cache.lock().await;
+        if let Some(jwk) = cache.keys.get(kid) {
+            return Ok(jwk.clone());
+        }
+        let recently = cache
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < JWKS_REFETCH_MIN);
+        if !recently {
+            let jwks: Jwks = up
+                .get_json(Step::Jwks, wire::JWKS_PATH)
+                .await
+                .map_err(Error::Jwks)?;
+            cache.keys = rsa_keys(jwks);
+            cache.fetched_at = Some(Instant::now());
+            tracing::debug!(keys = cache.keys.len(), "asset-token signing keys fetched");
+        }
+        cache
+            .keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| Error::UnknownKid {
+                kid: kid.to_owned(),
+                instance: up.url(""),
+            })
+    }
+}
+
+fn decode(
+    token: &Secret,
+    jwk: &RsaPublicJwk,
+    validation: &Validation,
+) -> Result<AssetTokenClaims, Error> {
+    let key = DecodingKey::from_rsa_components(&jwk.n, &jwk.e).map_err(Error::Invalid)?;
+    jsonwebtoken::decode::<AssetTokenClaims>(token.expose(), &key, validation)
+        .map(|data| data.claims)
+        .map_err(Error::Invalid)
+}
+
+/// The RSA signing keys of a JWKS by kid; other key types and keys without kid are skipped.
+fn rsa_keys(jwks: Jwks) -> HashMap<String, RsaPublicJwk> {
+    jwks.keys
+        .into_iter()
+        .filter(|k| k.kty == "RSA" && k.use_.as_deref().is_none_or(|u| u == "sig"))
+        .filter_map(|k| {
+            Some((
+                k.kid.clone()?,
+                RsaPublicJwk {
+                    kty: k.kty,
+                    kid: k.kid?,
+                    n: k.n?,
+                    e: k.e?,
+                },
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::wire::JwksEntry;
+
+    #[test]
+    fn jwks_keeps_rsa_signing_keys_only() {
+        let entry = |kty: &str, kid: Option<&str>, use_: Option<&str>| JwksEntry {
+            kty: kty.into(),
+            kid: kid.map(Into::into),
+            n: Some("AQAB".into()),
+            e: Some("AQAB".into()),
+            alg: None,
+            use_: use_.map(Into::into),
+        };
+        let keys = rsa_keys(Jwks {
+            keys: vec![
+                entry("RSA", Some("a"), None),
+                entry("RSA", Some("b"), Some("sig")),
+                entry("RSA", Some("c"), Some("enc")),
+                entry("EC", Some("d"), None),
+                entry("RSA", None, None),
+            ],
+        });
+        let mut kids: Vec<_> = keys.keys().cloned().collect();
+        kids.sort();
+        assert_eq!(kids, ["a", "b"]);
+    }
+
+    #[test]
+    fn pinned_certificate_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("asset.crt");
+        std::fs::write(&p, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        let err = Verifier::pinned(&p).unwrap_err().to_string();
+        assert!(err.contains("asset.crt"), "{err}");
+    }
+}

@@ -1,0 +1,226 @@
+//! One pass of the Asset Token Flow: access token → actor token → exchange → verify.
+//!
+//! The flow owns the subject access token. Salesforce does not say when it expires, so it
+//! is kept until the exchange rejects it (`invalid_grant` or 401); then a new one is
+//! obtained and the exchange retried once before the failure counts (spec §2).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::AssetToken;
+use crate::actor::{self, Identity};
+use crate::clock::{self, Clock};
+use crate::jose::jws;
+use crate::keys::Signer;
+use crate::salesforce::error::Class;
+use crate::salesforce::subject::{self, AccessToken, Credentials};
+use crate::salesforce::verify::{self, Verifier};
+use crate::salesforce::wire::{ActorClaims, AssetTokenClaims};
+use crate::salesforce::{self, Upstream, exchange};
+
+/// What happened, step by step, for the demo's narration and for tests. Never carries a
+/// token, only what is safe to show.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    AccessTokenObtained { method: &'static str },
+    AccessTokenRejected,
+    ActorMinted { claims: Box<ActorClaims> },
+    AssetTokenIssued { claims: Box<AssetTokenClaims>, lifetime: Duration },
+    RefreshScheduled { in_: Duration },
+    RefreshFailed { reason: String, retry_in: Duration },
+}
+
+/// A failed pass, sorted for the refresh loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("could not obtain an access token")]
+    Subject(#[source] subject::Error),
+    #[error("could not mint the actor token")]
+    Mint(#[source] jws::Error),
+    #[error("the token exchange failed")]
+    Exchange(#[source] salesforce::Error),
+    #[error("the asset token was rejected")]
+    Verify(#[source] verify::Error),
+}
+
+// === impl Error ===
+
+impl Error {
+    /// Retryable or fatal (re-authentication was already attempted inside the flow).
+    pub fn class(&self) -> Class {
+        let class = match self {
+            Error::Subject(subject::Error::Upstream(e)) | Error::Exchange(e) => e.class(),
+            Error::Verify(verify::Error::Jwks(e)) => e.class(),
+            // A token that fails verification, or a transient signing problem, may be gone
+            // next time (a rotated org key, a glitch): retry with backoff.
+            Error::Verify(_) | Error::Mint(_) => Class::Retryable,
+            Error::Subject(_) => Class::Fatal,
+        };
+        match class {
+            Class::Reauthenticate => Class::Fatal,
+            c => c,
+        }
+    }
+
+    /// The server's `Retry-After`, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Subject(subject::Error::Upstream(e))
+            | Error::Exchange(e)
+            | Error::Verify(verify::Error::Jwks(e)) => e.retry_after(),
+            _ => None,
+        }
+    }
+
+    /// Whether the device waits for enrollment (no refresh token yet).
+    pub fn needs_enrollment(&self) -> bool {
+        matches!(self, Error::Subject(subject::Error::NoRefreshToken { .. }))
+    }
+
+    /// A short machine-readable reason for status and metrics.
+    pub fn reason(&self) -> String {
+        match self {
+            Error::Subject(subject::Error::Upstream(e)) | Error::Exchange(e) => e.reason(),
+            Error::Subject(subject::Error::NoRefreshToken { .. }) => "needs_enrollment".into(),
+            Error::Subject(_) => "credentials".into(),
+            Error::Mint(_) => "sign".into(),
+            Error::Verify(verify::Error::Jwks(e)) => format!("jwks_{}", e.reason()),
+            Error::Verify(_) => "verify".into(),
+        }
+    }
+}
+
+/// Everything one pass needs.
+pub struct Flow {
+    pub upstream: Upstream,
+    pub credentials: Credentials,
+    pub signer: Arc<dyn Signer>,
+    pub identity: Identity,
+    pub verifier: Verifier,
+    pub clock: Clock,
+    pub progress: broadcast::Sender<Progress>,
+    access: Option<AccessToken>,
+}
+
+// === impl Flow ===
+
+impl Flow {
+    pub fn new(
+        upstream: Upstream,
+        credentials: Credentials,
+        signer: Arc<dyn Signer>,
+        identity: Identity,
+        verifier: Verifier,
+        clock: Clock,
+        progress: broadcast::Sender<Progress>,
+    ) -> Self {
+        Self {
+            upstream,
+            credentials,
+            signer,
+            identity,
+            verifier,
+            clock,
+            progress,
+            access: None,
+        }
+    }
+
+    /// Wall time for JWTs, corrected by the measured skew when it is large.
+    pub fn now(&self) -> i64 {
+        self.upstream.skew().corrected_unix(&self.clock)
+    }
+
+    /// Obtains a fresh, verified asset token.
+    ///
+    /// # Errors
+    /// The failing step; see [`Error::class`].
+    pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
+        let had_access = self.access.is_some();
+        let access = self.access_token().await?;
+        match self.exchange_once(&access).await {
+            Err(Error::Exchange(e)) if e.class() == Class::Reauthenticate => {
+                self.emit(Progress::AccessTokenRejected);
+                tracing::info!(reason = %e.reason(), reused = had_access,
+                    "the exchange refused the access token; obtaining a new one and retrying once");
+                self.access = None;
+                let access = self.access_token().await?;
+                self.exchange_once(&access).await
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the cached access token (a new one is obtained on the next pass).
+    pub fn forget_access_token(&mut self) {
+        self.access = None;
+    }
+
+    async fn access_token(&mut self) -> Result<AccessToken, Error> {
+        if let Some(a) = &self.access {
+            return Ok(a.clone());
+        }
+        let a = self
+            .credentials
+            .obtain(&self.upstream)
+            .await
+            .map_err(Error::Subject)?;
+        tracing::info!(method = self.credentials.method(), "access token obtained");
+        self.emit(Progress::AccessTokenObtained {
+            method: self.credentials.method(),
+        });
+        self.access = Some(a.clone());
+        Ok(a)
+    }
+
+    async fn exchange_once(&mut self, access: &AccessToken) -> Result<AssetToken, Error> {
+        let minted = actor::mint(self.signer.as_ref(), &self.identity, self.now())
+            .map_err(Error::Mint)?;
+        tracing::debug!(did = %minted.claims.did, jti = %minted.claims.jti, "actor token minted");
+        self.emit(Progress::ActorMinted {
+            claims: Box::new(minted.claims.clone()),
+        });
+        let sent_at = Instant::now();
+        let resp = exchange::exchange(&self.upstream, &access.token, &minted.jwt)
+            .await
+            .map_err(Error::Exchange)?;
+        let now = self.now();
+        let claims = self
+            .verifier
+            .verify(&self.upstream, &resp.access_token, now)
+            .await
+            .map_err(Error::Verify)?;
+        // Never trust the longer of two lifetimes: the server's expires_in counts from when
+        // it answered, exp from its clock; take the smaller and count it from when we sent
+        // the request, which is no later than when the server issued the token.
+        let by_exp = u64::try_from(claims.exp - now).unwrap_or(0);
+        let secs = resp.expires_in.map_or(by_exp, |e| e.min(by_exp));
+        let token = AssetToken {
+            jwt: resp.access_token,
+            token_type: resp.token_type,
+            issued_token_type: resp.issued_token_type,
+            claims,
+            received: sent_at,
+            expires: sent_at + Duration::from_secs(secs),
+        };
+        tracing::info!(
+            asset_id = token.asset_id().unwrap_or("-"),
+            expires_at = %clock::rfc3339(token.claims.exp),
+            lifetime_s = secs,
+            "asset token issued and verified"
+        );
+        self.emit(Progress::AssetTokenIssued {
+            claims: Box::new(token.claims.clone()),
+            lifetime: Duration::from_secs(secs),
+        });
+        Ok(token)
+    }
+
+    pub(crate) fn emit(&self, p: Progress) {
+        // No subscribers is normal outside the demo.
+        let _ = self.progress.send(p);
+    }
+}
