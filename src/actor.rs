@@ -102,8 +102,7 @@ mod tests {
     fn actor_token_matches_spec_and_verifies_with_its_own_cnf_jwk() {
         let key = key();
         let minted = mint(&key, &identity(), 1_700_000_000).unwrap();
-        let parts: jws::Parts<Value, Value> =
-            jws::decode_unverified(minted.jwt.expose()).unwrap();
+        let parts: jws::Parts<Value, Value> = jws::decode_unverified(minted.jwt.expose()).unwrap();
         // Header: alg RS256, typ JWT, kid = RFC 7638 thumbprint = cnf.jwk.kid.
         assert_eq!(parts.header["alg"], "RS256");
         assert_eq!(parts.header["typ"], "JWT");

@@ -20,6 +20,7 @@ use crate::salesforce::verify::{self, Verifier};
 use crate::salesforce::wire::AssetFields;
 use crate::salesforce::{Upstream, http};
 use crate::secret::Secret;
+use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
 use crate::token::refresher::{Handle, Policy, Refresher};
 
@@ -51,13 +52,18 @@ pub enum Error {
     Certificate(#[source] verify::CertError),
     #[error("could not open the socket")]
     Socket(#[source] api::Error),
+    #[error("the state directory is unusable")]
+    StateDir(#[source] crate::fsutil::Error),
 }
 
 impl Error {
     /// Whether fixing it needs a configuration change (exit 78, so systemd does not
     /// restart into the same failure), rather than being a runtime failure (exit 1).
     pub fn is_config(&self) -> bool {
-        !matches!(self, Error::Http(http::BuildError::Client(_)) | Error::Socket(_))
+        !matches!(
+            self,
+            Error::Http(http::BuildError::Client(_)) | Error::Socket(_)
+        )
     }
 }
 
@@ -146,7 +152,17 @@ pub async fn start(
         backoff_cap: config.token.backoff_max,
         attempt_budget: Policy::budget_for(sf.timeout),
     };
-    let (refresher, tokens) = Refresher::new(flow, policy, options.jitter);
+    let cache = Cache::new(
+        &config.state.dir,
+        Owner {
+            instance_url: sf.instance_url.to_string(),
+            client_id: sf.client_id.clone(),
+            device_id: config.asset.device_id.clone(),
+            key_thumbprint: key.public_jwk().kid.clone(),
+        },
+    );
+    crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
+    let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
 
     let server = Server::bind(&config.api.socket)
         .await
@@ -223,9 +239,7 @@ fn verifier(config: &Config) -> Result<Verifier, Error> {
     let t = &config.token;
     let keys = match &t.verify {
         config::Verify::Jwks => Verifier::jwks(),
-        config::Verify::Certificate(path) => {
-            Verifier::pinned(path).map_err(Error::Certificate)?
-        }
+        config::Verify::Certificate(path) => Verifier::pinned(path).map_err(Error::Certificate)?,
         config::Verify::None => {
             tracing::warn!(
                 "token.verify = \"none\": asset tokens are NOT signature-checked. Use this only against the emulator or while debugging"
@@ -233,7 +247,12 @@ fn verifier(config: &Config) -> Result<Verifier, Error> {
             verify::Keys::Unverified
         }
     };
-    Ok(Verifier::new(keys, t.audience.clone(), t.issuer.clone(), t.leeway))
+    Ok(Verifier::new(
+        keys,
+        t.audience.clone(),
+        t.issuer.clone(),
+        t.leeway,
+    ))
 }
 
 fn identity(asset: &config::Asset) -> Identity {

@@ -101,7 +101,9 @@ mod tests {
     #[test]
     fn ceiling_doubles_up_to_cap() {
         let mut b = Backoff::new(MIN, Duration::from_secs(10));
-        let top: Vec<u64> = (0..6).map(|_| b.next(&Fixed(1.0), None).as_secs()).collect();
+        let top: Vec<u64> = (0..6)
+            .map(|_| b.next(&Fixed(1.0), None).as_secs())
+            .collect();
         assert_eq!(top, [1, 2, 4, 8, 10, 10]);
         b.reset();
         assert_eq!(b.next(&Fixed(1.0), None), MIN);

@@ -5,6 +5,17 @@
 //! Token Flow, RFC 8693), keeps a verified asset token fresh and hands it to local apps over
 //! a Unix socket.
 
+pub mod actor;
+pub mod agent;
+pub mod api;
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod commands;
+pub mod config;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod fsutil;
 pub mod http;
 pub mod jose;
@@ -13,14 +24,3 @@ pub mod logging;
 pub mod salesforce;
 pub mod secret;
 pub mod token;
-pub mod actor;
-pub mod agent;
-pub mod api;
-pub mod backoff;
-pub mod client;
-pub mod cli;
-pub mod clock;
-pub mod commands;
-pub mod config;
-#[cfg(feature = "emulator")]
-pub mod emulator;

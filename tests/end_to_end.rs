@@ -20,7 +20,10 @@ async fn token_over_socket_verifies_and_registers_one_asset() {
     let jwt = body["token"].as_str().unwrap();
     let claims = verify_with_jwks(&emu, jwt);
     assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
     assert_eq!(body["device_id"], "device-0001");
     assert!(body["expires_in"].as_u64().unwrap() <= 60);
     assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
@@ -43,13 +46,16 @@ async fn token_over_socket_verifies_and_registers_one_asset() {
     assert_eq!(String::from_utf8_lossy(&plain.body).trim(), jwt);
 
     // Status and health.
-    let status: serde_json::Value = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
     assert_eq!(status["state"], "ready");
     assert_eq!(status["asset_id"], a.id.as_str());
     assert_eq!(get(&dev.socket(), "/v1/health/ready").await.status, 200);
     assert_eq!(get(&dev.socket(), "/v1/health/live").await.status, 200);
     assert_eq!(get(&dev.socket(), "/v1/nope").await.status, 404);
-    let bad = client::request(&dev.socket(), hyper::Method::DELETE, "/v1/token", "*/*").await.unwrap();
+    let bad = client::request(&dev.socket(), hyper::Method::DELETE, "/v1/token", "*/*")
+        .await
+        .unwrap();
     assert_eq!(bad.status, 405);
     agent.stop().await;
     assert!(!dev.socket().exists(), "socket removed on shutdown");
@@ -79,7 +85,10 @@ async fn second_start_with_same_serial_links_the_asset() {
     assert_eq!(body["asset_id"], assets[0].id.as_str());
     let regs: Vec<_> = emu.events().iter().map(|e| e.registration).collect();
     assert_eq!(regs[0], Registration::Created);
-    assert!(regs[1..].iter().all(|r| *r == Registration::Linked), "{regs:?}");
+    assert!(
+        regs[1..].iter().all(|r| *r == Registration::Linked),
+        "{regs:?}"
+    );
 }
 
 #[tokio::test]
@@ -94,7 +103,9 @@ async fn asset_id_in_config_links_that_record() {
     // Another device, another serial, but configured with the record id: linked to it.
     let second = Device::with_key(&emu, common::OTHER_KEY);
     let path = second.write_config(&emu, &format!("id = \"{id}\""), "");
-    let toml = std::fs::read_to_string(&path).unwrap().replace("\"00123\"", "\"SN-OTHER\"");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"00123\"", "\"SN-OTHER\"");
     std::fs::write(&path, toml).unwrap();
     let config = asset_agent::config::Config::load(&asset_agent::config::LoadOptions::new(
         Some(path),
@@ -106,7 +117,10 @@ async fn asset_id_in_config_links_that_record() {
     agent.stop().await;
     assert_eq!(body["asset_id"], id.as_str());
     assert_eq!(emu.assets().len(), 1);
-    assert_eq!(emu.events().last().unwrap().registration, Registration::Linked);
+    assert_eq!(
+        emu.events().last().unwrap().registration,
+        Registration::Linked
+    );
 }
 
 #[tokio::test]
@@ -137,7 +151,11 @@ async fn tampered_signature_is_refused_and_never_served() {
 async fn wrong_audience_is_refused_when_configured() {
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
-    let config = dev.config(&emu, "", "audience = [\"https://someone-else.example.com\"]");
+    let config = dev.config(
+        &emu,
+        "",
+        "audience = [\"https://someone-else.example.com\"]",
+    );
     let agent = Agent::start(&config, Clock::system()).await;
     let mut status = serde_json::Value::Null;
     for _ in 0..100 {

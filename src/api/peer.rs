@@ -52,7 +52,11 @@ mod tests {
             allow_uids: vec![1000],
             allow_gids: vec![50],
         };
-        let peer = |uid, gid| Peer { uid, gid, pid: None };
+        let peer = |uid, gid| Peer {
+            uid,
+            gid,
+            pid: None,
+        };
         let table = [
             (peer(0, 0), true),
             (peer(990, 5), true),

@@ -59,10 +59,13 @@ pub fn error(status: StatusCode, code: &str, reason: &str) -> Reply {
         error: &'a str,
         reason: &'a str,
     }
-    http::json(status, &Body {
-        error: code,
-        reason,
-    })
+    http::json(
+        status,
+        &Body {
+            error: code,
+            reason,
+        },
+    )
 }
 
 #[derive(Serialize)]
@@ -107,15 +110,18 @@ async fn token(shared: &Shared, req: &Request<Incoming>) -> Reply {
 
 /// The JSON answer for a held token (also used by the refresh route later).
 pub fn token_reply(shared: &Shared, token: &AssetToken) -> Reply {
-    http::json(StatusCode::OK, &TokenBody {
-        token: token.jwt.expose(),
-        token_type: &token.token_type,
-        issued_token_type: &token.issued_token_type,
-        expires_at: clock::rfc3339(token.claims.exp),
-        expires_in: token.remaining().as_secs(),
-        asset_id: token.asset_id(),
-        device_id: &shared.info.device_id,
-    })
+    http::json(
+        StatusCode::OK,
+        &TokenBody {
+            token: token.jwt.expose(),
+            token_type: &token.token_type,
+            issued_token_type: &token.issued_token_type,
+            expires_at: clock::rfc3339(token.claims.exp),
+            expires_in: token.remaining().as_secs(),
+            asset_id: token.asset_id(),
+            device_id: &shared.info.device_id,
+        },
+    )
 }
 
 fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
@@ -142,12 +148,20 @@ fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
 
 fn live(shared: &Shared) -> Reply {
     let snap = shared.tokens.snapshot();
-    probe(snap.is_live(), "refresh loop is making progress", "refresh loop is stalled")
+    probe(
+        snap.is_live(),
+        "refresh loop is making progress",
+        "refresh loop is stalled",
+    )
 }
 
 fn ready(shared: &Shared) -> Reply {
     let ready = crate::token::live(&shared.tokens.current).is_some();
-    probe(ready, "a valid asset token is held", "no valid asset token is held")
+    probe(
+        ready,
+        "a valid asset token is held",
+        "no valid asset token is held",
+    )
 }
 
 fn probe(ok: bool, yes: &str, no: &str) -> Reply {

@@ -60,12 +60,20 @@ fn human(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:        {}", s.state);
     let _ = writeln!(out, "device:       {}", s.device_id);
-    let _ = writeln!(out, "asset:        {}", s.asset_id.as_deref().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "asset:        {}",
+        s.asset_id.as_deref().unwrap_or("-")
+    );
     let _ = writeln!(out, "key:          {}", s.key_thumbprint);
     let _ = writeln!(out, "auth:         {}", s.auth_method);
     match &s.token {
         Some(t) => {
-            let _ = writeln!(out, "token:        expires {} (in {}s)", t.expires_at, t.expires_in);
+            let _ = writeln!(
+                out,
+                "token:        expires {} (in {}s)",
+                t.expires_at, t.expires_in
+            );
         }
         None => {
             let _ = writeln!(out, "token:        none");

@@ -28,8 +28,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
             addr: "127.0.0.1:0".into(),
             source,
         })?;
-    let mut emu_config = emulator::Config::default();
-    emu_config.asset_token_lifetime = Duration::from_secs(args.token_lifetime.max(5));
+    let emu_config = emulator::Config {
+        asset_token_lifetime: Duration::from_secs(args.token_lifetime.max(5)),
+        ..emulator::Config::default()
+    };
     say("starting the Salesforce emulator (generating its signing key)...");
     let emu = Emulator::start(emu_config, listener)
         .await
@@ -56,7 +58,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
         .map_err(Error::Agent)?;
     say(&format!(
         "device key {} at {} (RSA {} bits, thumbprint {})",
-        if running.key_created { "created" } else { "loaded" },
+        if running.key_created {
+            "created"
+        } else {
+            "loaded"
+        },
         config.key.path.display(),
         config.key.bits,
         running.key.public_jwk().kid
@@ -86,7 +92,10 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
 
 fn refresh_summary(tokens: &crate::token::refresher::Handle) -> String {
     let s = tokens.snapshot();
-    format!("{} refreshes succeeded, {} failed", s.refreshes_ok, s.refreshes_failed)
+    format!(
+        "{} refreshes succeeded, {} failed",
+        s.refreshes_ok, s.refreshes_failed
+    )
 }
 
 async fn narrate(mut rx: broadcast::Receiver<Progress>, emu: &Emulator, socket: &Path) {
@@ -101,7 +110,9 @@ async fn narrate(mut rx: broadcast::Receiver<Progress>, emu: &Emulator, socket: 
             Progress::AccessTokenObtained { method } => {
                 say(&format!("access token obtained ({method} grant)"));
             }
-            Progress::AccessTokenRejected => say("the access token was rejected; getting a new one"),
+            Progress::AccessTokenRejected => {
+                say("the access token was rejected; getting a new one")
+            }
             Progress::ActorMinted { claims } => {
                 let asset = serde_json::to_string(&claims.asset).unwrap_or_default();
                 say(&format!(
@@ -145,20 +156,17 @@ async fn narrate(mut rx: broadcast::Receiver<Progress>, emu: &Emulator, socket: 
                         "    curl --unix-socket {} http://localhost/v1/token",
                         socket.display()
                     );
-                    println!(
-                        "    asset-agent token --raw --socket {}",
-                        socket.display()
-                    );
-                    println!(
-                        "    asset-agent status --socket {}",
-                        socket.display()
-                    );
+                    println!("    asset-agent token --raw --socket {}", socket.display());
+                    println!("    asset-agent status --socket {}", socket.display());
                     println!("  Ctrl-C ends the demo.");
                     println!();
                 }
             }
             Progress::RefreshFailed { reason, retry_in } => {
-                say(&format!("refresh failed ({reason}); retrying in {}s", retry_in.as_secs()));
+                say(&format!(
+                    "refresh failed ({reason}); retrying in {}s",
+                    retry_in.as_secs()
+                ));
             }
         }
     }

@@ -40,7 +40,10 @@ fn show(key: &FileKey, args: &KeyShowArgs) -> Result<(), Error> {
     } else {
         println!("path:       {}", key.path().display());
         println!("algorithm:  RSA {} bits, signs RS256", key.bits());
-        println!("thumbprint: {}  (RFC 7638; the actor token's kid)", key.public_jwk().kid);
+        println!(
+            "thumbprint: {}  (RFC 7638; the actor token's kid)",
+            key.public_jwk().kid
+        );
         print!("{}", pem()?);
     }
     Ok(())

@@ -9,7 +9,6 @@ mod emulator;
 mod key;
 mod run;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::cli::{Cli, Command};
@@ -78,8 +77,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
 /// # Errors
 /// [`Error::Config`].
 pub fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    Config::load(&LoadOptions::new(path, env)).map_err(|e| Error::Config(Box::new(e)))
+    Config::load(&LoadOptions::from_process(path)).map_err(|e| Error::Config(Box::new(e)))
 }
 
 /// Waits for SIGTERM or SIGINT.

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 
 use config::{FileFormat, Format, Map, Value};
 
+use super::Config;
+use super::check::Context;
 use super::error::Error;
 use super::paths::{self, DROP_IN_DIR};
 use super::raw::{RawConfig, SECTIONS};
-use super::validate::{self, Context};
-use super::Config;
+use super::validate;
 
 /// `ASSET_AGENT_*` variables that belong to the agent but are not config keys: the config
 /// path, the log filter and the socket for client commands.
@@ -131,7 +132,9 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         });
-        let main = explicit.clone().or_else(|| paths::config_file(&opts.env, euid));
+        let main = explicit
+            .clone()
+            .or_else(|| paths::config_file(&opts.env, euid));
 
         let mut layers = Vec::new();
         let mut main_found = false;
@@ -207,7 +210,10 @@ fn env_source(vars: impl IntoIterator<Item = (String, String)>) -> config::Envir
 }
 
 /// Deserialises one source by itself so an error can name it.
-fn check_alone(source: impl config::Source + Send + Sync + 'static, origin: &str) -> Result<(), Error> {
+fn check_alone(
+    source: impl config::Source + Send + Sync + 'static,
+    origin: &str,
+) -> Result<(), Error> {
     config::Config::builder()
         .add_source(source)
         .build()

@@ -20,9 +20,11 @@
 //! (the only file it reads besides the config is `/etc/machine-id`), and the
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
-//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs`, `units.rs` (durations,
-//! fractions, lists), `paths.rs` (default locations), `error.rs`.
+//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section) and
+//! `check.rs` (shared rules), `units.rs` (durations, fractions, lists), `paths.rs` (default
+//! locations), `error.rs`; tests in `tests/`.
 
+mod check;
 mod error;
 mod load;
 mod paths;

@@ -208,9 +208,11 @@ mod tests {
         assert_eq!(parse_status_euid(status), Some(0));
         assert_eq!(parse_status_euid("Name:\tx\n"), None);
         // The real one parses to something.
-        assert!(std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| parse_status_euid(&s))
-            .is_some());
+        assert!(
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| parse_status_euid(&s))
+                .is_some()
+        );
     }
 }

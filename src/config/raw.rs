@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::units::{self, Fraction, HumanDuration, List, Named};
 use super::LogFormat;
+use super::units::{self, Fraction, HumanDuration, List, Named};
 
 /// The top-level tables, in the order the example file documents them.
 pub(crate) const SECTIONS: [&str; 8] = [

@@ -10,8 +10,8 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// A duration written with a unit: "90s", "5m", "1h", "1h 30m", "500ms" (humantime syntax).
 ///
@@ -252,8 +252,8 @@ mod tests {
 
     #[test]
     fn list_from_string_and_array() {
-        use serde::de::value::{Error, StrDeserializer};
         use serde::de::IntoDeserializer;
+        use serde::de::value::{Error, StrDeserializer};
         let d: StrDeserializer<'_, Error> = "0, 1000".into_deserializer();
         assert_eq!(List::<u32>::deserialize(d).unwrap(), List(vec![0, 1000]));
         let d: StrDeserializer<'_, Error> = "0,,1".into_deserializer();

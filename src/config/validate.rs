@@ -4,30 +4,25 @@
 //! (and a failed start) shows all of them at once. Each names the dotted key, the file or
 //! variable that set it, and the rule.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Url;
-
+use super::check::{Check, Context, instance_url};
 use super::error::Error;
-use super::load::{env_var_for, Origins};
+use super::paths;
 use super::raw::{
     MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawKey, RawLog, RawSalesforce, RawToken,
     VerifyName,
 };
-use super::units::{percent, HumanDuration, Named};
+use super::units::{Named, percent};
 use super::{
-    Api, Asset, Auth, AuthMethod, Config, JwtBearer, Key, Log, LogFormat, Salesforce, State,
-    Token, Verify, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE, DEFAULT_KEY_BITS, DEFAULT_LEEWAY,
-    DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT, DEFAULT_REFRESH_AT, DEFAULT_TIMEOUT, KEY_BITS,
-    MAX_REFRESH_AT, MIN_REFRESH_AT,
+    Api, Asset, Auth, AuthMethod, Config, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE,
+    DEFAULT_KEY_BITS, DEFAULT_LEEWAY, DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT, DEFAULT_REFRESH_AT,
+    DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log, LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT,
+    Salesforce, State, Token, Verify,
 };
-use super::paths;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -35,29 +30,12 @@ const MAX_SOCKET_PATH: usize = 107;
 const MAX_NAME: usize = 255;
 const MAX_SERIAL: usize = 80;
 
-/// What validation needs besides the raw config.
-pub(crate) struct Context<'a> {
-    pub env: &'a HashMap<String, String>,
-    pub euid: u32,
-    pub machine_id_path: &'a Path,
-    pub origins: &'a Origins,
-    /// The main config file, if one was looked for, and whether it existed.
-    pub main_file: Option<&'a Path>,
-    pub main_found: bool,
-}
-
-/// Collects problems while validation carries on.
-struct Check<'a> {
-    ctx: &'a Context<'a>,
-    problems: Vec<Error>,
-}
-
 /// Validates `raw` and fills defaults. `files` and `ignored_env` are left empty for the
 /// caller to fill.
 ///
 /// # Errors
 /// The problem found, or [`Error::Several`] when there is more than one.
-pub(crate) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Error> {
+pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Error> {
     let mut c = Check {
         ctx,
         problems: Vec::new(),
@@ -92,159 +70,9 @@ pub(crate) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
     }
 }
 
-/// Checks `instance_url`: https, or http to a loopback host; no credentials, query or
-/// fragment; a site path prefix is kept without its trailing slash.
-pub(crate) fn instance_url(s: &str) -> Result<Url, String> {
-    let mut url = Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => {
-            return Err(format!(
-                "{s:?} uses plain http; use https (http is allowed only for loopback hosts \
-                 127.0.0.0/8, ::1 and localhost, e.g. the emulator)"
-            ));
-        }
-        other => return Err(format!("{s:?} has scheme {other:?}; use https")),
-    }
-    if url.host().is_none() {
-        return Err(format!("{s:?} has no host"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err("must not contain a user name or password".to_owned());
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{s:?} must not have a query or fragment"));
-    }
-    let trimmed = url.path().trim_end_matches('/').to_owned();
-    url.set_path(&trimmed);
-    Ok(url)
-}
-
-/// 127.0.0.0/8, ::1 or `localhost` (which resolvers must map to loopback, RFC 6761).
-fn is_loopback(url: &Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-// === impl Check ===
+// === impl Check: one method per section ===
 
 impl Check<'_> {
-    fn into_error(mut self) -> Error {
-        if self.problems.len() == 1
-            && let Some(one) = self.problems.pop()
-        {
-            return one;
-        }
-        Error::Several(self.problems)
-    }
-
-    fn invalid(&mut self, key: &str, rule: impl Into<String>) {
-        self.problems.push(Error::Invalid {
-            key: key.to_owned(),
-            origin: self.ctx.origins.get(key),
-            rule: rule.into(),
-        });
-    }
-
-    /// A required key is absent. `condition` says when it is required, if not always.
-    fn missing(&mut self, key: &str, condition: &str) {
-        let var = env_var_for(key);
-        let mut hint = match self.ctx.main_file {
-            Some(f) if self.ctx.main_found => format!("set it in {} or with {var}", f.display()),
-            Some(f) => format!(
-                "set it in {} (which does not exist) or with {var}",
-                f.display()
-            ),
-            None => format!("set it in the config file or with {var}"),
-        };
-        // ASSET_AGENT_SALESFORCE_INSTANCE_URL (one underscore) is a likely typo.
-        let single = var.replacen("__", "_", 1);
-        if self.ctx.env.contains_key(&single) {
-            hint.push_str(&format!(
-                " ({single} is not read: section and key are separated by two underscores)"
-            ));
-        }
-        self.problems.push(Error::Missing {
-            key: key.to_owned(),
-            condition: condition.to_owned(),
-            hint,
-        });
-    }
-
-    /// A string that must be present and not blank.
-    fn required(&mut self, key: &str, value: Option<String>, condition: &str) -> Option<String> {
-        match value {
-            None => {
-                self.missing(key, condition);
-                None
-            }
-            Some(v) => self.not_blank(key, v),
-        }
-    }
-
-    fn not_blank(&mut self, key: &str, value: String) -> Option<String> {
-        if value.trim().is_empty() {
-            self.invalid(key, "must not be empty");
-            None
-        } else {
-            Some(value)
-        }
-    }
-
-    /// Paths must be absolute: relative ones would depend on the working directory, which
-    /// is `/` under systemd and something else in a shell.
-    fn path(&mut self, key: &str, value: Option<PathBuf>) -> Option<PathBuf> {
-        let p = value?;
-        if p.is_absolute() {
-            Some(p)
-        } else {
-            self.invalid(key, format!("{:?} must be an absolute path", p.display().to_string()));
-            None
-        }
-    }
-
-    fn duration(
-        &mut self,
-        key: &str,
-        value: Option<HumanDuration>,
-        default: Duration,
-        range: RangeInclusive<Duration>,
-    ) -> Duration {
-        let d = value.map_or(default, |h| h.0);
-        if !range.contains(&d) {
-            let f = humantime::format_duration;
-            self.invalid(
-                key,
-                format!(
-                    "must be between {} and {}, got {}",
-                    f(*range.start()),
-                    f(*range.end()),
-                    f(d)
-                ),
-            );
-        }
-        d
-    }
-
-    /// A method-specific key set although another method is selected: most likely the
-    /// `method` line was forgotten, which would otherwise fail much later and obscurely.
-    fn unused<T>(&mut self, key: &str, value: &Option<T>, selector: &str, want: &str, got: &str) {
-        if value.is_some() {
-            self.invalid(
-                key,
-                format!("is only used when {selector} = \"{want}\" (it is \"{got}\")"),
-            );
-        }
-    }
-
     fn state_dir(&mut self, dir: Option<PathBuf>) -> Option<PathBuf> {
         if dir.is_some() {
             return self.path("state.dir", dir);
@@ -303,10 +131,22 @@ impl Check<'_> {
             .path("auth.refresh_token_file", raw.refresh_token_file)
             .unwrap_or_else(|| state.join("refresh-token"));
         if name != MethodName::JwtBearer {
-            self.unused("auth.username", &raw.username, "auth.method", "jwt_bearer", got);
+            self.unused(
+                "auth.username",
+                &raw.username,
+                "auth.method",
+                "jwt_bearer",
+                got,
+            );
             let k = "auth.assertion_key_file";
             self.unused(k, &raw.assertion_key_file, "auth.method", "jwt_bearer", got);
-            self.unused("auth.audience", &raw.audience, "auth.method", "jwt_bearer", got);
+            self.unused(
+                "auth.audience",
+                &raw.audience,
+                "auth.method",
+                "jwt_bearer",
+                got,
+            );
         }
         if name != MethodName::DeviceFlow {
             self.unused("auth.scope", &raw.scope, "auth.method", "device_flow", got);
@@ -390,7 +230,10 @@ impl Check<'_> {
         let read = fs::read_to_string(path).and_then(|s| {
             let id = s.trim().to_owned();
             if id.is_empty() {
-                Err(io::Error::new(io::ErrorKind::InvalidData, "the file is empty"))
+                Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the file is empty",
+                ))
             } else {
                 Ok(id)
             }
@@ -407,38 +250,16 @@ impl Check<'_> {
         }
     }
 
-    fn max_len(&mut self, key: &str, value: Option<&str>, max: usize) {
-        if let Some(v) = value {
-            let n = v.chars().count();
-            if n > max {
-                self.invalid(key, format!("is {n} characters long; at most {max} are allowed"));
-            }
-        }
-    }
-
-    /// A Salesforce record id: 15 or 18 letters and digits starting with the object's
-    /// key prefix. Catches an Account id pasted where the Contact id belongs.
-    fn record_id(&mut self, key: &str, value: Option<String>, prefix: &str, object: &str) -> Option<String> {
-        let id = value?;
-        let shape = matches!(id.len(), 15 | 18) && id.chars().all(|c| c.is_ascii_alphanumeric());
-        if shape && id.starts_with(prefix) {
-            Some(id)
-        } else {
-            self.invalid(
-                key,
-                format!("{id:?} is not a 15- or 18-character {object} id (starting with {prefix})"),
-            );
-            None
-        }
-    }
-
     fn key(&mut self, raw: RawKey, state: &Path) -> Key {
         let path = self
             .path("key.path", raw.path)
             .unwrap_or_else(|| state.join("device-key.pem"));
         let bits = raw.bits.unwrap_or(DEFAULT_KEY_BITS);
         if !KEY_BITS.contains(&bits) {
-            self.invalid("key.bits", format!("must be 2048, 3072 or 4096, got {bits}"));
+            self.invalid(
+                "key.bits",
+                format!("must be 2048, 3072 or 4096, got {bits}"),
+            );
         }
         Key { path, bits }
     }
@@ -487,7 +308,12 @@ impl Check<'_> {
             verify,
             audience,
             issuer,
-            leeway: self.duration("token.leeway", raw.leeway, DEFAULT_LEEWAY, secs(0)..=secs(600)),
+            leeway: self.duration(
+                "token.leeway",
+                raw.leeway,
+                DEFAULT_LEEWAY,
+                secs(0)..=secs(600),
+            ),
             backoff_max: self.duration(
                 "token.backoff_max",
                 raw.backoff_max,
@@ -524,7 +350,9 @@ impl Check<'_> {
             if n > MAX_SOCKET_PATH {
                 self.invalid(
                     "api.socket",
-                    format!("is {n} bytes long; a Unix socket path can have at most {MAX_SOCKET_PATH}"),
+                    format!(
+                        "is {n} bytes long; a Unix socket path can have at most {MAX_SOCKET_PATH}"
+                    ),
                 );
             }
         }
@@ -540,7 +368,10 @@ impl Check<'_> {
         if level.trim().is_empty() {
             self.invalid("log.level", "must not be empty");
         } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
-            self.invalid("log.level", format!("{level:?} is not a valid tracing filter: {e}"));
+            self.invalid(
+                "log.level",
+                format!("{level:?} is not a valid tracing filter: {e}"),
+            );
         }
         Log {
             level,

@@ -107,8 +107,12 @@ pub(crate) fn validate(token: &str, now: i64) -> Result<Actor, Rejection> {
     let asset = claims
         .asset
         .ok_or_else(|| bad("Asset claim is missing".to_owned()))?;
-    let iat = claims.iat.ok_or_else(|| bad("iat claim is missing".to_owned()))?;
-    let exp = claims.exp.ok_or_else(|| bad("exp claim is missing".to_owned()))?;
+    let iat = claims
+        .iat
+        .ok_or_else(|| bad("iat claim is missing".to_owned()))?;
+    let exp = claims
+        .exp
+        .ok_or_else(|| bad("exp claim is missing".to_owned()))?;
     if exp <= now {
         return Err(bad(format!(
             "expired at {} (emulator time {})",
@@ -210,27 +214,138 @@ pub(crate) mod tests {
         let mut short_jwk = key.public_jwk().clone();
         short_jwk.n = b64url(&b64url_decode(&short_jwk.n).unwrap()[..128]);
 
-        let cases: Vec<(&str, String, i64, Result<(), (&str, &str)>)> = vec![
+        // (name, token, emulator time, Ok or (error code, text in the description))
+        type Case<'a> = (&'a str, String, i64, Result<(), (&'a str, &'a str)>);
+        let cases: Vec<Case<'_>> = vec![
             ("good", good.clone(), NOW, Ok(())),
-            ("good within skew", with(&key, |c| c["iat"] = json!(NOW + 30)), NOW, Ok(())),
-            ("not a jws", "abc".into(), NOW, Err(("invalid_request", "compact JWS"))),
-            ("garbage claims", "e30.bm90anNvbg.AA".into(), NOW, Err(("invalid_request", "claims"))),
-            ("wrong claim type", with(&key, |c| c["iat"] = json!("soon")), NOW, Err(("invalid_request", "malformed"))),
-            ("alg none", reheader(&good, json!({"alg": "none", "kid": kid})), NOW, Err(("invalid_grant", "RS256"))),
-            ("no kid", reheader(&good, json!({"alg": "RS256"})), NOW, Err(("invalid_request", "no kid"))),
-            ("kid mismatch", with(&key, |c| c["cnf"]["jwk"]["kid"] = json!("devicekey")), NOW, Err(("invalid_grant", "kid"))),
-            ("no cnf", with(&key, |c| { c.as_object_mut().unwrap().remove("cnf"); }), NOW, Err(("invalid_request", "cnf.jwk"))),
-            ("bad signature", tampered, NOW, Err(("invalid_grant", "signature"))),
-            ("signed by another key", sign(&other, &claims(&key)), NOW, Err(("invalid_grant", "kid"))),
-            ("short key", with(&key, |c| c["cnf"]["jwk"] = json!(short_jwk)), NOW, Err(("invalid_grant", "1024-bit"))),
-            ("missing did", with(&key, |c| { c.as_object_mut().unwrap().remove("did"); }), NOW, Err(("invalid_grant", "did"))),
-            ("empty did", with(&key, |c| c["did"] = json!("")), NOW, Err(("invalid_grant", "did"))),
-            ("missing Asset", with(&key, |c| { c.as_object_mut().unwrap().remove("Asset"); }), NOW, Err(("invalid_grant", "Asset"))),
-            ("missing exp", with(&key, |c| { c.as_object_mut().unwrap().remove("exp"); }), NOW, Err(("invalid_grant", "exp"))),
-            ("expired", good.clone(), NOW + 300, Err(("invalid_grant", "expired"))),
-            ("future iat", with(&key, |c| { c["iat"] = json!(NOW + 120); c["exp"] = json!(NOW + 400); }), NOW, Err(("invalid_grant", "future"))),
-            ("exp before iat", with(&key, |c| { c["iat"] = json!(NOW + 10); c["exp"] = json!(NOW + 5); }), NOW, Err(("invalid_grant", "after iat"))),
-            ("too long", with(&key, |c| c["exp"] = json!(NOW + 601)), NOW, Err(("invalid_grant", "exceeds"))),
+            (
+                "good within skew",
+                with(&key, |c| c["iat"] = json!(NOW + 30)),
+                NOW,
+                Ok(()),
+            ),
+            (
+                "not a jws",
+                "abc".into(),
+                NOW,
+                Err(("invalid_request", "compact JWS")),
+            ),
+            (
+                "garbage claims",
+                "e30.bm90anNvbg.AA".into(),
+                NOW,
+                Err(("invalid_request", "claims")),
+            ),
+            (
+                "wrong claim type",
+                with(&key, |c| c["iat"] = json!("soon")),
+                NOW,
+                Err(("invalid_request", "malformed")),
+            ),
+            (
+                "alg none",
+                reheader(&good, json!({"alg": "none", "kid": kid})),
+                NOW,
+                Err(("invalid_grant", "RS256")),
+            ),
+            (
+                "no kid",
+                reheader(&good, json!({"alg": "RS256"})),
+                NOW,
+                Err(("invalid_request", "no kid")),
+            ),
+            (
+                "kid mismatch",
+                with(&key, |c| c["cnf"]["jwk"]["kid"] = json!("devicekey")),
+                NOW,
+                Err(("invalid_grant", "kid")),
+            ),
+            (
+                "no cnf",
+                with(&key, |c| {
+                    c.as_object_mut().unwrap().remove("cnf");
+                }),
+                NOW,
+                Err(("invalid_request", "cnf.jwk")),
+            ),
+            (
+                "bad signature",
+                tampered,
+                NOW,
+                Err(("invalid_grant", "signature")),
+            ),
+            (
+                "signed by another key",
+                sign(&other, &claims(&key)),
+                NOW,
+                Err(("invalid_grant", "kid")),
+            ),
+            (
+                "short key",
+                with(&key, |c| c["cnf"]["jwk"] = json!(short_jwk)),
+                NOW,
+                Err(("invalid_grant", "1024-bit")),
+            ),
+            (
+                "missing did",
+                with(&key, |c| {
+                    c.as_object_mut().unwrap().remove("did");
+                }),
+                NOW,
+                Err(("invalid_grant", "did")),
+            ),
+            (
+                "empty did",
+                with(&key, |c| c["did"] = json!("")),
+                NOW,
+                Err(("invalid_grant", "did")),
+            ),
+            (
+                "missing Asset",
+                with(&key, |c| {
+                    c.as_object_mut().unwrap().remove("Asset");
+                }),
+                NOW,
+                Err(("invalid_grant", "Asset")),
+            ),
+            (
+                "missing exp",
+                with(&key, |c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                NOW,
+                Err(("invalid_grant", "exp")),
+            ),
+            (
+                "expired",
+                good.clone(),
+                NOW + 300,
+                Err(("invalid_grant", "expired")),
+            ),
+            (
+                "future iat",
+                with(&key, |c| {
+                    c["iat"] = json!(NOW + 120);
+                    c["exp"] = json!(NOW + 400);
+                }),
+                NOW,
+                Err(("invalid_grant", "future")),
+            ),
+            (
+                "exp before iat",
+                with(&key, |c| {
+                    c["iat"] = json!(NOW + 10);
+                    c["exp"] = json!(NOW + 5);
+                }),
+                NOW,
+                Err(("invalid_grant", "after iat")),
+            ),
+            (
+                "too long",
+                with(&key, |c| c["exp"] = json!(NOW + 601)),
+                NOW,
+                Err(("invalid_grant", "exceeds")),
+            ),
         ];
         for (name, token, now, want) in cases {
             let got = validate(&token, now);

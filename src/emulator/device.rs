@@ -46,7 +46,8 @@ pub(crate) fn start(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
     let device_code = random_b64url(32)?;
     let user_code = user_code()?;
     let interval = shared.config.device_poll_interval.as_secs().max(1);
-    let lifetime = i64::try_from(shared.config.device_code_lifetime.as_millis()).unwrap_or(i64::MAX);
+    let lifetime =
+        i64::try_from(shared.config.device_code_lifetime.as_millis()).unwrap_or(i64::MAX);
     let auth = DeviceAuth {
         user_code: user_code.clone(),
         scope: form
@@ -59,7 +60,9 @@ pub(crate) fn start(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
         last_poll_ms: None,
         decision: Decision::Pending,
     };
-    lock(&shared.state).devices.insert(device_code.clone(), auth);
+    lock(&shared.state)
+        .devices
+        .insert(device_code.clone(), auth);
     tracing::debug!(%user_code, "emulator device authorisation started");
     Ok(http::json(
         StatusCode::OK,
@@ -134,11 +137,17 @@ impl DeviceAuth {
             self.interval_ms += SLOW_DOWN_STEP_MS;
             return Err(err(
                 "slow_down",
-                &format!("polling too fast: wait {} s between polls", self.interval_ms / 1000),
+                &format!(
+                    "polling too fast: wait {} s between polls",
+                    self.interval_ms / 1000
+                ),
             ));
         }
         if self.decision == Decision::Pending {
-            return Err(err("authorization_pending", "the user has not approved yet"));
+            return Err(err(
+                "authorization_pending",
+                "the user has not approved yet",
+            ));
         }
         self.decision = Decision::Used;
         Ok(self.scope.clone())
@@ -150,7 +159,9 @@ fn user_code() -> Result<String, Rejection> {
     let mut code = String::with_capacity(9);
     for _ in 0..4 {
         let i = random_below(USER_CODE_LETTERS.len() as u32)? as usize;
-        code.push(char::from(USER_CODE_LETTERS.get(i).copied().unwrap_or(b'X')));
+        code.push(char::from(
+            USER_CODE_LETTERS.get(i).copied().unwrap_or(b'X'),
+        ));
     }
     code.push('-');
     code.push_str(&format!("{:04}", random_below(10_000)?));

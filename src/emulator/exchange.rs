@@ -9,7 +9,7 @@
 use hyper::StatusCode;
 
 use super::common::{Form, Rejection, lock, random_b64url};
-use super::faults::Spoiled;
+use super::armed::Spoiled;
 use super::state::{AssetTokenEvent, Registrant, SessionCheck};
 use super::stats::FaultKind;
 use super::{Shared, actor, signing};
@@ -43,19 +43,29 @@ pub(crate) async fn exchange(shared: &Shared, form: &Form) -> Result<Reply, Reje
     let user_id = match lock(&shared.state).session(subject, now_ms) {
         SessionCheck::Live(s) => s.user_id.clone(),
         // Salesforce's wording for a dead session; status per config (400 by default).
-        SessionCheck::Expired => return Err(subject_rejection(shared, "expired access/refresh token")),
-        SessionCheck::Unknown => return Err(subject_rejection(shared, "invalid subject_token: unknown access token")),
+        SessionCheck::Expired => {
+            return Err(subject_rejection(shared, "expired access/refresh token"));
+        }
+        SessionCheck::Unknown => {
+            return Err(subject_rejection(
+                shared,
+                "invalid subject_token: unknown access token",
+            ));
+        }
     };
     let actor = actor::validate(actor_token, now)?;
-    let device_key = signing::jwk_to_pem(&actor.jwk)
-        .ok_or_else(|| Rejection::invalid_grant("actor_token: cnf.jwk is not a valid RSA public key"))?;
+    let device_key = signing::jwk_to_pem(&actor.jwk).ok_or_else(|| {
+        Rejection::invalid_grant("actor_token: cnf.jwk is not a valid RSA public key")
+    })?;
 
     let (asset, registration) = {
         let mut st = lock(&shared.state);
-        if let Some(jti) = &actor.jti {
-            if !st.use_jti(jti, actor.exp, now) {
-                return Err(Rejection::invalid_grant("actor_token: jti has already been used"));
-            }
+        if let Some(jti) = &actor.jti
+            && !st.use_jti(jti, actor.exp, now)
+        {
+            return Err(Rejection::invalid_grant(
+                "actor_token: jti has already been used",
+            ));
         }
         st.register(Registrant {
             fields: &actor.asset,
@@ -203,7 +213,10 @@ mod tests {
     }
 
     fn as_form(pairs: &[(String, String)]) -> Form {
-        let v: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let v: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         Form::from_pairs(&v)
     }
 
@@ -213,12 +226,29 @@ mod tests {
         assert!(check_fields(&as_form(&good)).is_ok());
         let mut extra = good.clone();
         extra.push(("client_id".into(), "x".into()));
-        assert!(check_fields(&as_form(&extra)).unwrap_err().description.contains("client_id"));
-        let missing: Vec<_> = good.iter().filter(|(k, _)| k != "actor_token").cloned().collect();
-        assert_eq!(check_fields(&as_form(&missing)).unwrap_err().description, "actor_token is missing");
+        assert!(
+            check_fields(&as_form(&extra))
+                .unwrap_err()
+                .description
+                .contains("client_id")
+        );
+        let missing: Vec<_> = good
+            .iter()
+            .filter(|(k, _)| k != "actor_token")
+            .cloned()
+            .collect();
+        assert_eq!(
+            check_fields(&as_form(&missing)).unwrap_err().description,
+            "actor_token is missing"
+        );
         let mut dup = good.clone();
         dup.push(("subject_token".into(), "again".into()));
-        assert!(check_fields(&as_form(&dup)).unwrap_err().description.contains("repeated"));
+        assert!(
+            check_fields(&as_form(&dup))
+                .unwrap_err()
+                .description
+                .contains("repeated")
+        );
         let mut wrong = good.clone();
         wrong[1].1 = TOKEN_TYPE_JWT.into();
         let e = check_fields(&as_form(&wrong)).unwrap_err();
@@ -226,7 +256,12 @@ mod tests {
         assert!(e.description.contains("subject_token_type"));
         let mut wrong = good;
         wrong[3].1 = TOKEN_TYPE_ACCESS_TOKEN.into();
-        assert!(check_fields(&as_form(&wrong)).unwrap_err().description.contains("actor_token_type"));
+        assert!(
+            check_fields(&as_form(&wrong))
+                .unwrap_err()
+                .description
+                .contains("actor_token_type")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -241,7 +276,9 @@ mod tests {
         let key = testing::device_key();
         let at = crate::emulator::oauth::new_session(&shared, "u").unwrap();
         let actor = jws::sign(&key, &claims(&key)).unwrap();
-        let reply = exchange(&shared, &as_form(&form(at.expose(), &actor))).await.unwrap();
+        let reply = exchange(&shared, &as_form(&form(at.expose(), &actor)))
+            .await
+            .unwrap();
         assert_eq!(reply.status(), StatusCode::OK);
         {
             let st = lock(&shared.state);
@@ -250,24 +287,46 @@ mod tests {
             assert_eq!(st.events()[0].connected_app_name, shared.config.client_id);
         }
         // Same jti again: replay.
-        let e = exchange(&shared, &as_form(&form(at.expose(), &actor))).await.unwrap_err();
+        let e = exchange(&shared, &as_form(&form(at.expose(), &actor)))
+            .await
+            .unwrap_err();
         assert!(e.description.contains("jti"), "{e:?}");
         // New jti, same serial: linked.
         let mut c = claims(&key);
         c["jti"] = serde_json::json!("jti-2");
         let actor2 = jws::sign(&key, &c).unwrap();
-        exchange(&shared, &as_form(&form(at.expose(), &actor2))).await.unwrap();
-        assert_eq!(lock(&shared.state).events()[1].registration, Registration::Linked);
+        exchange(&shared, &as_form(&form(at.expose(), &actor2)))
+            .await
+            .unwrap();
+        assert_eq!(
+            lock(&shared.state).events()[1].registration,
+            Registration::Linked
+        );
         // Unknown Asset.Id.
         c["jti"] = serde_json::json!("jti-3");
         c["Asset"]["Id"] = serde_json::json!("02iNOPE");
-        let e = exchange(&shared, &as_form(&form(at.expose(), &jws::sign(&key, &c).unwrap()))).await.unwrap_err();
-        assert_eq!((e.error, e.description.as_str()), ("invalid_grant", "Asset.Id 02iNOPE does not exist"));
+        let e = exchange(
+            &shared,
+            &as_form(&form(at.expose(), &jws::sign(&key, &c).unwrap())),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (e.error, e.description.as_str()),
+            ("invalid_grant", "Asset.Id 02iNOPE does not exist")
+        );
         // Unknown and expired subject tokens use the configured status.
-        let e = exchange(&shared, &as_form(&form("nope", &actor))).await.unwrap_err();
-        assert_eq!((e.status, e.error), (StatusCode::UNAUTHORIZED, "invalid_grant"));
+        let e = exchange(&shared, &as_form(&form("nope", &actor)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.status, e.error),
+            (StatusCode::UNAUTHORIZED, "invalid_grant")
+        );
         tokio::time::advance(Duration::from_secs(3 * 3600)).await;
-        let e = exchange(&shared, &as_form(&form(at.expose(), &actor))).await.unwrap_err();
+        let e = exchange(&shared, &as_form(&form(at.expose(), &actor)))
+            .await
+            .unwrap_err();
         assert_eq!(e.description, "expired access/refresh token");
     }
 }

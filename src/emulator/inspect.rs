@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::common::{Rejection, lock};
 use super::faults::{Fault, Faults};
@@ -136,7 +136,8 @@ async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Rej
     let body = http::read_body(req, MAX_BODY)
         .await
         .map_err(|e| Rejection::invalid_request(e.to_string()))?;
-    serde_json::from_slice(&body).map_err(|e| Rejection::invalid_request(format!("bad JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| Rejection::invalid_request(format!("bad JSON body: {e}")))
 }
 
 fn not_found(e: &Error) -> Rejection {

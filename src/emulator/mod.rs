@@ -14,12 +14,14 @@
 //! All wall time comes from [`Config::clock`] plus the emulator's own skew, so tests can
 //! run it on tokio's paused clock.
 //!
-//! Layout: `server` (accept loop, routing, `Date`), `oauth` (subject-token grants),
+//! Layout: `shared` (what handlers share, the emulator clock), `server` (accept loop,
+//! routing, `Date`), `oauth` (subject-token grants),
 //! `device` (device flow), `exchange` + `actor` (token exchange), `state` (tables),
-//! `signing` (key, JWKS, certificate), `faults`, `stats`, `inspect` (control routes),
+//! `signing` (key, JWKS, certificate), `faults` + `armed`, `stats`, `inspect` (control routes),
 //! `common` (error bodies, forms, randomness).
 
 mod actor;
+mod armed;
 mod common;
 mod device;
 mod exchange;
@@ -27,15 +29,21 @@ mod faults;
 mod inspect;
 mod oauth;
 mod server;
+mod shared;
 mod signing;
 mod state;
 mod stats;
+#[cfg(test)]
+mod testing;
 
-pub use faults::{Fault, Faults, PendingFaults, Scope};
+pub use armed::{ArmedDelay, ArmedFailure, ArmedMalformed, PendingFaults};
+pub use faults::{Fault, Faults, Scope};
 pub use state::{Asset, AssetTokenEvent, Registration};
 pub use stats::{Endpoint, FaultKind, Grant, Stats};
 
-use std::net::SocketAddr;
+pub(crate) use shared::Shared;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -140,25 +148,6 @@ pub struct Emulator {
     task: Option<JoinHandle<()>>,
 }
 
-/// What every handler shares: configuration, keys, tables, faults and counters.
-pub(crate) struct Shared {
-    /// The configuration, key PEMs removed.
-    pub config: Config,
-    pub addr: SocketAddr,
-    /// `http://IP:PORT` plus the site prefix: `instance_url`, asset-token `iss`.
-    pub base_url: String,
-    pub keys: signing::Keys,
-    pub state: Mutex<state::State>,
-    pub faults: Mutex<faults::Armed>,
-    pub stats: Mutex<Stats>,
-    pub listen: server::ListenControl,
-    /// The emulator's own clock skew (ms), on top of `config.clock`: the clock may be
-    /// shared with the agent under test, whose time must not move with ours.
-    skew_ms: AtomicI64,
-    /// Tracks connection tasks so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
-
 // === impl Config ===
 
 impl Config {
@@ -213,29 +202,15 @@ impl Emulator {
         for jwk in std::mem::take(&mut config.jwt_bearer_keys) {
             state.add_jwt_bearer_key(jwk);
         }
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
-        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
-            format!("[{host}]")
-        } else {
-            host
+        // A wildcard listener is reached over loopback; IPv6 literals need brackets.
+        let host = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.to_string(),
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) if ip.is_unspecified() => format!("[{}]", Ipv6Addr::LOCALHOST),
+            IpAddr::V6(ip) => format!("[{ip}]"),
         };
         let base_url = format!("http://{host}:{}{}", addr.port(), config.site_prefix);
-        let shared = Arc::new(Shared {
-            config,
-            addr,
-            base_url,
-            keys,
-            state: Mutex::new(state),
-            faults: Mutex::new(faults::Armed::default()),
-            stats: Mutex::new(Stats::default()),
-            listen: server::ListenControl::new(),
-            skew_ms: AtomicI64::new(0),
-            tracker: TaskTracker::new(),
-        });
+        let shared = Arc::new(Shared::new(config, addr, base_url, keys, state));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(shared.clone(), listener, shutdown.clone()));
         tracing::debug!(%addr, "emulator listening");
@@ -277,6 +252,15 @@ impl Emulator {
     /// [`Error::Random`] if no randomness is available.
     pub fn mint_access_token(&self) -> Result<Secret, Error> {
         inspect::mint_access_token(&self.shared).map_err(|_| Error::Random)
+    }
+
+    /// Every access token issued so far, live or expired, so a test can check that none
+    /// of them leaks into a log. (No HTTP route: tokens stay in-process.)
+    pub fn issued_access_tokens(&self) -> Vec<Secret> {
+        lock(&self.shared.state)
+            .access_tokens()
+            .map(Secret::new)
+            .collect()
     }
 
     /// The Asset table (`GET /__emulator/assets`).
@@ -362,90 +346,5 @@ impl std::fmt::Debug for Emulator {
         f.debug_struct("Emulator")
             .field("base_url", &self.shared.base_url)
             .finish_non_exhaustive()
-    }
-}
-
-// === impl Shared ===
-
-impl Shared {
-    /// The emulator's wall time: the configured clock plus its own skew.
-    pub fn now(&self) -> SystemTime {
-        let base = self.config.clock.now();
-        let skew = self.skew_ms.load(Ordering::Relaxed);
-        let delta = Duration::from_millis(skew.unsigned_abs());
-        if skew >= 0 {
-            base + delta
-        } else {
-            base.checked_sub(delta).unwrap_or(UNIX_EPOCH)
-        }
-    }
-
-    /// Unix seconds of [`Shared::now`].
-    pub fn unix(&self) -> i64 {
-        clock::unix_seconds(self.now())
-    }
-
-    /// Unix milliseconds of [`Shared::now`].
-    pub fn unix_ms(&self) -> i64 {
-        match self.now().duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
-        }
-    }
-
-    pub fn set_skew(&self, seconds: i64) {
-        self.skew_ms
-            .store(seconds.saturating_mul(1000), Ordering::Relaxed);
-    }
-
-    pub fn skew(&self) -> i64 {
-        self.skew_ms.load(Ordering::Relaxed) / 1000
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod testing {
-    //! A `Shared` without a server, for driving handlers directly under paused time.
-
-    use super::*;
-
-    pub const EMULATOR_KEY: &str = include_str!("../../tests/data/emulator-key.pem");
-    pub const OTHER_KEY: &str = include_str!("../../tests/data/other-key.pem");
-    pub const DEVICE_KEY: &str = include_str!("../../tests/data/device-key.pem");
-
-    pub fn config() -> Config {
-        Config {
-            client_secret: Some(Secret::new("s3cret")),
-            signing_key_pem: Some(Secret::new(EMULATOR_KEY)),
-            impostor_key_pem: Some(Secret::new(OTHER_KEY)),
-            clock: Clock::tokio_driven(),
-            ..Config::default()
-        }
-    }
-
-    pub async fn shared(config: Config) -> Arc<Shared> {
-        let keys = signing::Keys::load(config.signing_key_pem.clone(), config.impostor_key_pem.clone())
-            .await
-            .unwrap();
-        Arc::new(Shared {
-            config,
-            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
-            base_url: "http://127.0.0.1:1".to_owned(),
-            keys,
-            state: Mutex::new(state::State::default()),
-            faults: Mutex::new(faults::Armed::default()),
-            stats: Mutex::new(Stats::default()),
-            listen: server::ListenControl::new(),
-            skew_ms: AtomicI64::new(0),
-            tracker: TaskTracker::new(),
-        })
-    }
-
-    pub fn device_key() -> crate::keys::FileKey {
-        crate::keys::FileKey::from_pem(std::path::Path::new("device"), DEVICE_KEY.as_bytes()).unwrap()
-    }
-
-    pub fn other_key() -> crate::keys::FileKey {
-        crate::keys::FileKey::from_pem(std::path::Path::new("other"), OTHER_KEY.as_bytes()).unwrap()
     }
 }

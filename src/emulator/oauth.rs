@@ -8,8 +8,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use hyper::StatusCode;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 
 use super::common::{Form, Rejection, lock, random_b64url, secrets_equal};
@@ -22,7 +22,10 @@ use crate::salesforce::wire::OAuthTokenResponse;
 use crate::secret::Secret;
 
 /// Audiences Salesforce accepts in a JWT-bearer assertion, besides the instance URL.
-const BEARER_AUDIENCES: [&str; 2] = ["https://login.salesforce.com", "https://test.salesforce.com"];
+const BEARER_AUDIENCES: [&str; 2] = [
+    "https://login.salesforce.com",
+    "https://test.salesforce.com",
+];
 /// A JWT-bearer assertion may not expire further ahead than this.
 const MAX_ASSERTION_LIFETIME_SECS: i64 = 600;
 /// Who sessions from the refresh-token and device flows run as.
@@ -60,7 +63,12 @@ enum Audience {
 }
 
 /// Answers one token-endpoint request of kind `grant`.
-pub(crate) async fn token(shared: &Shared, grant: Grant, form: &Form, headers: &HeaderMap) -> Reply {
+pub(crate) async fn token(
+    shared: &Shared,
+    grant: Grant,
+    form: &Form,
+    headers: &HeaderMap,
+) -> Reply {
     let result = match check_content_type(headers) {
         Err(e) => Err(e),
         Ok(()) => match grant {
@@ -92,7 +100,10 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
     let ok = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
     if ok {
         Ok(())
     } else {
@@ -127,7 +138,11 @@ fn refresh(shared: &Shared, form: &Form, headers: &HeaderMap) -> Result<Reply, R
     Ok(http::json(StatusCode::OK, &resp))
 }
 
-fn client_credentials(shared: &Shared, form: &Form, headers: &HeaderMap) -> Result<Reply, Rejection> {
+fn client_credentials(
+    shared: &Shared,
+    form: &Form,
+    headers: &HeaderMap,
+) -> Result<Reply, Rejection> {
     check_client(shared, form, headers, SecretRule::Required)?;
     let resp = issue(shared, INTEGRATION_USERNAME, None, "api")?;
     Ok(http::json(StatusCode::OK, &resp))
@@ -156,7 +171,10 @@ fn jwt_bearer(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
     if c.iss.as_deref() != Some(shared.config.client_id.as_str()) {
         return Err(Rejection::invalid_client("client identifier invalid (iss)"));
     }
-    let username = c.sub.filter(|s| !s.is_empty()).ok_or_else(|| invalid("sub (username) is missing"))?;
+    let username = c
+        .sub
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| invalid("sub (username) is missing"))?;
     let auds = match c.aud {
         Some(Audience::One(a)) => vec![a],
         Some(Audience::Many(v)) => v,
@@ -181,7 +199,12 @@ fn jwt_bearer(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
 }
 
 /// Checks `client_id` (form or HTTP Basic) and, per `rule`, the consumer secret.
-fn check_client(shared: &Shared, form: &Form, headers: &HeaderMap, rule: SecretRule) -> Result<(), Rejection> {
+fn check_client(
+    shared: &Shared,
+    form: &Form,
+    headers: &HeaderMap,
+    rule: SecretRule,
+) -> Result<(), Rejection> {
     let basic = basic_credentials(headers)?;
     if basic.is_some() && form.get("client_secret").is_some() {
         return Err(Rejection::invalid_request(
@@ -253,7 +276,10 @@ pub(crate) fn issue(
         .as_ref()
         .map_or(shared.config.client_id.as_str(), Secret::expose);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key_material.as_bytes());
-    let signature = STANDARD.encode(ring::hmac::sign(&key, format!("{id}{issued_at}").as_bytes()));
+    let signature = STANDARD.encode(ring::hmac::sign(
+        &key,
+        format!("{id}{issued_at}").as_bytes(),
+    ));
     Ok(OAuthTokenResponse {
         access_token,
         refresh_token,
@@ -300,10 +326,18 @@ mod tests {
         h
     }
 
-    async fn status_and_error(shared: &Shared, grant: Grant, form: &Form, headers: &HeaderMap) -> (StatusCode, String) {
+    async fn status_and_error(
+        shared: &Shared,
+        grant: Grant,
+        form: &Form,
+        headers: &HeaderMap,
+    ) -> (StatusCode, String) {
         let reply = token(shared, grant, form, headers).await;
         let status = reply.status();
-        let body = http_body_util::BodyExt::collect(reply.into_body()).await.unwrap().to_bytes();
+        let body = http_body_util::BodyExt::collect(reply.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         (status, v["error"].as_str().unwrap_or("").to_owned())
     }
@@ -326,16 +360,43 @@ mod tests {
                 ("client_secret", secret),
             ])
         };
-        let (s, e) = status_and_error(&shared, Grant::RefreshToken, &base(rt.expose(), "wrong"), &h).await;
+        let (s, e) = status_and_error(
+            &shared,
+            Grant::RefreshToken,
+            &base(rt.expose(), "wrong"),
+            &h,
+        )
+        .await;
         assert_eq!((s, e.as_str()), (StatusCode::BAD_REQUEST, "invalid_client"));
-        let (s, _) = status_and_error(&shared, Grant::RefreshToken, &base(rt.expose(), "s3cret"), &h).await;
+        let (s, _) = status_and_error(
+            &shared,
+            Grant::RefreshToken,
+            &base(rt.expose(), "s3cret"),
+            &h,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         // Rotated away: the old token is dead.
-        let (s, e) = status_and_error(&shared, Grant::RefreshToken, &base(rt.expose(), "s3cret"), &h).await;
+        let (s, e) = status_and_error(
+            &shared,
+            Grant::RefreshToken,
+            &base(rt.expose(), "s3cret"),
+            &h,
+        )
+        .await;
         assert_eq!((s, e.as_str()), (StatusCode::BAD_REQUEST, "invalid_grant"));
         // Wrong content type.
-        let (s, e) = status_and_error(&shared, Grant::RefreshToken, &base(rt.expose(), "s3cret"), &HeaderMap::new()).await;
-        assert_eq!((s, e.as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+        let (s, e) = status_and_error(
+            &shared,
+            Grant::RefreshToken,
+            &base(rt.expose(), "s3cret"),
+            &HeaderMap::new(),
+        )
+        .await;
+        assert_eq!(
+            (s, e.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_request")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -344,7 +405,8 @@ mod tests {
         let key = testing::other_key();
         let now = shared.unix();
         let assertion = |iss: &str, aud: &str, exp: i64| {
-            let claims = serde_json::json!({"iss": iss, "sub": "dev@example.com", "aud": aud, "exp": exp});
+            let claims =
+                serde_json::json!({"iss": iss, "sub": "dev@example.com", "aud": aud, "exp": exp});
             jws::sign(&key, &claims).unwrap()
         };
         let h = form_headers();
@@ -352,7 +414,10 @@ mod tests {
             let shared = shared.clone();
             let h = h.clone();
             async move {
-                let f = Form::from_pairs(&[("grant_type", crate::salesforce::wire::GRANT_JWT_BEARER), ("assertion", &a)]);
+                let f = Form::from_pairs(&[
+                    ("grant_type", crate::salesforce::wire::GRANT_JWT_BEARER),
+                    ("assertion", &a),
+                ]);
                 status_and_error(&shared, Grant::JwtBearer, &f, &h).await
             }
         };
@@ -362,11 +427,38 @@ mod tests {
         assert_eq!(run(good.clone()).await.1, "invalid_grant");
         lock(&shared.state).add_jwt_bearer_key(key.public_jwk().clone());
         assert_eq!(run(good).await.0, StatusCode::OK);
-        assert_eq!(run(assertion("other", "https://login.salesforce.com", now + 300)).await.1, "invalid_client");
-        assert_eq!(run(assertion(cid, "https://evil.example.com", now + 300)).await.1, "invalid_grant");
-        assert_eq!(run(assertion(cid, "https://test.salesforce.com", now - 3600)).await.1, "invalid_grant");
-        assert_eq!(run(assertion(cid, "http://127.0.0.1:1", now + 3600)).await.1, "invalid_grant");
-        assert_eq!(run(assertion(cid, "http://127.0.0.1:1", now + 60)).await.0, StatusCode::OK);
+        assert_eq!(
+            run(assertion(
+                "other",
+                "https://login.salesforce.com",
+                now + 300
+            ))
+            .await
+            .1,
+            "invalid_client"
+        );
+        assert_eq!(
+            run(assertion(cid, "https://evil.example.com", now + 300))
+                .await
+                .1,
+            "invalid_grant"
+        );
+        assert_eq!(
+            run(assertion(cid, "https://test.salesforce.com", now - 3600))
+                .await
+                .1,
+            "invalid_grant"
+        );
+        assert_eq!(
+            run(assertion(cid, "http://127.0.0.1:1", now + 3600))
+                .await
+                .1,
+            "invalid_grant"
+        );
+        assert_eq!(
+            run(assertion(cid, "http://127.0.0.1:1", now + 60)).await.0,
+            StatusCode::OK
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -374,9 +466,17 @@ mod tests {
         let shared = testing::shared(testing::config()).await;
         let mut h = form_headers();
         let basic = STANDARD.encode(format!("{}:s3cret", crate::emulator::DEFAULT_CLIENT_ID));
-        h.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Basic {basic}")).unwrap());
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
+        );
         let f = Form::from_pairs(&[("grant_type", "client_credentials")]);
-        assert_eq!(status_and_error(&shared, Grant::ClientCredentials, &f, &h).await.0, StatusCode::OK);
+        assert_eq!(
+            status_and_error(&shared, Grant::ClientCredentials, &f, &h)
+                .await
+                .0,
+            StatusCode::OK
+        );
         let f = Form::from_pairs(&[
             ("grant_type", "client_credentials"),
             ("client_id", crate::emulator::DEFAULT_CLIENT_ID),
@@ -385,6 +485,11 @@ mod tests {
         let (s, e) = status_and_error(&shared, Grant::ClientCredentials, &f, &form_headers()).await;
         assert_eq!((s, e.as_str()), (StatusCode::BAD_REQUEST, "invalid_client"));
         let f = Form::from_pairs(&[("grant_type", "password")]);
-        assert_eq!(status_and_error(&shared, Grant::Unsupported, &f, &form_headers()).await.1, "unsupported_grant_type");
+        assert_eq!(
+            status_and_error(&shared, Grant::Unsupported, &f, &form_headers())
+                .await
+                .1,
+            "unsupported_grant_type"
+        );
     }
 }

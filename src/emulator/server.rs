@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::common::{Form, Rejection, lock};
-use super::faults::Spoiled;
+use super::armed::Spoiled;
 use super::stats::{Endpoint, FaultKind, Grant};
 use super::{CONTROL_PREFIX, Error, Shared, inspect, oauth};
 use crate::http::{self, BodyError, Reply};
@@ -265,21 +265,24 @@ async fn salesforce(shared: &Shared, req: Request<Incoming>) -> Reply {
         return failure_reply(status, retry_after);
     }
 
-    let reply = match (endpoint, parsed) {
+    match (endpoint, parsed) {
         (Endpoint::Token, Some((form, grant))) => {
             let reply = oauth::token(shared, grant, &form, &headers).await;
             spoil_or_count(shared, grant, reply)
         }
-        (Endpoint::Jwks, _) if method == Method::GET => http::json(StatusCode::OK, shared.keys.jwks()),
+        (Endpoint::Jwks, _) if method == Method::GET => {
+            http::json(StatusCode::OK, shared.keys.jwks())
+        }
         (Endpoint::Token | Endpoint::Jwks, _) => Rejection::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request",
             format!("method {method} not allowed here"),
         )
         .into_reply(),
-        (Endpoint::Other, _) => Rejection::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_reply(),
-    };
-    reply
+        (Endpoint::Other, _) => {
+            Rejection::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_reply()
+        }
+    }
 }
 
 /// Applies the malformed-JSON fault to a successful token response, or counts the success.
@@ -301,15 +304,17 @@ fn spoil_or_count(shared: &Shared, grant: Grant, reply: Reply) -> Reply {
 /// An injected failure: RFC 6749-style body, `Retry-After` when configured.
 fn failure_reply(status: StatusCode, retry_after: Option<u64>) -> Reply {
     let code = match status {
-        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => "temporarily_unavailable",
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            "temporarily_unavailable"
+        }
         s if s.is_server_error() => "server_error",
         _ => "invalid_request",
     };
     let mut reply = Rejection::new(status, code, "injected fault").into_reply();
-    if let Some(secs) = retry_after {
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            reply.headers_mut().insert(RETRY_AFTER, v);
-        }
+    if let Some(secs) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        reply.headers_mut().insert(RETRY_AFTER, v);
     }
     reply
 }
@@ -322,7 +327,10 @@ mod tests {
     fn routes_respect_the_site_prefix() {
         assert_eq!(route("", "/services/oauth2/token"), Endpoint::Token);
         assert_eq!(route("", "/id/keys"), Endpoint::Jwks);
-        assert_eq!(route("/support", "/support/services/oauth2/token"), Endpoint::Token);
+        assert_eq!(
+            route("/support", "/support/services/oauth2/token"),
+            Endpoint::Token
+        );
         assert_eq!(route("/support", "/services/oauth2/token"), Endpoint::Other);
         assert_eq!(route("", "/services/oauth2/token/"), Endpoint::Other);
     }
@@ -332,9 +340,11 @@ mod tests {
         let r = failure_reply(StatusCode::TOO_MANY_REQUESTS, Some(7));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[RETRY_AFTER], "7");
-        assert!(failure_reply(StatusCode::INTERNAL_SERVER_ERROR, None)
-            .headers()
-            .get(RETRY_AFTER)
-            .is_none());
+        assert!(
+            failure_reply(StatusCode::INTERNAL_SERVER_ERROR, None)
+                .headers()
+                .get(RETRY_AFTER)
+                .is_none()
+        );
     }
 }

@@ -98,8 +98,11 @@ impl Keys {
                     Some(pem) => pem,
                     None => generate_pem().await?,
                 };
-                FileKey::from_pem(Path::new("<emulator impostor key>"), pem.expose().as_bytes())
-                    .map_err(Error::SigningKey)
+                FileKey::from_pem(
+                    Path::new("<emulator impostor key>"),
+                    pem.expose().as_bytes(),
+                )
+                .map_err(Error::SigningKey)
             })
             .await?;
         Ok(Impostor {
@@ -152,9 +155,10 @@ fn certificate(pem: &Secret) -> Result<String, Error> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "Assets");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "asset-agent Salesforce emulator");
+    params.distinguished_name.push(
+        rcgen::DnType::OrganizationName,
+        "asset-agent Salesforce emulator",
+    );
     Ok(params.self_signed(&pair).map_err(Error::Certificate)?.pem())
 }
 
@@ -179,16 +183,26 @@ mod tests {
 
     #[tokio::test]
     async fn jwks_and_certificate_describe_the_key() {
-        let keys = Keys::load(Some(Secret::new(EMULATOR_KEY)), Some(Secret::new(OTHER_KEY)))
-            .await
-            .unwrap();
+        let keys = Keys::load(
+            Some(Secret::new(EMULATOR_KEY)),
+            Some(Secret::new(OTHER_KEY)),
+        )
+        .await
+        .unwrap();
         let entry = &keys.jwks().keys[0];
         let jwk = keys.signer().public_jwk();
         assert_eq!(entry.kid.as_deref(), Some(jwk.kid.as_str()));
         assert_eq!(entry.n.as_deref(), Some(jwk.n.as_str()));
         assert_eq!(entry.alg.as_deref(), Some("RS256"));
-        assert!(keys.certificate_pem().starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(jwk_to_pem(jwk).unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(
+            keys.certificate_pem()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        assert!(
+            jwk_to_pem(jwk)
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----")
+        );
 
         let impostor = keys.impostor().await.unwrap();
         assert_eq!(impostor.public_jwk().kid, jwk.kid);
@@ -198,7 +212,10 @@ mod tests {
 
     #[tokio::test]
     async fn bad_key_is_an_error() {
-        let err = Keys::load(Some(Secret::new("junk")), None).await.err().unwrap();
+        let err = Keys::load(Some(Secret::new("junk")), None)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, Error::SigningKey(_)), "{err}");
     }
 }

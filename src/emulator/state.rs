@@ -155,6 +155,11 @@ impl State {
         }
     }
 
+    /// Every access token issued so far, live or not.
+    pub fn access_tokens(&self) -> impl Iterator<Item = &str> {
+        self.sessions.keys().map(String::as_str)
+    }
+
     /// Ends every session now; returns how many were live.
     pub fn expire_sessions(&mut self, now_ms: i64) -> usize {
         let mut live = 0;
@@ -228,12 +233,12 @@ impl State {
         } else {
             None
         };
-        if let Some(pos) = found {
-            if let Some(asset) = self.assets.get_mut(pos) {
-                asset.device_id = r.did.to_owned();
-                asset.device_key_thumbprint = r.thumbprint;
-                return Ok((asset.clone(), Registration::Linked));
-            }
+        if let Some(pos) = found
+            && let Some(asset) = self.assets.get_mut(pos)
+        {
+            asset.device_id = r.did.to_owned();
+            asset.device_key_thumbprint = r.thumbprint;
+            return Ok((asset.clone(), Registration::Linked));
         }
         let name = f
             .name
@@ -297,17 +302,28 @@ mod tests {
     fn registration_order_id_then_serial_then_create() {
         let mut st = State::default();
         // Create.
-        let (a, how) = st.register(reg(&fields(None, Some("Pump"), Some("SN1")), "d1")).unwrap();
+        let (a, how) = st
+            .register(reg(&fields(None, Some("Pump"), Some("SN1")), "d1"))
+            .unwrap();
         assert_eq!(how, Registration::Created);
         assert_eq!(a.id.len(), 18);
         assert!(a.id.starts_with("02i"));
         // Serial number links, and records the new device.
-        let (b, how) = st.register(reg(&fields(None, Some("Other"), Some("SN1")), "d2")).unwrap();
-        assert_eq!((how, b.id.as_str(), b.name.as_str()), (Registration::Linked, a.id.as_str(), "Pump"));
+        let (b, how) = st
+            .register(reg(&fields(None, Some("Other"), Some("SN1")), "d2"))
+            .unwrap();
+        assert_eq!(
+            (how, b.id.as_str(), b.name.as_str()),
+            (Registration::Linked, a.id.as_str(), "Pump")
+        );
         assert_eq!(st.assets()[0].device_id, "d2");
         // Id wins over a serial number of another asset.
-        let (c, _) = st.register(reg(&fields(None, Some("Fan"), Some("SN2")), "d3")).unwrap();
-        let (d, how) = st.register(reg(&fields(Some(&a.id), None, Some("SN2")), "d4")).unwrap();
+        let (c, _) = st
+            .register(reg(&fields(None, Some("Fan"), Some("SN2")), "d3"))
+            .unwrap();
+        let (d, how) = st
+            .register(reg(&fields(Some(&a.id), None, Some("SN2")), "d4"))
+            .unwrap();
         assert_eq!((how, d.id.as_str()), (Registration::Linked, a.id.as_str()));
         assert_ne!(c.id, a.id);
         assert_eq!(st.assets().len(), 2);
@@ -316,9 +332,13 @@ mod tests {
     #[test]
     fn unknown_id_and_nameless_create_are_refused() {
         let mut st = State::default();
-        let err = st.register(reg(&fields(Some("02iNOPE"), Some("x"), None), "d")).unwrap_err();
+        let err = st
+            .register(reg(&fields(Some("02iNOPE"), Some("x"), None), "d"))
+            .unwrap_err();
         assert_eq!(err, RegisterError::UnknownId("02iNOPE".into()));
-        let err = st.register(reg(&fields(None, None, Some("SN")), "d")).unwrap_err();
+        let err = st
+            .register(reg(&fields(None, None, Some("SN")), "d"))
+            .unwrap_err();
         assert_eq!(err, RegisterError::MissingName);
         assert!(st.assets().is_empty());
     }

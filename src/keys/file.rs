@@ -157,10 +157,11 @@ impl FileKey {
     /// As [`FileKey::load`], minus the permission check.
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, LoadError> {
         let p = || path.to_owned();
-        let (label, der) = rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| LoadError::NotPem {
-            path: p(),
-            reason: e.to_string(),
-        })?;
+        let (label, der) =
+            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| LoadError::NotPem {
+                path: p(),
+                reason: e.to_string(),
+            })?;
         let der = zeroize_on_drop(der);
         match label {
             "PRIVATE KEY" => {}
@@ -172,10 +173,11 @@ impl FileKey {
                 });
             }
         }
-        let info = rsa::pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| LoadError::Malformed {
-            path: p(),
-            reason: e.to_string(),
-        })?;
+        let info =
+            rsa::pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| LoadError::Malformed {
+                path: p(),
+                reason: e.to_string(),
+            })?;
         let oid = info.algorithm.oid.to_string();
         if oid != RSA_ENCRYPTION {
             return Err(LoadError::NotRsa { path: p(), oid });
@@ -287,7 +289,11 @@ mod tests {
         let sig = key.sign_rs256(b"hello").unwrap();
         assert!(key.public_jwk().verify_rs256(b"hello", &sig));
         assert!(!key.public_jwk().verify_rs256(b"hellO", &sig));
-        assert!(key.public_key_pem().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(
+            key.public_key_pem()
+                .unwrap()
+                .starts_with("-----BEGIN PUBLIC KEY-----")
+        );
         assert_eq!(key.public_jwk().kid, key.public_jwk().thumbprint());
     }
 
@@ -319,7 +325,10 @@ mod tests {
         let small = include_str!("../../tests/data/rsa1024-key.pem");
         let p = write(dir.path(), "small.pem", small.as_bytes(), 0o600);
         let err = FileKey::load(&p).unwrap_err();
-        assert!(matches!(err, LoadError::TooSmall { bits: 1024, .. }), "{err}");
+        assert!(
+            matches!(err, LoadError::TooSmall { bits: 1024, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("key generate"));
     }
 
@@ -329,7 +338,10 @@ mod tests {
         let p = dir.path().join("sub/device-key.pem");
         let (key, created) = FileKey::load_or_generate(&p, 2048).unwrap();
         assert!(created);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (again, created) = FileKey::load_or_generate(&p, 2048).unwrap();
         assert!(!created);
         assert_eq!(key.public_jwk(), again.public_jwk());

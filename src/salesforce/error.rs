@@ -156,11 +156,23 @@ mod tests {
             (status(Step::Exchange, 500, None), Class::Retryable),
             (status(Step::Exchange, 503, None), Class::Retryable),
             (status(Step::AccessToken, 429, None), Class::Retryable),
-            (status(Step::Exchange, 400, Some("invalid_grant")), Class::Reauthenticate),
+            (
+                status(Step::Exchange, 400, Some("invalid_grant")),
+                Class::Reauthenticate,
+            ),
             (status(Step::Exchange, 401, None), Class::Reauthenticate),
-            (status(Step::Exchange, 400, Some("invalid_request")), Class::Fatal),
-            (status(Step::AccessToken, 400, Some("invalid_grant")), Class::Fatal),
-            (status(Step::AccessToken, 400, Some("invalid_client")), Class::Fatal),
+            (
+                status(Step::Exchange, 400, Some("invalid_request")),
+                Class::Fatal,
+            ),
+            (
+                status(Step::AccessToken, 400, Some("invalid_grant")),
+                Class::Fatal,
+            ),
+            (
+                status(Step::AccessToken, 400, Some("invalid_client")),
+                Class::Fatal,
+            ),
             (
                 Error::Malformed {
                     step: Step::Exchange,

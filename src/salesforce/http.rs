@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 use reqwest::Url;
+use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -191,12 +191,13 @@ impl Upstream {
                 .map_err(|reason| Error::Malformed { step, reason })?;
             Ok::<_, Error>((status, headers, body))
         };
-        let (status, headers, body) = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| Error::Timeout {
-                step,
-                timeout: self.timeout,
-            })??;
+        let (status, headers, body) =
+            tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| Error::Timeout {
+                    step,
+                    timeout: self.timeout,
+                })??;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                 step,

@@ -220,7 +220,10 @@ impl RefreshToken {
         let resp: OAuthTokenResponse = up
             .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
             .await?;
-        if let Some(rotated) = resp.refresh_token.filter(|r| !r.is_empty() && *r != refresh) {
+        if let Some(rotated) = resp
+            .refresh_token
+            .filter(|r| !r.is_empty() && *r != refresh)
+        {
             // Rotation: the old token is already dead at Salesforce. Persist the new one
             // before anything else; if that fails, the access token is still returned to
             // no one, and the error says what happened.
@@ -295,13 +298,19 @@ mod tests {
     fn reads_trimmed_and_checks_mode() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rt");
-        assert!(matches!(read_refresh_token(&p), Err(Error::NoRefreshToken { .. })));
+        assert!(matches!(
+            read_refresh_token(&p),
+            Err(Error::NoRefreshToken { .. })
+        ));
         fsutil::write_secret_atomic(&p, b"  5Aep861\n").unwrap();
         assert_eq!(read_refresh_token(&p).unwrap().expose(), "5Aep861");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = read_refresh_token(&p).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");
         fsutil::write_secret_atomic(&p, b"\n").unwrap();
-        assert!(matches!(read_refresh_token(&p), Err(Error::NoRefreshToken { .. })));
+        assert!(matches!(
+            read_refresh_token(&p),
+            Err(Error::NoRefreshToken { .. })
+        ));
     }
 }

@@ -92,7 +92,12 @@ pub struct Verifier {
 // === impl Verifier ===
 
 impl Verifier {
-    pub fn new(keys: Keys, audience: Vec<String>, issuer: Option<String>, leeway: Duration) -> Self {
+    pub fn new(
+        keys: Keys,
+        audience: Vec<String>,
+        issuer: Option<String>,
+        leeway: Duration,
+    ) -> Self {
         Self {
             keys,
             audience,
@@ -292,8 +297,11 @@ mod tests {
     fn pinned_certificate_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("asset.crt");
-        std::fs::write(&p, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let err = Verifier::pinned(&p).unwrap_err().to_string();
         assert!(err.contains("asset.crt"), "{err}");
     }

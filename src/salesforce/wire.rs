@@ -118,7 +118,11 @@ pub struct AssetFields {
     pub id: Option<String>,
     #[serde(rename = "Name", default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(rename = "SerialNumber", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "SerialNumber",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub serial_number: Option<String>,
     #[serde(rename = "AccountId", default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,

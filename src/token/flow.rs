@@ -25,12 +25,24 @@ use crate::salesforce::{self, Upstream, exchange};
 /// token, only what is safe to show.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    AccessTokenObtained { method: &'static str },
+    AccessTokenObtained {
+        method: &'static str,
+    },
     AccessTokenRejected,
-    ActorMinted { claims: Box<ActorClaims> },
-    AssetTokenIssued { claims: Box<AssetTokenClaims>, lifetime: Duration },
-    RefreshScheduled { in_: Duration },
-    RefreshFailed { reason: String, retry_in: Duration },
+    ActorMinted {
+        claims: Box<ActorClaims>,
+    },
+    AssetTokenIssued {
+        claims: Box<AssetTokenClaims>,
+        lifetime: Duration,
+    },
+    RefreshScheduled {
+        in_: Duration,
+    },
+    RefreshFailed {
+        reason: String,
+        retry_in: Duration,
+    },
 }
 
 /// A failed pass, sorted for the refresh loop.
@@ -140,14 +152,14 @@ impl Flow {
     /// The failing step; see [`Error::class`].
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
         let had_access = self.access.is_some();
-        let access = self.access_token().await?;
+        let access = self.obtain_access_token().await?;
         match self.exchange_once(&access).await {
             Err(Error::Exchange(e)) if e.class() == Class::Reauthenticate => {
                 self.emit(Progress::AccessTokenRejected);
                 tracing::info!(reason = %e.reason(), reused = had_access,
                     "the exchange refused the access token; obtaining a new one and retrying once");
                 self.access = None;
-                let access = self.access_token().await?;
+                let access = self.obtain_access_token().await?;
                 self.exchange_once(&access).await
             }
             other => other,
@@ -159,7 +171,21 @@ impl Flow {
         self.access = None;
     }
 
-    async fn access_token(&mut self) -> Result<AccessToken, Error> {
+    /// The access token in use, if any (for the token cache).
+    pub fn access_token(&self) -> Option<&crate::secret::Secret> {
+        self.access.as_ref().map(|a| &a.token)
+    }
+
+    /// Reuses an access token from the token cache; if it has expired meanwhile, the first
+    /// exchange says so and the flow gets a new one.
+    pub fn restore_access_token(&mut self, token: crate::secret::Secret) {
+        self.access = Some(AccessToken {
+            token,
+            instance_url: None,
+        });
+    }
+
+    async fn obtain_access_token(&mut self) -> Result<AccessToken, Error> {
         if let Some(a) = &self.access {
             return Ok(a.clone());
         }
@@ -177,8 +203,8 @@ impl Flow {
     }
 
     async fn exchange_once(&mut self, access: &AccessToken) -> Result<AssetToken, Error> {
-        let minted = actor::mint(self.signer.as_ref(), &self.identity, self.now())
-            .map_err(Error::Mint)?;
+        let minted =
+            actor::mint(self.signer.as_ref(), &self.identity, self.now()).map_err(Error::Mint)?;
         tracing::debug!(did = %minted.claims.did, jti = %minted.claims.jti, "actor token minted");
         self.emit(Progress::ActorMinted {
             claims: Box::new(minted.claims.clone()),

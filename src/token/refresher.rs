@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::cache::Cache;
 use super::flow::{Flow, Progress};
 use super::status::{LIVENESS_SLACK, Snapshot, State, chain};
 use super::{AssetToken, Current, live};
@@ -50,6 +51,7 @@ impl Policy {
 /// The refresh loop; see the module docs. Start it with [`Refresher::run`].
 pub struct Refresher {
     flow: Flow,
+    cache: Option<Cache>,
     policy: Policy,
     jitter: Box<dyn Jitter>,
     current: watch::Sender<Option<Arc<AssetToken>>>,
@@ -73,9 +75,36 @@ pub struct Unavailable;
 // === impl Refresher ===
 
 impl Refresher {
-    pub fn new(flow: Flow, policy: Policy, jitter: Box<dyn Jitter>) -> (Self, Handle) {
-        let (current, current_rx) = watch::channel(None);
-        let (status, status_rx) = watch::channel(Snapshot::starting());
+    /// A loop for `flow`. With a `cache`, what it still holds is restored first (a live
+    /// asset token is served at once and refreshed on its normal schedule) and every new
+    /// token is saved to it.
+    pub fn new(
+        mut flow: Flow,
+        policy: Policy,
+        jitter: Box<dyn Jitter>,
+        cache: Option<Cache>,
+    ) -> (Self, Handle) {
+        let restored = cache
+            .as_ref()
+            .map(|c| c.load(flow.now()))
+            .unwrap_or_default();
+        if let Some(access) = restored.access_token {
+            flow.restore_access_token(access);
+        }
+        let initial = restored.asset_token.map(Arc::new);
+        if let Some(t) = &initial {
+            tracing::info!(
+                remaining_s = t.remaining().as_secs(),
+                asset_id = t.asset_id().unwrap_or("-"),
+                "serving the cached asset token"
+            );
+        }
+        let mut snapshot = Snapshot::starting();
+        if initial.is_some() {
+            snapshot.state = State::Ready;
+        }
+        let (current, current_rx) = watch::channel(initial);
+        let (status, status_rx) = watch::channel(snapshot);
         let wake = Arc::new(Notify::new());
         let handle = Handle {
             current: current_rx,
@@ -85,6 +114,7 @@ impl Refresher {
         };
         let refresher = Self {
             flow,
+            cache,
             policy,
             jitter,
             current,
@@ -97,7 +127,13 @@ impl Refresher {
     /// Runs until `cancel` fires.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff::new(backoff::MIN, self.policy.backoff_cap);
-        let mut next = Instant::now();
+        let held = self.current.borrow().clone();
+        let mut next = match &held {
+            Some(t) => self.schedule(t),
+            None => Instant::now(),
+        };
+        self.status
+            .send_modify(|s| s.next_refresh = held.as_ref().map(|_| next));
         let mut backing_off = false;
         loop {
             let expiry = self.current.borrow().as_ref().map(|t| t.expires);
@@ -115,7 +151,9 @@ impl Refresher {
             let now = Instant::now();
             self.status.send_modify(|s| s.heartbeat = now);
             if expiry.is_some_and(|e| e <= now) {
-                tracing::warn!("the asset token expired before it could be refreshed; no token is served until a new one is obtained");
+                tracing::warn!(
+                    "the asset token expired before it could be refreshed; no token is served until a new one is obtained"
+                );
                 self.current.send_replace(None);
                 self.status.send_modify(|s| {
                     if s.state == State::Degraded {
@@ -141,7 +179,11 @@ impl Refresher {
                     let in_ = next.saturating_duration_since(Instant::now());
                     tracing::info!(next_refresh_in_s = in_.as_secs(), "next refresh scheduled");
                     self.flow.emit(Progress::RefreshScheduled { in_ });
-                    self.current.send_replace(Some(Arc::new(token)));
+                    let token = Arc::new(token);
+                    if let Some(cache) = &self.cache {
+                        cache.save(Some(&token), self.flow.access_token(), self.flow.now());
+                    }
+                    self.current.send_replace(Some(token));
                     self.status.send_modify(|s| {
                         s.state = State::Ready;
                         s.consecutive_failures = 0;
@@ -202,7 +244,9 @@ impl Refresher {
     fn schedule(&self, token: &AssetToken) -> Instant {
         let lifetime = token.lifetime();
         let jitter = lifetime.mul_f64(REFRESH_JITTER * self.jitter.unit().clamp(0.0, 1.0));
-        let at = lifetime.mul_f64(self.policy.refresh_at).saturating_sub(jitter);
+        let at = lifetime
+            .mul_f64(self.policy.refresh_at)
+            .saturating_sub(jitter);
         (token.received + at).max(Instant::now() + MIN_REFRESH_DELAY.min(token.remaining()))
     }
 }

@@ -1,7 +1,7 @@
 //! Shared test harness: an emulator on 127.0.0.1:0 and an agent in a temp dir, talking over
 //! a temp-dir socket. Uses the checked-in keys in tests/data (key generation is slow in
 //! debug builds).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -21,10 +21,12 @@ pub const EMULATOR_KEY: &str = include_str!("../data/emulator-key.pem");
 
 /// Starts an emulator with the test signing key; `tweak` adjusts its config.
 pub async fn emulator(clock: Clock, tweak: impl FnOnce(&mut emulator::Config)) -> Emulator {
-    let mut cfg = emulator::Config::default();
-    cfg.signing_key_pem = Some(EMULATOR_KEY.to_owned().into());
-    cfg.impostor_key_pem = Some(OTHER_KEY.to_owned().into());
-    cfg.clock = clock;
+    let mut cfg = emulator::Config {
+        signing_key_pem: Some(EMULATOR_KEY.to_owned().into()),
+        impostor_key_pem: Some(OTHER_KEY.to_owned().into()),
+        clock,
+        ..emulator::Config::default()
+    };
     tweak(&mut cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Emulator::start(cfg, listener).await.unwrap()
@@ -142,10 +144,10 @@ pub async fn get(socket: &Path, path: &str) -> client::Response {
 /// Polls `/v1/token` until it answers 200 (bounded: 20 s of real time).
 pub async fn wait_for_token(socket: &Path) -> serde_json::Value {
     for _ in 0..200 {
-        if let Ok(r) = client::get_json(socket, "/v1/token").await {
-            if r.status == 200 {
-                return serde_json::from_slice(&r.body).unwrap();
-            }
+        if let Ok(r) = client::get_json(socket, "/v1/token").await
+            && r.status == 200
+        {
+            return serde_json::from_slice(&r.body).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -1,0 +1,203 @@
+//! The real binary: exit codes, error messages, the headless demo, and a trace-level log
+//! that must not contain a single secret.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use asset_agent::clock::Clock;
+use common::{Device, emulator, wait_for_token};
+
+const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
+
+/// Runs `asset-agent run --config <file>` with a clean environment.
+fn run_with(config: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap()
+}
+
+const GOOD: &str = r#"
+[salesforce]
+instance_url = "https://acme.my.salesforce.com"
+client_id = "3MVG9abc"
+[asset]
+device_id = "d1"
+name = "Pump 7"
+serial_number = "00123"
+"#;
+
+#[test]
+fn bad_config_exits_78_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "unknown key",
+            GOOD.replace("[asset]", "[asset]\nserial = \"x\""),
+            "serial",
+        ),
+        (
+            "wrong type",
+            format!("{GOOD}\n[key]\nbits = \"big\"\n"),
+            "key.bits",
+        ),
+        (
+            "missing instance_url",
+            GOOD.replace("instance_url = \"https://acme.my.salesforce.com\"", ""),
+            "salesforce.instance_url",
+        ),
+        (
+            "http to a remote host",
+            GOOD.replace("https://acme", "http://acme"),
+            "salesforce.instance_url",
+        ),
+    ];
+    for (what, toml, key) in cases {
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, toml).unwrap();
+        let out = run_with(&p);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{what}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{what}: message must name {key}: {stderr}"
+        );
+        assert!(
+            stderr.contains("agent.toml"),
+            "{what}: message must name the file: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn group_readable_key_refuses_to_start_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("device-key.pem");
+    std::fs::write(&key, common::DEVICE_KEY).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let toml = format!(
+        "{GOOD}\n[key]\npath = \"{}\"\n[state]\ndir = \"{d}\"\n[api]\nsocket = \"{d}/agent.sock\"\n",
+        key.display(),
+        d = dir.path().display()
+    );
+    let p = dir.path().join("agent.toml");
+    std::fs::write(&p, toml).unwrap();
+    let out = run_with(&p);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", key.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_command_line_exits_2() {
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn demo_runs_headless_and_prints_the_curl_line() {
+    let out = Command::new(BIN)
+        .args(["demo", "--for", "4"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("curl --unix-socket "), "{stdout}");
+    assert!(stdout.contains("http://localhost/v1/token"), "{stdout}");
+    for step in [
+        "device key created",
+        "access token obtained",
+        "actor token minted",
+        "registered a NEW Asset",
+        "asset token issued and verified",
+        "next refresh in",
+    ] {
+        assert!(stdout.contains(step), "missing step {step:?}: {stdout}");
+    }
+}
+
+/// A full run at trace level, through token fetches and a rotation, leaks nothing.
+#[tokio::test]
+async fn trace_log_of_a_full_run_contains_no_secret() {
+    let emu = emulator(Clock::system(), |c| {
+        c.rotate_refresh_tokens = true;
+        c.asset_token_lifetime = Duration::from_secs(5);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    let first_refresh = std::fs::read_to_string(dev.path("refresh-token")).unwrap();
+    let config = dev.write_config(&emu, "", "");
+    let child = tokio::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ASSET_AGENT_LOG", "trace")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let first = wait_for_token(&dev.socket()).await;
+    // Let at least one refresh happen (5 s tokens refresh at ~4 s).
+    let mut second = first.clone();
+    for _ in 0..100 {
+        second = wait_for_token(&dev.socket()).await;
+        if second["token"] != first["token"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(second["token"], first["token"], "a refresh happened");
+    let pid = child.id().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("asset token issued and verified"), "{log}");
+    assert!(log.contains("TRACE"), "trace level really on");
+
+    let rotated = std::fs::read_to_string(dev.path("refresh-token")).unwrap();
+    assert_ne!(rotated, first_refresh, "rotation happened");
+    let mut secrets: Vec<String> = vec![first_refresh, rotated];
+    for t in [&first, &second] {
+        let jwt = t["token"].as_str().unwrap();
+        secrets.push(jwt.to_owned());
+        // Each part on its own, too: the signature and the payload.
+        secrets.extend(jwt.split('.').skip(1).map(str::to_owned));
+    }
+    // Key material: every base64 line of the private key.
+    secrets.extend(
+        common::DEVICE_KEY
+            .lines()
+            .filter(|l| !l.starts_with("-----") && l.len() > 20)
+            .map(str::to_owned),
+    );
+    for issued in emu.issued_access_tokens() {
+        secrets.push(issued.expose().to_owned());
+    }
+    assert!(secrets.len() > 10);
+    for s in &secrets {
+        assert!(
+            !log.contains(s.as_str()),
+            "the log leaks a secret ({} chars)",
+            s.len()
+        );
+    }
+    assert!(!log.contains("PRIVATE KEY"));
+}
