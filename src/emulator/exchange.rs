@@ -8,8 +8,8 @@
 
 use hyper::StatusCode;
 
-use super::common::{Form, Rejection, lock, random_b64url};
 use super::armed::Spoiled;
+use super::common::{Form, Rejection, lock, random_b64url};
 use super::state::{AssetTokenEvent, Registrant, SessionCheck};
 use super::stats::FaultKind;
 use super::{Shared, actor, signing};

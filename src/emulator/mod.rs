@@ -15,13 +15,14 @@
 //! run it on tokio's paused clock.
 //!
 //! Layout: `shared` (what handlers share, the emulator clock), `server` (accept loop,
-//! routing, `Date`), `oauth` (subject-token grants),
+//! routing, `Date`), `oauth` + `bearer` (subject-token grants),
 //! `device` (device flow), `exchange` + `actor` (token exchange), `state` (tables),
 //! `signing` (key, JWKS, certificate), `faults` + `armed`, `stats`, `inspect` (control routes),
 //! `common` (error bodies, forms, randomness).
 
 mod actor;
 mod armed;
+mod bearer;
 mod common;
 mod device;
 mod exchange;
@@ -44,17 +45,15 @@ pub use stats::{Endpoint, FaultKind, Grant, Stats};
 pub(crate) use shared::Shared;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use hyper::StatusCode;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::clock::{self, Clock};
+use crate::clock::Clock;
 use crate::jose::RsaPublicJwk;
 use crate::salesforce::wire::Jwks;
 use crate::secret::Secret;

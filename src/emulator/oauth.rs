@@ -1,6 +1,7 @@
 //! The token endpoint's dispatcher and the grants that yield a subject access token
-//! (spec §5): refresh token (with optional rotation), client credentials and JWT bearer.
-//! The device flow lives in `device`, the token exchange in `exchange`.
+//! (spec §5): refresh token (with optional rotation) and client credentials, plus the
+//! session issuing every grant shares. JWT bearer lives in `bearer`, the device flow in
+//! `device`, the token exchange in `exchange`.
 //!
 //! Access tokens are opaque random strings in Salesforce's `00D…!…` shape; the session
 //! they name lasts `session_lifetime` on the emulator clock and there is no `expires_in`,
@@ -10,24 +11,15 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hyper::StatusCode;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
-use serde::Deserialize;
 
 use super::common::{Form, Rejection, lock, random_b64url, secrets_equal};
 use super::state::{ORG_ID, Session, USER_ID};
 use super::stats::Grant;
-use super::{Shared, actor, device, exchange};
+use super::{Shared, bearer, device, exchange};
 use crate::http::{self, Reply};
-use crate::jose::jws;
 use crate::salesforce::wire::OAuthTokenResponse;
 use crate::secret::Secret;
 
-/// Audiences Salesforce accepts in a JWT-bearer assertion, besides the instance URL.
-const BEARER_AUDIENCES: [&str; 2] = [
-    "https://login.salesforce.com",
-    "https://test.salesforce.com",
-];
-/// A JWT-bearer assertion may not expire further ahead than this.
-const MAX_ASSERTION_LIFETIME_SECS: i64 = 600;
 /// Who sessions from the refresh-token and device flows run as.
 pub(crate) const DEFAULT_USERNAME: &str = "emulator.user@example.com";
 /// The integration user client-credentials sessions run as.
@@ -42,26 +34,6 @@ enum SecretRule {
     Required,
 }
 
-#[derive(Deserialize)]
-struct BearerHeader {
-    alg: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct BearerClaims {
-    iss: Option<String>,
-    sub: Option<String>,
-    aud: Option<Audience>,
-    exp: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// Answers one token-endpoint request of kind `grant`.
 pub(crate) async fn token(
     shared: &Shared,
@@ -74,7 +46,7 @@ pub(crate) async fn token(
         Ok(()) => match grant {
             Grant::RefreshToken => refresh(shared, form, headers),
             Grant::ClientCredentials => client_credentials(shared, form, headers),
-            Grant::JwtBearer => jwt_bearer(shared, form),
+            Grant::JwtBearer => bearer::grant(shared, form),
             Grant::DeviceCode => device::start(shared, form),
             Grant::Device => device::poll(shared, form),
             Grant::TokenExchange => exchange::exchange(shared, form).await,
@@ -145,56 +117,6 @@ fn client_credentials(
 ) -> Result<Reply, Rejection> {
     check_client(shared, form, headers, SecretRule::Required)?;
     let resp = issue(shared, INTEGRATION_USERNAME, None, "api")?;
-    Ok(http::json(StatusCode::OK, &resp))
-}
-
-/// RFC 7523 as Salesforce does it: an RS256 assertion signed with a key whose
-/// certificate is registered with the app, `iss` = consumer key, `sub` = username.
-fn jwt_bearer(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
-    let assertion = form.require("assertion")?;
-    let invalid = |why: &str| Rejection::invalid_grant(format!("invalid assertion: {why}"));
-    let parts = jws::decode_unverified::<BearerHeader, BearerClaims>(assertion)
-        .map_err(|e| invalid(&e.to_string()))?;
-    if parts.header.alg.as_deref() != Some("RS256") {
-        return Err(invalid("alg must be RS256"));
-    }
-    let keys = lock(&shared.state).jwt_bearer_keys().to_vec();
-    if !keys
-        .iter()
-        .any(|k| k.verify_rs256(parts.signing_input.as_bytes(), &parts.signature))
-    {
-        return Err(invalid(
-            "signature does not verify with any certificate registered for the app",
-        ));
-    }
-    let c = parts.claims;
-    if c.iss.as_deref() != Some(shared.config.client_id.as_str()) {
-        return Err(Rejection::invalid_client("client identifier invalid (iss)"));
-    }
-    let username = c
-        .sub
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| invalid("sub (username) is missing"))?;
-    let auds = match c.aud {
-        Some(Audience::One(a)) => vec![a],
-        Some(Audience::Many(v)) => v,
-        None => Vec::new(),
-    };
-    let aud_ok = auds
-        .iter()
-        .any(|a| BEARER_AUDIENCES.contains(&a.as_str()) || *a == shared.base_url);
-    if !aud_ok {
-        return Err(invalid("audience is invalid"));
-    }
-    let now = shared.unix();
-    let exp = c.exp.ok_or_else(|| invalid("exp is missing"))?;
-    if exp + actor::CLOCK_SKEW_SECS <= now {
-        return Err(invalid("expired (exp is in the past)"));
-    }
-    if exp > now + MAX_ASSERTION_LIFETIME_SECS + actor::CLOCK_SKEW_SECS {
-        return Err(invalid("exp is more than 10 minutes ahead"));
-    }
-    let resp = issue(shared, &username, None, "api")?;
     Ok(http::json(StatusCode::OK, &resp))
 }
 
@@ -314,7 +236,6 @@ pub(crate) fn new_refresh_token() -> Result<Secret, Rejection> {
 mod tests {
     use super::*;
     use crate::emulator::testing;
-    use crate::keys::Signer as _;
     use hyper::header::HeaderValue;
 
     fn form_headers() -> HeaderMap {
@@ -396,68 +317,6 @@ mod tests {
         assert_eq!(
             (s, e.as_str()),
             (StatusCode::BAD_REQUEST, "invalid_request")
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn jwt_bearer_rules() {
-        let shared = testing::shared(testing::config()).await;
-        let key = testing::other_key();
-        let now = shared.unix();
-        let assertion = |iss: &str, aud: &str, exp: i64| {
-            let claims =
-                serde_json::json!({"iss": iss, "sub": "dev@example.com", "aud": aud, "exp": exp});
-            jws::sign(&key, &claims).unwrap()
-        };
-        let h = form_headers();
-        let run = |a: String| {
-            let shared = shared.clone();
-            let h = h.clone();
-            async move {
-                let f = Form::from_pairs(&[
-                    ("grant_type", crate::salesforce::wire::GRANT_JWT_BEARER),
-                    ("assertion", &a),
-                ]);
-                status_and_error(&shared, Grant::JwtBearer, &f, &h).await
-            }
-        };
-        let cid = crate::emulator::DEFAULT_CLIENT_ID;
-        let good = assertion(cid, "https://login.salesforce.com", now + 300);
-        // Key not registered yet.
-        assert_eq!(run(good.clone()).await.1, "invalid_grant");
-        lock(&shared.state).add_jwt_bearer_key(key.public_jwk().clone());
-        assert_eq!(run(good).await.0, StatusCode::OK);
-        assert_eq!(
-            run(assertion(
-                "other",
-                "https://login.salesforce.com",
-                now + 300
-            ))
-            .await
-            .1,
-            "invalid_client"
-        );
-        assert_eq!(
-            run(assertion(cid, "https://evil.example.com", now + 300))
-                .await
-                .1,
-            "invalid_grant"
-        );
-        assert_eq!(
-            run(assertion(cid, "https://test.salesforce.com", now - 3600))
-                .await
-                .1,
-            "invalid_grant"
-        );
-        assert_eq!(
-            run(assertion(cid, "http://127.0.0.1:1", now + 3600))
-                .await
-                .1,
-            "invalid_grant"
-        );
-        assert_eq!(
-            run(assertion(cid, "http://127.0.0.1:1", now + 60)).await.0,
-            StatusCode::OK
         );
     }
 

@@ -22,8 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::common::{Form, Rejection, lock};
 use super::armed::Spoiled;
+use super::common::{Form, Rejection, lock};
 use super::stats::{Endpoint, FaultKind, Grant};
 use super::{CONTROL_PREFIX, Error, Shared, inspect, oauth};
 use crate::http::{self, BodyError, Reply};

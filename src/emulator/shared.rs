@@ -92,4 +92,3 @@ impl Shared {
         self.skew_ms.load(Ordering::Relaxed) / 1000
     }
 }
-

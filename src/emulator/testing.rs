@@ -33,12 +33,17 @@ pub async fn shared(config: Config) -> Arc<Shared> {
     .await
     .unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-    Arc::new(Shared::new(config, addr, "http://127.0.0.1:1".to_owned(), keys, State::default()))
+    Arc::new(Shared::new(
+        config,
+        addr,
+        "http://127.0.0.1:1".to_owned(),
+        keys,
+        State::default(),
+    ))
 }
 
 pub fn device_key() -> FileKey {
-    FileKey::from_pem(Path::new("device"), DEVICE_KEY.as_bytes())
-        .unwrap()
+    FileKey::from_pem(Path::new("device"), DEVICE_KEY.as_bytes()).unwrap()
 }
 
 pub fn other_key() -> FileKey {
