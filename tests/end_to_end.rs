@@ -7,7 +7,7 @@ use std::time::Duration;
 use asset_agent::client;
 use asset_agent::clock::Clock;
 use asset_agent::emulator::Registration;
-use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token};
+use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_failure, wait_for_token};
 
 #[tokio::test]
 async fn token_over_socket_verifies_and_registers_one_asset() {
@@ -130,14 +130,7 @@ async fn tampered_signature_is_refused_and_never_served() {
     emu.faults().bad_signature(1000);
     let dev = Device::new(&emu);
     let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for_failure(&dev.socket()).await;
     assert_eq!(status["state"], "failing", "{status}");
     assert_eq!(status["last_error_reason"], "verify", "{status}");
     let r = get(&dev.socket(), "/v1/token").await;
@@ -157,14 +150,7 @@ async fn wrong_audience_is_refused_when_configured() {
         "audience = [\"https://someone-else.example.com\"]",
     );
     let agent = Agent::start(&config, Clock::system()).await;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for_failure(&dev.socket()).await;
     assert_eq!(status["state"], "failing", "{status}");
     assert!(
         status["last_error"].as_str().unwrap().contains("udience"),
@@ -243,14 +229,7 @@ async fn pinned_certificate_verifies_and_a_wrong_one_refuses() {
     .await;
     std::fs::write(&cert, other.certificate_pem()).unwrap();
     let agent = Agent::start(&load(path), Clock::system()).await;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for_failure(&dev.socket()).await;
     assert_eq!(status["last_error_reason"], "verify", "{status}");
     assert_eq!(get(&dev.socket(), "/v1/token").await.status, 503);
     agent.stop().await;
