@@ -21,7 +21,8 @@ use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
 use crate::salesforce::Class;
 
-/// How often to look for a refresh token while waiting for enrollment.
+/// How often to look for a refresh token while waiting for enrollment, and for a changed
+/// one while waiting out a fatal failure (someone re-enrolled the device).
 pub const ENROLLMENT_POLL: Duration = Duration::from_secs(10);
 /// Refresh no sooner than this after receiving a token, however short-lived it is.
 const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
@@ -135,6 +136,8 @@ impl Refresher {
         self.status
             .send_modify(|s| s.next_refresh = held.as_ref().map(|_| next));
         let mut backing_off = false;
+        // While waiting out a fatal failure: when to look whether the credentials changed.
+        let mut recheck: Option<Instant> = None;
         loop {
             let expiry = self.current.borrow().as_ref().map(|t| t.expires);
             let wake_at = match expiry {
@@ -147,6 +150,15 @@ impl Refresher {
                 () = cancel.cancelled() => break,
                 () = sleep_until(wake_at) => {}
                 () = self.wake.notified(), if !backing_off => next = Instant::now(),
+                () = sleep_until(recheck.unwrap_or(wake_at)), if recheck.is_some() => {
+                    if self.flow.credentials.changed() {
+                        tracing::info!("the credentials changed; retrying now");
+                        next = Instant::now();
+                        recheck = None;
+                    } else {
+                        recheck = Some(Instant::now() + ENROLLMENT_POLL);
+                    }
+                }
             }
             let now = Instant::now();
             self.status.send_modify(|s| s.heartbeat = now);
@@ -171,10 +183,18 @@ impl Refresher {
                 () = cancel.cancelled() => break,
                 r = self.flow.fetch() => r,
             };
+            // Refresh requests made during the attempt are answered by it: drop them, or
+            // they would start another exchange right away.
+            tokio::select! {
+                biased;
+                () = self.wake.notified() => {}
+                () = std::future::ready(()) => {}
+            }
             match result {
                 Ok(token) => {
                     backoff.reset();
                     backing_off = false;
+                    recheck = None;
                     next = self.schedule(&token);
                     let in_ = next.saturating_duration_since(Instant::now());
                     tracing::info!(next_refresh_in_s = in_.as_secs(), "next refresh scheduled");
@@ -207,11 +227,19 @@ impl Refresher {
                     };
                     backing_off = true;
                     next = Instant::now() + delay;
+                    recheck = (class == Class::Fatal && !enrolling)
+                        .then(|| Instant::now() + ENROLLMENT_POLL);
                     let message = chain(&err);
                     let reason = err.reason();
                     let has_token = live(&self.current.subscribe()).is_some();
-                    if enrolling {
-                        tracing::warn!("{message}; waiting for enrollment");
+                    let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
+                    if enrolling && was_enrolling {
+                        tracing::debug!("still waiting for enrollment");
+                    } else if enrolling {
+                        tracing::warn!(
+                            "this device is not enrolled yet: run 'asset-agent enroll' (device flow) or store a refresh token in the file below; checking again every {} s. {message}",
+                            ENROLLMENT_POLL.as_secs()
+                        );
                     } else {
                         tracing::warn!(reason = %reason, class = ?class, retry_in_s = delay.as_secs(),
                             serving_cached = has_token, "refresh failed: {message}");
@@ -281,6 +309,18 @@ impl Handle {
         };
         if let Some(t) = good(&self.current.borrow()) {
             return Ok(t);
+        }
+        // A token never lives longer than its predecessor did (same org setting), so when
+        // even a fresh one could not meet min_ttl, asking for one would only hammer
+        // Salesforce: answer at once.
+        let held_lifetime = self
+            .current
+            .borrow()
+            .as_ref()
+            .filter(|t| t.is_live())
+            .map(|t| t.lifetime());
+        if held_lifetime.is_some_and(|l| l <= min_ttl) {
+            return Err(Unavailable);
         }
         if min_ttl > Duration::ZERO {
             self.refresh_now();
