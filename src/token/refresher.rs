@@ -15,7 +15,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
-use super::flow::{Flow, Progress};
+use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
 use super::status::{LIVENESS_SLACK, Snapshot, State, chain};
 use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
@@ -42,10 +42,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// `attempt_budget` for an upstream timeout: an attempt makes at most five calls
-    /// (access token, exchange, JWKS, and the re-authentication retry's two).
+    /// `attempt_budget` for an upstream timeout: an attempt makes at most
+    /// [`MAX_CALLS_PER_FETCH`] calls, each limited by the timeout.
     pub fn budget_for(timeout: Duration) -> Duration {
-        timeout.saturating_mul(5)
+        timeout.saturating_mul(MAX_CALLS_PER_FETCH)
     }
 }
 
