@@ -272,7 +272,10 @@ fn identity(asset: &config::Asset) -> Identity {
 }
 
 /// Reads a client secret file: owner-only, trimmed, non-empty.
-fn read_client_secret(path: &Path) -> Result<Secret, Error> {
+///
+/// # Errors
+/// The file is unreadable, readable by others, or empty.
+pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
     let io_err = |source| Error::ClientSecret {
         path: path.to_owned(),
         source,

@@ -32,6 +32,9 @@ pub enum Command {
     /// Show or create the device key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Enroll this device with the OAuth device flow: shows a code to approve in a browser,
+    /// then stores the refresh token for the agent.
+    Enroll,
     /// Run the Salesforce emulator on its own (develop device software without an org).
     #[cfg(feature = "emulator")]
     Emulator(EmulatorArgs),

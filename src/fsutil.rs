@@ -46,6 +46,19 @@ pub enum Error {
 /// # Errors
 /// Any failing step (temp file, fsync, rename, directory fsync) is returned with the path.
 pub fn write_secret_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    write_secret_atomic_as(path, contents, None)
+}
+
+/// As [`write_secret_atomic`], and when `owner` (uid, gid) is given the file belongs to
+/// them before it appears under its name (root writing a file the service user must read).
+///
+/// # Errors
+/// As [`write_secret_atomic`].
+pub fn write_secret_atomic_as(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     let dir = parent_dir(path)?;
     let file_name = path
         .file_name()
@@ -61,6 +74,9 @@ pub fn write_secret_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(contents)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.sync_all()
     };
     if let Err(source) = write() {

@@ -6,6 +6,7 @@ mod client;
 mod demo;
 #[cfg(feature = "emulator")]
 mod emulator;
+pub mod enroll;
 mod key;
 mod run;
 
@@ -37,6 +38,8 @@ pub enum Error {
     #[cfg(feature = "emulator")]
     #[error("the emulator failed")]
     Emulator(#[source] crate::emulator::Error),
+    #[error(transparent)]
+    Enroll(#[from] enroll::Error),
     #[error("could not bind {addr}")]
     Bind {
         addr: String,
@@ -50,6 +53,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
+            Error::Enroll(e) => e.exit_code(),
             _ => EXIT_FAILURE,
         }
     }
@@ -67,6 +71,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
+        Command::Enroll => enroll::run(cli.config).await,
         #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args).await,
     }
