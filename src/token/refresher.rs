@@ -237,7 +237,7 @@ impl Refresher {
                         tracing::debug!("still waiting for enrollment");
                     } else if enrolling {
                         tracing::warn!(
-                            "this device is not enrolled yet: run 'asset-agent enroll' (device flow) or store a refresh token in the file below; checking again every {} s. {message}",
+                            "this device is not enrolled yet (checking again every {} s): {message}",
                             ENROLLMENT_POLL.as_secs()
                         );
                     } else {

@@ -31,8 +31,9 @@ impl Jitter for FixedJitter {
     }
 }
 
-/// Config lines for the rig's agents: 503 at once when no token is held (no min_ttl wait,
-/// so sampling never blocks), 5 s upstream timeout (set by the common config).
+/// Config line for the rig's agents unless a test sets its own: 503 at once when no token
+/// is held (no min_ttl wait, so sampling never blocks). The common config sets a 5 s
+/// upstream timeout.
 pub const FAST_503: &str = "min_ttl_wait = \"0s\"";
 
 /// Starts an agent with a fixed jitter on `clock`.
@@ -59,8 +60,10 @@ pub struct Rig {
     pub emu: Emulator,
     pub dev: Device,
     pub agent: Agent,
-    /// The wall clock the emulator (and, unless a test gives it another, the agent) uses.
+    /// The wall clock the emulator uses.
     pub clock: Clock,
+    /// The agent's wall clock: the emulator's, or its own when the test asked for one.
+    pub agent_clock: Clock,
     /// When the first token was received (virtual).
     pub r0: Instant,
     /// (second, new upstream requests) for every second that saw any.
@@ -75,15 +78,26 @@ pub struct Rig {
 }
 
 impl Rig {
-    /// Emulator (tweaked) and agent (with `token_extra` in `[token]`) on paused time, the
-    /// agent's wall clock being `agent_clock` or the emulator's. Returns once the first
-    /// token is held. Must run under `#[tokio::test(start_paused = true)]`.
+    /// Emulator (tweaked) and agent (with `token_extra` in `[token]`) on paused time.
+    /// With `agent_offset`, the agent gets a wall clock of its own (which a test can then
+    /// jump) that is off by that many seconds; otherwise it shares the emulator's. Returns
+    /// once the first token is held. Must run under `#[tokio::test(start_paused = true)]`.
     pub async fn start(
         tweak: impl FnOnce(&mut emulator::Config),
         token_extra: &str,
-        agent_clock: Option<Clock>,
+        agent_offset: Option<i64>,
     ) -> Self {
         let clock = Clock::tokio_driven();
+        // Made right after the emulator's, so it runs a few microseconds ahead of it, never
+        // behind (which would put it a whole second behind on a whole second).
+        let agent_clock = match agent_offset {
+            Some(offset) => {
+                let c = Clock::tokio_driven();
+                c.set_offset(offset);
+                c
+            }
+            None => clock.clone(),
+        };
         // Start on a whole wall-clock second, so that tokens (whose exp is whole seconds)
         // live exactly 60 s and every event falls on a whole second after r0.
         let frac = clock
@@ -94,8 +108,13 @@ impl Rig {
         tokio::time::sleep(Duration::from_secs(1) - Duration::from_nanos(frac.into())).await;
         let emu = emulator(clock.clone(), tweak).await;
         let dev = Device::new(&emu);
-        let config = dev.config(&emu, "", &format!("{FAST_503}\n{token_extra}"));
-        let agent = start_agent(&config, agent_clock.unwrap_or(clock.clone()), 1.0).await;
+        let fast = if token_extra.contains("min_ttl_wait") {
+            ""
+        } else {
+            FAST_503
+        };
+        let config = dev.config(&emu, "", &format!("{fast}\n{token_extra}"));
+        let agent = start_agent(&config, agent_clock.clone(), 1.0).await;
         let handle = agent.running.tokens.clone();
         let mut current = handle.current.clone();
         let token =
@@ -117,6 +136,7 @@ impl Rig {
             dev,
             agent,
             clock,
+            agent_clock,
             r0: token.received,
             requests: Vec::new(),
             outcomes: Vec::new(),
