@@ -425,3 +425,30 @@ async fn corrupt_or_foreign_cache_is_discarded_with_a_warning() {
     assert!(logs.text().contains("belongs to another"));
     agent.stop().await;
 }
+
+/// The exchange refusing the actor token itself (here: an Asset.Id that does not exist;
+/// on a real org also a rejected device key) is fatal after exactly one re-authentication,
+/// and retried slowly (after the backoff cap), with the reason in the status.
+#[tokio::test]
+async fn refused_actor_token_is_fatal_after_one_reauthentication() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "id = \"02iEM9999999999AAA\"", "");
+    let agent = Agent::start(&config, Clock::system()).await;
+    let s = common::wait_for_failure(&dev.socket()).await;
+    assert_eq!(s["state"], "failing", "{s}");
+    assert_eq!(s["last_error_reason"], "invalid_grant", "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("does not exist"),
+        "{s}"
+    );
+    assert!(s["refresh_failing_since"].is_string(), "{s}");
+    // Access token, exchange refused, a new access token, refused again: then stop.
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 2);
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 2);
+    let snap = agent.running.tokens.snapshot();
+    let wait = snap.next_refresh.unwrap() - Instant::now();
+    assert!(wait > Duration::from_secs(290), "slow retry: {wait:?}");
+    assert_eq!(get(&dev.socket(), "/v1/token").await.status, 503);
+    agent.stop().await;
+}
