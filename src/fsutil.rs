@@ -168,6 +168,25 @@ mod tests {
     }
 
     #[test]
+    fn owner_is_set_before_the_file_appears() {
+        if !rustix::process::geteuid().is_root() {
+            return; // only root can give files away
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        write_secret_atomic_as(&p, b"x", Some((4242, 4343))).unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (4242, 4343)
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
     fn foreign_bits() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");

@@ -452,3 +452,50 @@ async fn refused_actor_token_is_fatal_after_one_reauthentication() {
     assert_eq!(get(&dev.socket(), "/v1/token").await.status, 503);
     agent.stop().await;
 }
+
+/// A rotated refresh token that cannot be written is not lost: it waits in memory, is
+/// written before the next grant, and that grant (with it) succeeds.
+#[tokio::test]
+async fn rotated_refresh_token_survives_a_failed_write() {
+    use asset_agent::salesforce::Upstream;
+    use asset_agent::salesforce::subject::{Credentials, Error, RefreshToken};
+    let emu = emulator(Clock::system(), |c| c.rotate_refresh_tokens = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rt");
+    write_0600(&path, emu.mint_refresh_token().unwrap().expose().as_bytes());
+    asset_agent::salesforce::http::install_tls_provider();
+    let up = Upstream::new(
+        &emu.base_url().parse().unwrap(),
+        None,
+        Duration::from_secs(5),
+        Clock::system(),
+        Arc::default(),
+    )
+    .unwrap();
+    let creds = Credentials::RefreshToken(RefreshToken::new(
+        asset_agent::emulator::DEFAULT_CLIENT_ID.to_owned(),
+        None,
+        path.clone(),
+    ));
+    // A directory where the temporary file must go: the write fails, even for root.
+    let blocker = dir.path().join(format!(".rt.tmp-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    let before = std::fs::read_to_string(&path).unwrap();
+    let err = creds.obtain(&up).await.unwrap_err();
+    assert!(matches!(err, Error::PersistRotated(_)), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        before,
+        "old (dead) token"
+    );
+
+    std::fs::remove_dir(&blocker).unwrap();
+    creds.obtain(&up).await.unwrap();
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), before);
+    assert_eq!(
+        emu.stats().success(Grant::RefreshToken),
+        2,
+        "the kept token worked"
+    );
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 2);
+}

@@ -74,6 +74,9 @@ impl Error {
             // A token that fails verification, or a transient signing problem, may be gone
             // next time (a rotated org key, a glitch): retry with backoff.
             Error::Verify(_) | Error::Mint(_) => Class::Retryable,
+            // The rotated token waits in memory and is written before the next grant, so
+            // retrying costs Salesforce nothing until the disk takes it.
+            Error::Subject(subject::Error::PersistRotated(_)) => Class::Retryable,
             Error::Subject(_) => Class::Fatal,
         };
         match class {
@@ -102,6 +105,7 @@ impl Error {
         match self {
             Error::Subject(subject::Error::Upstream(e)) | Error::Exchange(e) => e.reason(),
             Error::Subject(subject::Error::NoRefreshToken { .. }) => "needs_enrollment".into(),
+            Error::Subject(subject::Error::PersistRotated(_)) => "store_refresh_token".into(),
             Error::Subject(_) => "credentials".into(),
             Error::Mint(_) => "sign".into(),
             Error::Verify(verify::Error::Jwks(e)) => format!("jwks_{}", e.reason()),
