@@ -310,9 +310,9 @@ impl Handle {
         if let Some(t) = good(&self.current.borrow()) {
             return Ok(t);
         }
-        // A token never lives longer than its predecessor did (same org setting), so when
-        // even a fresh one could not meet min_ttl, asking for one would only hammer
-        // Salesforce: answer at once.
+        // Tokens get the lifetime the org configures, so when the held one's whole lifetime
+        // is below min_ttl a fresh one will not meet it either: asking for one per request
+        // would only hammer Salesforce. Answer at once.
         let held_lifetime = self
             .current
             .borrow()
