@@ -173,6 +173,7 @@ impl Refresher {
             };
             match result {
                 Ok(token) => {
+                    crate::metrics::refresh_succeeded();
                     backoff.reset();
                     backing_off = false;
                     next = self.schedule(&token);
@@ -209,6 +210,7 @@ impl Refresher {
                     next = Instant::now() + delay;
                     let message = chain(&err);
                     let reason = err.reason();
+                    crate::metrics::refresh_failed(&reason);
                     let has_token = live(&self.current.subscribe()).is_some();
                     if enrolling {
                         tracing::warn!("{message}; waiting for enrollment");
