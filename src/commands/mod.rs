@@ -7,7 +7,9 @@ mod demo;
 #[cfg(feature = "emulator")]
 mod emulator;
 mod key;
+mod refresh;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -66,6 +68,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Demo(args) => demo::run(args).await,
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
+        Command::Watch(args) => watch::run(cli.config, args).await,
+        Command::Refresh(args) => refresh::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args).await,
