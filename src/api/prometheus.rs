@@ -73,22 +73,18 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Expiry (exp claim, Unix time) of the asset token held.",
     );
+    if let Some(t) = &token {
+        let exp = t.claims.exp;
+        w.sample("asset_agent_token_expiry_timestamp_seconds", &[], exp);
+    }
     w.family(
         "asset_agent_token_expires_in_seconds",
         "gauge",
         "Seconds until the held asset token expires (monotonic clock).",
     );
     if let Some(t) = &token {
-        w.sample(
-            "asset_agent_token_expiry_timestamp_seconds",
-            &[],
-            t.claims.exp,
-        );
-        w.sample(
-            "asset_agent_token_expires_in_seconds",
-            &[],
-            t.remaining().as_secs(),
-        );
+        let left = t.remaining().as_secs();
+        w.sample("asset_agent_token_expires_in_seconds", &[], left);
     }
 
     let counted = crate::metrics::snapshot();
