@@ -2,6 +2,9 @@
 //! and the `asset-agent` binary itself): deny by default, allowed by primary or
 //! supplementary gid, and per-route roles.
 
+// Helpers outside #[test] functions: unwrap and panic are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod api_common;
 mod common;
 

@@ -127,6 +127,8 @@ pub struct State {
     pub denials: deny::DenialLog,
     /// The open connections, once the server runs.
     pub conns: OnceLock<Arc<conns::Registry>>,
+    /// Forced refreshes run one at a time; see [`refresh`].
+    pub refresh_gate: tokio::sync::Mutex<()>,
 }
 
 /// State every request handler reads.

@@ -4,10 +4,12 @@
 //! the connected app, say) needs to know it worked and until when, and a token in the
 //! output of an admin script ends up in its logs. `GET /v1/token` is one call away.
 //!
-//! The refresher's rules stand: the request only wakes the single refresh loop (concurrent
-//! calls share one exchange), it is refused with 503 + `Retry-After` while the loop is
-//! backing off after failures, and a token obtained less than [`MIN_INTERVAL`] ago counts
-//! as fresh, so a looping script cannot turn into a stream of exchanges.
+//! The refresher's rules stand: the request only wakes the single refresh loop, and
+//! concurrent calls queue behind one another so they share one exchange (a caller that
+//! finds a token obtained after it asked takes that one). It is refused with 503 +
+//! `Retry-After` while the loop is backing off after failures, and a token obtained less
+//! than [`MIN_INTERVAL`] before the call counts as fresh, so a looping script cannot turn
+//! into a stream of exchanges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// The answer.
 #[derive(Debug, Serialize)]
 pub struct Refreshed<'a> {
-    /// False when the held token was already fresh (younger than [`MIN_INTERVAL`]).
+    /// True when the token was obtained after the call arrived; false when the held token
+    /// was already fresh (obtained less than [`MIN_INTERVAL`] before).
     pub refreshed: bool,
     pub token_type: &'a str,
     pub issued_token_type: &'a str,
@@ -46,12 +49,22 @@ enum Outcome {
 }
 
 pub async fn reply(shared: &Shared) -> Reply {
+    let arrived = Instant::now();
+    // Concurrent calls queue here, so they share one exchange: whoever comes after a
+    // successful refresh finds a token obtained after it asked, and takes that.
+    let Ok(_one_at_a_time) =
+        tokio::time::timeout(shared.limits.refresh_wait, shared.state.refresh_gate.lock()).await
+    else {
+        return timed_out(shared);
+    };
     let held = live(&shared.tokens.current);
-    if let Some(t) = held
-        .as_ref()
-        .filter(|t| t.received.elapsed() < MIN_INTERVAL)
-    {
-        return answer(shared, t, false);
+    if let Some(t) = &held {
+        if t.received >= arrived {
+            return answer(shared, t, true);
+        }
+        if t.received + MIN_INTERVAL > arrived {
+            return answer(shared, t, false);
+        }
     }
     let snap = shared.tokens.snapshot();
     let now = Instant::now();
@@ -125,18 +138,22 @@ pub async fn reply(shared: &Shared) -> Reply {
             "unavailable",
             "the agent is shutting down",
         ),
-        Err(_) => with_retry_after(
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                &format!(
-                    "no new token within {}s; the refresh may still complete (see /v1/status)",
-                    shared.limits.refresh_wait.as_secs()
-                ),
-            ),
-            Duration::from_secs(5),
-        ),
+        Err(_) => timed_out(shared),
     }
+}
+
+fn timed_out(shared: &Shared) -> Reply {
+    with_retry_after(
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            &format!(
+                "no new token within {}s; the refresh may still complete (see /v1/status)",
+                shared.limits.refresh_wait.as_secs()
+            ),
+        ),
+        Duration::from_secs(5),
+    )
 }
 
 fn answer(shared: &Shared, t: &AssetToken, refreshed: bool) -> Reply {
