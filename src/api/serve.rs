@@ -14,7 +14,9 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +29,10 @@ use super::{Limits, Shared};
 
 /// Descriptors kept free besides the API's connections (upstream HTTPS, files, logging).
 const FD_RESERVE: u64 = 128;
+/// Refused connections being answered at once; past it they are closed unanswered.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection is given to send its request and read the 503.
+const REFUSE_TIME: Duration = Duration::from_secs(1);
 
 // === impl Server ===
 
@@ -42,6 +48,7 @@ impl Server {
             .get_or_init(|| Registry::new(limits.caps))
             .clone();
         let tracker = TaskTracker::new();
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
         loop {
             let stream = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -65,7 +72,11 @@ impl Server {
             let slot = match registry.admit(peer.uid) {
                 Ok(slot) => slot,
                 Err(full) => {
-                    refuse(&stream, &peer, full);
+                    tracing::debug!(uid = peer.uid, pid = peer.pid, reason = %full, "refused a connection");
+                    // Past the refusal budget, just close: the client sees a reset.
+                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                        tracker.spawn(refuse(stream, full, permit));
+                    }
                     continue;
                 }
             };
@@ -123,17 +134,28 @@ async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared:
     }
 }
 
-/// Answers 503 without reading the request, then closes: no room for this caller.
-fn refuse(stream: &UnixStream, peer: &Peer, full: Full) {
-    tracing::debug!(uid = peer.uid, pid = peer.pid, reason = %full, "refused a connection");
+/// Answers 503 and closes: no room for this caller. The request head is read first (for
+/// at most [`REFUSE_TIME`]), because closing a Unix socket with unread data resets it and
+/// the client would see an error instead of the answer.
+async fn refuse(mut stream: UnixStream, full: Full, _permit: OwnedSemaphorePermit) {
     let body = format!(r#"{{"error":"busy","reason":"{full}"}}"#);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
-    // A new socket's send buffer is empty, so this never blocks; if it cannot be written
-    // in full the client learns the same from the closed connection.
-    let _ = stream.try_write(response.as_bytes());
+    let exchange = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(REFUSE_TIME, exchange).await;
 }
 
 impl Limits {
