@@ -95,10 +95,13 @@ pub fn curl_as(
     }
 }
 
-/// Writes `request` raw, then reads until the server closes or `wait` passes.
+/// Writes `request` raw and shuts down the write side (as `nc -N` does), then reads until
+/// the server closes or `wait` passes.
 pub async fn raw(socket: &Path, request: &[u8], wait: Duration) -> String {
     let mut s = UnixStream::connect(socket).await.unwrap();
-    s.write_all(request).await.unwrap();
+    // The server may answer and close before reading everything (e.g. 431).
+    let _ = s.write_all(request).await;
+    let _ = s.shutdown().await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
