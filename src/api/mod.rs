@@ -6,8 +6,8 @@
 //!   directory);
 //! - [`serve`]: the accept loop; [`conns`] caps connections and picks who gives way;
 //!   [`io`] bounds writes; hyper bounds the request head;
-//! - [`peer`]: who the caller is (SO_PEERCRED, SO_PEERGROUPS via [`sys`]) and their role;
-//!   [`deny`] logs refusals without flooding;
+//! - [`peer`]: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
+//!   only unsafe code) and their role; [`deny`] logs refusals without flooding;
 //! - [`routes`]: authorisation and dispatch; one module per larger handler ([`watch`],
 //!   [`refresh`], [`sign`], [`status`], [`prometheus`]).
 
