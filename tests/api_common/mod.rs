@@ -109,6 +109,8 @@ pub async fn raw(socket: &Path, request: &[u8], wait: Duration) -> String {
 
 /// A copy of the binary that any uid can execute (the build tree may not be reachable).
 pub fn public_binary(dir: &Path) -> PathBuf {
+    // tempfile's directories follow the umask, which may be 077.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dst = dir.join("asset-agent");
     std::fs::copy(env!("CARGO_BIN_EXE_asset-agent"), &dst).unwrap();
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
