@@ -137,6 +137,7 @@ pub async fn start(
     .map_err(Error::Http)?;
     let credentials = credentials(config, &options.clock, &skew)?;
     let verifier = verifier(config)?;
+    let verification = verifier.fingerprint();
     let identity = identity(&config.asset);
     let flow = Flow::new(
         upstream,
@@ -159,6 +160,7 @@ pub async fn start(
             client_id: sf.client_id.clone(),
             device_id: config.asset.device_id.clone(),
             key_thumbprint: key.public_jwk().kid.clone(),
+            verification,
         },
     );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;

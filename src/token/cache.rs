@@ -33,6 +33,10 @@ pub struct Owner {
     pub client_id: String,
     pub device_id: String,
     pub key_thumbprint: String,
+    /// The verification setup the cached token passed ([`Verifier::fingerprint`]).
+    ///
+    /// [`Verifier::fingerprint`]: crate::salesforce::verify::Verifier::fingerprint
+    pub verification: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,7 +107,7 @@ impl Cache {
         };
         if file.version != VERSION || file.owner != self.owner {
             tracing::warn!(file = %self.path.display(),
-                "the token cache belongs to another instance, client, device or key; discarding it");
+                "the token cache belongs to another instance, client, device, key or verification setup; discarding it");
             self.discard();
             return Restored::default();
         }
@@ -183,6 +187,7 @@ mod tests {
             client_id: "3MVG".into(),
             device_id: "d1".into(),
             key_thumbprint: "kid".into(),
+            verification: "jwks;aud=;iss=".into(),
         }
     }
 
