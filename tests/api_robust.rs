@@ -175,6 +175,7 @@ async fn idle_slowloris_and_bad_requests_do_not_stall_a_legitimate_client() {
         .unwrap()
         .parse()
         .unwrap();
+    eprintln!("idle connections evicted to make room: {evicted}");
     assert!(evicted >= (IDLE - 32) as u64, "evicted {evicted}");
     drop((idle, more));
     agent.stop().await;
