@@ -166,15 +166,14 @@ pub async fn start(
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
     let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
 
-    let server = Server::bind(&config.api.socket)
+    let server = Server::listen(&config.api.socket)
         .await
         .map_err(Error::Socket)?;
-    let policy = peer::Policy {
-        own_uid: rustix::process::geteuid().as_raw(),
-        socket_gid: server.socket_gid(),
-        allow_uids: config.api.allow_uids.clone(),
-        allow_gids: config.api.allow_gids.clone(),
-    };
+    let policy = peer::Policy::from_config(
+        &config.api,
+        rustix::process::geteuid().as_raw(),
+        server.socket_gid(),
+    );
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
         info: Info {
@@ -186,6 +185,9 @@ pub async fn start(
         clock: options.clock.clone(),
         skew,
         min_ttl_wait: config.token.min_ttl_wait,
+        signer: key.clone(),
+        limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
+        state: api::State::default(),
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = TaskTracker::new();

@@ -8,7 +8,9 @@ mod demo;
 mod emulator;
 pub mod enroll;
 mod key;
+mod refresh;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -70,6 +72,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Demo(args) => demo::run(args).await,
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
+        Command::Watch(args) => watch::run(cli.config, args).await,
+        Command::Refresh(args) => refresh::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
         #[cfg(feature = "emulator")]

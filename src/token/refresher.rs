@@ -192,6 +192,7 @@ impl Refresher {
             }
             match result {
                 Ok(token) => {
+                    crate::metrics::refresh_succeeded();
                     backoff.reset();
                     backing_off = false;
                     recheck = None;
@@ -231,6 +232,7 @@ impl Refresher {
                         .then(|| Instant::now() + ENROLLMENT_POLL);
                     let message = chain(&err);
                     let reason = err.reason();
+                    crate::metrics::refresh_failed(&reason);
                     let has_token = live(&self.current.subscribe()).is_some();
                     let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
                     if enrolling && was_enrolling {
