@@ -21,6 +21,8 @@ pub mod http;
 pub mod jose;
 pub mod keys;
 pub mod logging;
+pub mod reload;
 pub mod salesforce;
 pub mod secret;
+pub mod systemd;
 pub mod token;
