@@ -29,6 +29,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Show the agent's state.
     Status(StatusArgs),
+    /// Validate the config and the environment without starting (exit 1 on errors).
+    Check(CheckArgs),
     /// Show or create the device key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -67,6 +69,17 @@ pub struct StatusArgs {
     pub json: bool,
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also perform one real token exchange (registers or links the Asset, as the agent
+    /// would; the token is verified and discarded).
+    #[arg(long)]
+    pub exchange: bool,
 }
 
 #[derive(Debug, Subcommand)]

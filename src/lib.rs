@@ -9,6 +9,7 @@ pub mod actor;
 pub mod agent;
 pub mod api;
 pub mod backoff;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;

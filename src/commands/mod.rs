@@ -1,6 +1,7 @@
 //! The subcommands. Each returns `Result<(), Error>`; `main` prints the cause chain and
 //! exits with [`Error::exit_code`].
 
+mod check;
 mod client;
 #[cfg(feature = "emulator")]
 mod demo;
@@ -66,6 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Demo(args) => demo::run(args).await,
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
+        Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args).await,
