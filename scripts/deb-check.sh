@@ -16,9 +16,10 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
 fi
 
 say "-- cargo deb (release profile, no emulator)"
-rm -f target/debian/asset-agent_*.deb
-cargo deb --quiet
-deb=$(ls target/debian/asset-agent_*.deb)
+out=${CARGO_TARGET_DIR:-target}/debian
+rm -f "$out"/asset-agent_*.deb
+cargo deb --quiet --output "$out"
+deb=$(ls "$out"/asset-agent_*.deb)
 say "built $deb: $(stat -c %s "$deb") bytes"
 
 say "-- contents"

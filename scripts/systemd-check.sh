@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MAX_EXPOSURE=${MAX_EXPOSURE:-2.0}
-BIN=$(realpath "${1:-target/debug/asset-agent}")
+BIN=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/debug/asset-agent}")
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   echo "installing systemd (for systemd-analyze)"
