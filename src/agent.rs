@@ -300,3 +300,36 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
     }
     Ok(Secret::new(secret))
 }
+
+/// The flow [`start`] runs, without the refresh loop, token cache or socket: for
+/// `asset-agent check --exchange`. The device key must already exist (it is not generated
+/// here, so a check never creates state).
+///
+/// # Errors
+/// As [`start`], for the key, credentials, HTTPS client and verifier.
+pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
+    http::install_tls_provider();
+    crate::jose::provider::install();
+    let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
+    let skew = Arc::new(Skew::default());
+    let sf = &config.salesforce;
+    let upstream = Upstream::new(
+        &sf.instance_url,
+        sf.ca_file.as_deref(),
+        sf.timeout,
+        clock.clone(),
+        skew.clone(),
+    )
+    .map_err(Error::Http)?;
+    let credentials = credentials(config, &clock, &skew)?;
+    let verifier = verifier(config)?;
+    Ok(Flow::new(
+        upstream,
+        credentials,
+        key,
+        identity(&config.asset),
+        verifier,
+        clock,
+        broadcast::channel(1).0,
+    ))
+}

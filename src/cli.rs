@@ -33,6 +33,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Force a refresh now (admin: root or the agent's user by default).
     Refresh(RefreshArgs),
+    /// Validate the config and the environment without starting (exit 1 on errors).
+    Check(CheckArgs),
     /// Show or create the device key.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -95,6 +97,17 @@ pub struct RefreshArgs {
     pub json: bool,
     #[command(flatten)]
     pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print the findings as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also perform one real token exchange (registers or links the Asset, as the agent
+    /// would; the token is verified and discarded).
+    #[arg(long)]
+    pub exchange: bool,
 }
 
 #[derive(Debug, Subcommand)]

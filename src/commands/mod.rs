@@ -1,6 +1,7 @@
 //! The subcommands. Each returns `Result<(), Error>`; `main` prints the cause chain and
 //! exits with [`Error::exit_code`].
 
+mod check;
 mod client;
 #[cfg(feature = "emulator")]
 mod demo;
@@ -74,6 +75,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => client::status(cli.config, args).await,
         Command::Watch(args) => watch::run(cli.config, args).await,
         Command::Refresh(args) => refresh::run(cli.config, args).await,
+        Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
         #[cfg(feature = "emulator")]

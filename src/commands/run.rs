@@ -1,34 +1,159 @@
 //! `asset-agent run`: the daemon.
+//!
+//! Signals: SIGTERM and SIGINT drain (stop accepting, let in-flight requests finish for
+//! up to [`GRACE`], stop the refresh loop) and exit 0, telling systemd `STOPPING=1` first.
+//! SIGHUP reloads the configuration all-or-nothing (`crate::reload`). The handlers are
+//! installed before anything else, because SIGHUP's default action would kill us.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, load_config, shutdown_signal};
+use super::{Error, load_config};
 use crate::agent::{self, Options};
+use crate::config::Config;
+use crate::systemd::{self, Notifier, Supervisor};
+use crate::token::status::chain;
 
 /// In-flight requests get this long to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
-    let config = load_config(config_path)?;
+    let mut signals = Signals::install()?;
+    let notifier = notifier();
+    let mut config = match load_config(config_path.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tell(
+                notifier.as_deref(),
+                &format!("invalid configuration: {}", chain(&e)),
+            );
+            return Err(e);
+        }
+    };
     crate::logging::init(&config.log.level, config.log.format);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "asset-agent starting");
     tracing::info!("effective config: {}", config.redacted_summary());
     for var in &config.ignored_env {
         tracing::warn!(variable = %var, "ignored: not a config key (config keys look like ASSET_AGENT_SECTION__KEY)");
     }
+    // The process holds the device key: no core dumps, no ptrace by other processes of
+    // the same user.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(error = %e, "could not mark the process non-dumpable");
+    }
     let cancel = CancellationToken::new();
-    let running = agent::start(&config, Options::default(), cancel.clone())
-        .await
-        .map_err(Error::Agent)?;
-    let signal = shutdown_signal().await?;
+    let running = match agent::start(&config, Options::default(), cancel.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tell(
+                notifier.as_deref(),
+                &format!("could not start: {}", chain(&e)),
+            );
+            return Err(Error::Agent(e));
+        }
+    };
+    let supervisor = notifier.clone().map(|n| {
+        let watchdog = systemd::watchdog_timeout_from_env();
+        if let Some(w) = watchdog {
+            tracing::info!(timeout_ms = w.as_millis(), "systemd watchdog enabled");
+        }
+        tokio::spawn(Supervisor::new(n, running.tokens.clone(), watchdog).run(cancel.child_token()))
+    });
+
+    let signal = loop {
+        match signals.next().await {
+            Received::Reload => reload(&mut config, config_path.clone(), notifier.as_deref()),
+            Received::Stop(name) => break name,
+        }
+    };
     tracing::info!(signal, "shutting down");
+    if let Some(n) = &notifier
+        && let Err(e) = n.stopping("stopping: draining requests")
+    {
+        tracing::debug!(error = %chain(&e), "could not send STOPPING=1");
+    }
     cancel.cancel();
     if tokio::time::timeout(GRACE, running.wait()).await.is_err() {
         tracing::warn!(grace_s = GRACE.as_secs(), "some tasks did not stop in time");
     }
+    if let Some(task) = supervisor {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The systemd notifier, if started by systemd with `Type=notify`.
+fn notifier() -> Option<Arc<Notifier>> {
+    match Notifier::from_env() {
+        Ok(n) => n.map(Arc::new),
+        Err(e) => {
+            // Logging is not set up yet; stderr reaches the journal anyway.
+            eprintln!("warning: {}; not notifying systemd", chain(&e));
+            None
+        }
+    }
+}
+
+/// Best-effort `STATUS=` before exiting with an error, so `systemctl status` shows why.
+fn tell(notifier: Option<&Notifier>, status: &str) {
+    if let Some(n) = notifier {
+        let _ = n.status(status);
+    }
+}
+
+fn reload(config: &mut Config, path: Option<PathBuf>, notifier: Option<&Notifier>) {
+    tracing::info!("SIGHUP: reloading the configuration");
+    if let Some(n) = notifier {
+        let _ = n.reloading();
+    }
+    let outcome = crate::reload::reload(config, || {
+        Config::load(&crate::config::LoadOptions::from_process(path))
+    });
+    let summary = outcome.summary();
+    match outcome {
+        crate::reload::Outcome::Invalid(_) | crate::reload::Outcome::NeedsRestart { .. } => {
+            tracing::error!("{summary}");
+        }
+        _ => tracing::info!("{summary}"),
+    }
+    if let Some(n) = notifier {
+        let _ = n.reloaded(&summary);
+    }
+}
+
+/// The signals `run` reacts to.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+enum Received {
+    Stop(&'static str),
+    Reload,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Error> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).map_err(Error::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(Error::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(Error::Signals)?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        tokio::select! {
+            _ = self.term.recv() => Received::Stop("SIGTERM"),
+            _ = self.int.recv() => Received::Stop("SIGINT"),
+            _ = self.hup.recv() => Received::Reload,
+        }
+    }
 }

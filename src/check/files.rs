@@ -1,0 +1,327 @@
+//! Local checks: the device key, the credentials `auth.method` needs, the state and
+//! runtime directories, and the socket path.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+
+use super::Finding;
+use crate::config::{AuthMethod, Config};
+use crate::keys::{FileKey, LoadError, Signer as _};
+use crate::salesforce::subject::{self, read_refresh_token};
+use crate::token::status::chain;
+
+/// Where an installed socket unit may live, in systemd's order of precedence.
+const SOCKET_UNITS: [&str; 3] = [
+    "/etc/systemd/system/asset-agent.socket",
+    "/usr/lib/systemd/system/asset-agent.socket",
+    "/lib/systemd/system/asset-agent.socket",
+];
+
+pub(super) fn check(config: &Config) -> Vec<Finding> {
+    let mut out = vec![key(config)];
+    out.extend(credentials(config));
+    out.push(directory(
+        "state_dir",
+        &config.state.dir,
+        "the device key, refresh token and token cache",
+    ));
+    match config.api.socket.parent() {
+        Some(dir) => out.push(directory("runtime_dir", dir, "the socket")),
+        None => out.push(Finding::error(
+            "runtime_dir",
+            format!(
+                "api.socket {} has no directory",
+                config.api.socket.display()
+            ),
+            "set api.socket to an absolute path such as /run/asset-agent/agent.sock",
+        )),
+    }
+    out.extend(socket(config));
+    out
+}
+
+fn key(config: &Config) -> Finding {
+    let path = &config.key.path;
+    if matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        return Finding::warning(
+            "key",
+            format!("no device key yet at {}", path.display()),
+            "on a first install nothing: `asset-agent run` generates it on first start (then `asset-agent key show` to register it); if this device had a key before, restore it from backup",
+        );
+    }
+    if let Some(f) = foreign_owner("key", path, &config.state.dir) {
+        return f;
+    }
+    match FileKey::load(path) {
+        Ok(k) => Finding::ok(
+            "key",
+            format!(
+                "{}: RSA {} bits, owner-only, thumbprint {}",
+                path.display(),
+                k.bits(),
+                k.public_jwk().kid
+            ),
+        ),
+        Err(e) => {
+            let p = path.display();
+            let fix = match &e {
+                LoadError::Permissions { .. } => format!("chmod 600 {p}"),
+                LoadError::Read { source, .. }
+                    if source.kind() == io::ErrorKind::PermissionDenied =>
+                {
+                    format!(
+                        "run the check as the service user or root; the service user must own it: chown asset-agent: {p} && chmod 600 {p}"
+                    )
+                }
+                LoadError::Pkcs1 { .. } => format!(
+                    "convert it: openssl pkcs8 -topk8 -nocrypt -in {p} -out {p}.p8 && mv {p}.p8 {p}"
+                ),
+                _ => format!(
+                    "move {p} away and run `asset-agent key generate` (or restart the agent); the Asset links again through its serial number"
+                ),
+            };
+            Finding::error("key", chain(&e), fix)
+        }
+    }
+}
+
+fn credentials(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    match &config.auth.method {
+        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
+            out.push(refresh_token(config));
+        }
+        AuthMethod::JwtBearer(jb) => {
+            let p = jb.assertion_key_file.display();
+            out.push(match FileKey::load(&jb.assertion_key_file) {
+                Ok(_) => Finding::ok("credentials", format!("JWT-bearer assertion key {p} is usable")),
+                Err(e) => Finding::error(
+                    "credentials",
+                    format!("the JWT-bearer assertion key is unusable: {}", chain(&e)),
+                    format!("give the service user an owner-only (0600) PKCS#8 RSA key at {p}, whose certificate is uploaded to the connected app"),
+                ),
+            });
+        }
+        AuthMethod::ClientCredentials => {}
+    }
+    if let Some(path) = &config.salesforce.client_secret_file {
+        out.push(client_secret(path));
+    }
+    out
+}
+
+fn refresh_token(config: &Config) -> Finding {
+    let path = &config.auth.refresh_token_file;
+    let p = path.display();
+    if let Some(f) = foreign_owner("credentials", path, &config.state.dir) {
+        return f;
+    }
+    match read_refresh_token(path) {
+        Ok(_) => Finding::ok("credentials", format!("refresh token present in {p}")),
+        Err(subject::Error::NoRefreshToken { .. }) => Finding::warning(
+            "credentials",
+            format!("not enrolled yet: no refresh token in {p}; the agent runs but waits"),
+            format!(
+                "run `asset-agent enroll` (device flow), or store the connected app's refresh token in {p} (owner-only, owned by the service user)"
+            ),
+        ),
+        Err(e @ subject::Error::RefreshTokenPermissions { .. }) => {
+            Finding::error("credentials", chain(&e), format!("chmod 600 {p}"))
+        }
+        Err(e) => Finding::error(
+            "credentials",
+            chain(&e),
+            format!("make {p} a readable file owned by the service user (chown asset-agent: {p})"),
+        ),
+    }
+}
+
+fn client_secret(path: &Path) -> Finding {
+    let p = path.display();
+    let fix = format!("put the consumer secret in {p}, owned by the service user, mode 0600");
+    match fs::metadata(path) {
+        Err(e) => Finding::error(
+            "credentials",
+            format!("cannot read the client secret file {p}: {e}"),
+            fix,
+        ),
+        Ok(m) if m.mode() & 0o077 != 0 => Finding::error(
+            "credentials",
+            format!(
+                "the client secret file {p} is readable by others (mode {:04o})",
+                m.mode() & 0o7777
+            ),
+            format!("chmod 600 {p}"),
+        ),
+        Ok(_) => match fs::read_to_string(path) {
+            Ok(s) if s.trim().is_empty() => Finding::error(
+                "credentials",
+                format!("the client secret file {p} is empty"),
+                fix,
+            ),
+            Ok(_) => Finding::ok("credentials", format!("client secret file {p} is usable")),
+            Err(e) => Finding::error(
+                "credentials",
+                format!("cannot read the client secret file {p}: {e}"),
+                fix,
+            ),
+        },
+    }
+}
+
+/// Run as root, `path` would be readable whoever owns it; the service would not. The
+/// state directory's owner is the service user (systemd's `StateDirectory=` makes it so),
+/// so a secret inside it owned by anyone else (root, after a command run as root) is a
+/// file the service cannot read.
+fn foreign_owner(check: &'static str, path: &Path, state_dir: &Path) -> Option<Finding> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return None;
+    }
+    let dir_uid = fs::metadata(state_dir).ok()?.uid();
+    let file_uid = fs::metadata(path).ok()?.uid();
+    if dir_uid == 0 || file_uid == dir_uid || !path.starts_with(state_dir) {
+        return None;
+    }
+    Some(Finding::error(
+        check,
+        format!(
+            "{} is owned by uid {file_uid}, but the state directory {} belongs to uid {dir_uid} (the service user), which cannot read it",
+            path.display(),
+            state_dir.display()
+        ),
+        format!("chown {dir_uid}: {}", path.display()),
+    ))
+}
+
+/// Whether the agent could write in `dir`, by creating and removing a probe file; a
+/// missing directory must be creatable from its nearest existing ancestor.
+fn directory(check: &'static str, dir: &Path, holds: &str) -> Finding {
+    let d = dir.display();
+    match fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Finding::error(
+            check,
+            format!("{d} exists and is not a directory"),
+            format!(
+                "remove it, or point the setting elsewhere; it must be a directory for {holds}"
+            ),
+        ),
+        Ok(_) => match probe(dir) {
+            Ok(()) => Finding::ok(check, format!("{d} is writable")),
+            Err(e) => Finding::error(
+                check,
+                format!(
+                    "{d} is not writable by uid {}: {e}",
+                    rustix::process::geteuid().as_raw()
+                ),
+                format!(
+                    "the service user must own it: chown asset-agent: {d} (systemd's StateDirectory=/RuntimeDirectory= do this); on a read-only root filesystem, point it at writable storage"
+                ),
+            ),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let ancestor = nearest_existing(dir);
+            match ancestor.as_deref().map(probe) {
+                Some(Ok(())) => Finding::info(
+                    check,
+                    format!(
+                        "{d} does not exist yet; the agent (or systemd, from the unit) will create it"
+                    ),
+                ),
+                Some(Err(err)) => Finding::error(
+                    check,
+                    format!(
+                        "{d} does not exist and cannot be created: {} is not writable ({err})",
+                        ancestor.as_deref().unwrap_or(dir).display()
+                    ),
+                    format!(
+                        "create it for the service user: install -d -o asset-agent -g asset-agent -m 0700 {d}"
+                    ),
+                ),
+                None => Finding::error(
+                    check,
+                    format!("{d} does not exist and has no existing parent"),
+                    format!("create it: install -d -o asset-agent -g asset-agent -m 0700 {d}"),
+                ),
+            }
+        }
+        Err(e) => Finding::error(
+            check,
+            format!("cannot inspect {d}: {e}"),
+            "make the directory reachable by the service user".to_owned(),
+        ),
+    }
+}
+
+fn probe(dir: &Path) -> io::Result<()> {
+    let p = dir.join(format!(".asset-agent-check-{}", std::process::id()));
+    let _ = fs::remove_file(&p);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)?;
+    fs::remove_file(&p)
+}
+
+fn nearest_existing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .skip(1)
+        .find(|a| fs::metadata(a).is_ok())
+        .map(Path::to_path_buf)
+}
+
+fn socket(config: &Config) -> Vec<Finding> {
+    let path = &config.api.socket;
+    let p = path.display();
+    let mut out = vec![match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Finding::ok("socket", format!("{p} is free"))
+        }
+        Err(e) => Finding::error(
+            "socket",
+            format!("cannot inspect {p}: {e}"),
+            "make its directory reachable by the service user",
+        ),
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Finding::info(
+                "socket",
+                format!("an agent (or asset-agent.socket) is serving {p}"),
+            ),
+            Err(_) => Finding::warning(
+                "socket",
+                format!("{p} is a stale socket: nothing listens on it"),
+                "nothing to fix: the agent removes a stale socket when it starts",
+            ),
+        },
+        Ok(_) => Finding::error(
+            "socket",
+            format!("{p} exists and is not a socket; the agent refuses to replace it"),
+            format!("remove {p}, or set api.socket to another path"),
+        ),
+    }];
+    if let Some((unit, listen)) = SOCKET_UNITS
+        .iter()
+        .find_map(|u| listen_stream(Path::new(u)))
+        && Path::new(&listen) != path.as_path()
+    {
+        out.push(Finding::warning(
+            "socket",
+            format!("{unit} listens on {listen}, but api.socket is {p}"),
+            "make ListenStream= and api.socket the same path (or leave api.socket unset under systemd)",
+        ));
+    }
+    out
+}
+
+/// The unit path and its `ListenStream=` value, if the unit exists and has one.
+fn listen_stream(unit: &Path) -> Option<(String, String)> {
+    let text = fs::read_to_string(unit).ok()?;
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ListenStream="))?
+        .trim()
+        .to_owned();
+    Some((unit.display().to_string(), value))
+}

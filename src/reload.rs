@@ -1,0 +1,257 @@
+//! `SIGHUP` (`systemctl reload asset-agent`): re-read the configuration, all or nothing.
+//!
+//! The new configuration is loaded exactly as at start (file, drop-ins, environment) and
+//! validated in full. Then:
+//! - if it is **invalid**, every problem is logged and the running configuration stays;
+//! - if it changes only **live** keys ([`LIVE_KEYS`]), they take effect at once;
+//! - if it changes any key that needs a **restart**, *nothing* is applied and the log names
+//!   those keys: the agent never runs half on the old file and half on the new one.
+//!
+//! What is live, and why the rest is not:
+//! - `log.level` is live: raising it to `debug` to diagnose a problem must not cost the
+//!   state being diagnosed.
+//! - Everything else needs `systemctl restart asset-agent`. The Salesforce client,
+//!   credentials, verifier, identity and key are built once into the refresh loop, the
+//!   socket is bound once, and the refresh policy and allow lists are owned by value by
+//!   the refresh loop and the API server. A restart costs little: the token cache serves
+//!   the last live asset token immediately, so clients see no gap beyond the socket
+//!   re-bind (none with socket activation).
+//! - Secret *files* (refresh token, client secret, keys) are read when needed or at start;
+//!   replacing one's contents is not a config change and needs a restart to take effect.
+
+use crate::config::{self, Config};
+use crate::logging::{self, LevelChange};
+
+/// Keys a reload applies without a restart.
+pub const LIVE_KEYS: &[&str] = &["log.level"];
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The file says what is running already.
+    Unchanged,
+    /// These live keys were applied.
+    Applied {
+        keys: Vec<&'static str>,
+        /// Set when `ASSET_AGENT_LOG`/`RUST_LOG` keep precedence over `log.level`.
+        note: Option<String>,
+    },
+    /// Valid, but these keys need a restart; nothing was applied.
+    NeedsRestart { keys: Vec<&'static str> },
+    /// The new configuration is invalid; nothing was applied.
+    Invalid(Box<config::Error>),
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// One line for the log and for systemd's `STATUS=`.
+    pub fn summary(&self) -> String {
+        match self {
+            Outcome::Unchanged => "configuration reloaded: no changes".to_owned(),
+            Outcome::Applied { keys, note } => {
+                let mut s = format!("configuration reloaded: applied {}", keys.join(", "));
+                if let Some(n) = note {
+                    s.push_str(&format!(" ({n})"));
+                }
+                s
+            }
+            Outcome::NeedsRestart { keys } => format!(
+                "reload refused, running configuration kept: {} changed and need `systemctl restart asset-agent`",
+                keys.join(", ")
+            ),
+            Outcome::Invalid(e) => format!(
+                "reload refused, running configuration kept: the new configuration is invalid: {}",
+                crate::token::status::chain(e.as_ref())
+            ),
+        }
+    }
+}
+
+/// Reloads: `load` reads the new configuration; `running` is replaced only when every
+/// difference is live and was applied.
+pub fn reload(
+    running: &mut Config,
+    load: impl FnOnce() -> Result<Config, config::Error>,
+) -> Outcome {
+    let new = match load() {
+        Ok(c) => c,
+        Err(e) => return Outcome::Invalid(Box::new(e)),
+    };
+    let keys = changed_keys(running, &new);
+    if keys.is_empty() {
+        return Outcome::Unchanged;
+    }
+    let restart: Vec<&'static str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !LIVE_KEYS.contains(k))
+        .collect();
+    if !restart.is_empty() {
+        return Outcome::NeedsRestart { keys: restart };
+    }
+    let mut note = None;
+    if keys.contains(&"log.level") {
+        match logging::set_level(&new.log.level) {
+            Ok(LevelChange::Applied) => {}
+            Ok(LevelChange::OverriddenBy(var)) => {
+                note = Some(format!("{var} is set and still decides the log filter"));
+            }
+            Err(e) => note = Some(crate::token::status::chain(&e)),
+        }
+    }
+    *running = new;
+    Outcome::Applied { keys, note }
+}
+
+/// The dotted keys whose values differ. Settings this list does not know yet (a section
+/// added later) are reported as `other settings`, so they are never silently ignored.
+pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (old, new);
+    let (sa, sb) = (&a.salesforce, &b.salesforce);
+    let (xa, xb) = (&a.asset, &b.asset);
+    let (ta, tb) = (&a.token, &b.token);
+    let rows: [(&'static str, bool); 30] = [
+        (
+            "salesforce.instance_url",
+            sa.instance_url != sb.instance_url,
+        ),
+        ("salesforce.client_id", sa.client_id != sb.client_id),
+        (
+            "salesforce.client_secret_file",
+            sa.client_secret_file != sb.client_secret_file,
+        ),
+        ("salesforce.ca_file", sa.ca_file != sb.ca_file),
+        ("salesforce.timeout", sa.timeout != sb.timeout),
+        ("auth.method", a.auth.method != b.auth.method),
+        (
+            "auth.refresh_token_file",
+            a.auth.refresh_token_file != b.auth.refresh_token_file,
+        ),
+        ("asset.device_id", xa.device_id != xb.device_id),
+        ("asset.name", xa.name != xb.name),
+        ("asset.serial_number", xa.serial_number != xb.serial_number),
+        ("asset.account_id", xa.account_id != xb.account_id),
+        ("asset.contact_id", xa.contact_id != xb.contact_id),
+        ("asset.id", xa.id != xb.id),
+        ("asset.token_name", xa.token_name != xb.token_name),
+        ("key.path", a.key.path != b.key.path),
+        ("key.bits", a.key.bits != b.key.bits),
+        (
+            "token.refresh_at",
+            ta.refresh_at.to_bits() != tb.refresh_at.to_bits(),
+        ),
+        ("token.verify", ta.verify != tb.verify),
+        ("token.audience", ta.audience != tb.audience),
+        ("token.issuer", ta.issuer != tb.issuer),
+        ("token.leeway", ta.leeway != tb.leeway),
+        ("token.backoff_max", ta.backoff_max != tb.backoff_max),
+        ("token.min_ttl_wait", ta.min_ttl_wait != tb.min_ttl_wait),
+        ("state.dir", a.state.dir != b.state.dir),
+        ("api.socket", a.api.socket != b.api.socket),
+        ("api.allow_uids", a.api.allow_uids != b.api.allow_uids),
+        ("api.allow_gids", a.api.allow_gids != b.api.allow_gids),
+        ("log.level", a.log.level != b.log.level),
+        ("log.format", a.log.format != b.log.format),
+        ("config files", a.files != b.files),
+    ];
+    let mut keys: Vec<&'static str> = rows
+        .iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(k, _)| *k)
+        .collect();
+    // The file list is informational: a new drop-in that changes nothing changes nothing.
+    keys.retain(|k| *k != "config files");
+    if keys.is_empty() && settings(a) != settings(b) {
+        keys.push("other settings");
+    }
+    keys
+}
+
+/// `c` without the fields that describe where it came from.
+fn settings(c: &Config) -> Config {
+    let mut c = c.clone();
+    c.files.clear();
+    c.ignored_env.clear();
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+    use std::collections::HashMap;
+
+    const BASE: &str = r#"
+[salesforce]
+instance_url = "https://acme.my.salesforce.com"
+client_id = "3MVG9abc"
+[asset]
+device_id = "d1"
+name = "Pump 7"
+serial_number = "00123"
+[state]
+dir = "/var/lib/asset-agent"
+[api]
+socket = "/run/asset-agent/agent.sock"
+"#;
+
+    fn load(toml: &str) -> Result<Config, config::Error> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, toml).unwrap();
+        let mut c = Config::load(&LoadOptions::new(Some(p), HashMap::new()))?;
+        c.files.clear();
+        Ok(c)
+    }
+
+    #[test]
+    fn unchanged_and_live_changes() {
+        let mut running = load(BASE).unwrap();
+        assert!(matches!(
+            reload(&mut running, || load(BASE)),
+            Outcome::Unchanged
+        ));
+        let debug = format!("{BASE}\n[log]\nlevel = \"debug\"\n");
+        let out = reload(&mut running, || load(&debug));
+        let Outcome::Applied { keys, .. } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(keys, &["log.level"]);
+        assert_eq!(running.log.level, "debug");
+    }
+
+    #[test]
+    fn restart_keys_apply_nothing() {
+        let mut running = load(BASE).unwrap();
+        let before = running.clone();
+        let changed = format!(
+            "{}\n[token]\nrefresh_at = \"50%\"\n[log]\nlevel = \"debug\"\n",
+            BASE.replace("Pump 7", "Pump 8")
+        );
+        let out = reload(&mut running, || load(&changed));
+        let Outcome::NeedsRestart { keys } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(keys, &["asset.name", "token.refresh_at"]);
+        assert_eq!(running, before, "nothing applied, not even log.level");
+        assert!(
+            out.summary().contains("systemctl restart"),
+            "{}",
+            out.summary()
+        );
+    }
+
+    #[test]
+    fn invalid_config_is_refused_with_every_problem() {
+        let mut running = load(BASE).unwrap();
+        let before = running.clone();
+        let bad = BASE
+            .replace("https://", "http://")
+            .replace("[asset]", "[asset]\nbogus = 1");
+        let out = reload(&mut running, || load(&bad));
+        assert!(matches!(out, Outcome::Invalid(_)), "{out:?}");
+        assert_eq!(running, before);
+        assert!(out.summary().contains("bogus"), "{}", out.summary());
+    }
+}

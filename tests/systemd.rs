@@ -1,0 +1,481 @@
+//! systemd integration, against a fake service manager: a `UnixDatagram` in a temp dir
+//! handed to the agent as `NOTIFY_SOCKET`.
+//!
+//! - the real binary: `READY=1` only once the first asset token is held, `STATUS=` while
+//!   failing or waiting for enrollment, watchdog pings, SIGHUP reloads (a good one applied,
+//!   a bad one refused while tokens keep flowing), SIGTERM → `STOPPING=1` and exit 0;
+//! - in-process: the real refresh loop stuck inside its key backend stops the pings, and
+//!   they resume when it recovers; a slow Salesforce (responses slower than the timeout)
+//!   does not stop them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::time::Duration;
+
+use asset_agent::actor::Identity;
+use asset_agent::backoff::OsJitter;
+use asset_agent::clock::{Clock, Skew};
+use asset_agent::emulator::{Emulator, Grant, Scope};
+use asset_agent::jose::RsaPublicJwk;
+use asset_agent::keys::{FileKey, SignError, Signer};
+use asset_agent::salesforce::Upstream;
+use asset_agent::salesforce::subject::{Credentials, RefreshToken};
+use asset_agent::salesforce::verify::Verifier;
+use asset_agent::salesforce::wire::AssetFields;
+use asset_agent::systemd::{Notifier, Supervisor};
+use asset_agent::token::flow::Flow;
+use asset_agent::token::refresher::{Policy, Refresher};
+use common::{Device, emulator};
+use tokio::net::UnixDatagram;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
+
+/// The fake service manager's end of `NOTIFY_SOCKET`.
+struct Manager {
+    sock: UnixDatagram,
+}
+
+impl Manager {
+    fn bind(dir: &Path) -> Self {
+        Self {
+            sock: UnixDatagram::bind(dir.join("notify.sock")).unwrap(),
+        }
+    }
+
+    /// The next datagram, or `None` after `wait`.
+    async fn next(&self, wait: Duration) -> Option<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = timeout(wait, self.sock.recv(&mut buf)).await.ok()?.unwrap();
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Datagrams until one satisfies `done` (included), failing after `wait`.
+    async fn until(&self, wait: Duration, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(msg) = self.next(left).await else {
+                panic!("timed out; seen: {seen:#?}");
+            };
+            let stop = done(&msg);
+            seen.push(msg);
+            if stop {
+                return seen;
+            }
+        }
+    }
+
+    /// Everything sent during `window`.
+    async fn collect(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut seen = Vec::new();
+        while let Some(m) = self
+            .next(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            seen.push(m);
+        }
+        seen
+    }
+}
+
+fn is_ready(m: &str) -> bool {
+    m.lines().any(|l| l == "READY=1")
+}
+
+fn is_ping(m: &str) -> bool {
+    m.lines().any(|l| l == "WATCHDOG=1")
+}
+
+fn spawn_agent(config: &Path, dir: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NOTIFY_SOCKET", dir.join("notify.sock"))
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+/// Waits for the child to exit (bounded) and returns its exit code and stderr.
+async fn finish(mut child: Child) -> (Option<i32>, String) {
+    for _ in 0..100 {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut e, &mut err).unwrap();
+            }
+            return (status.code(), err);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    panic!("the agent did not exit within 10 s");
+}
+
+#[tokio::test]
+async fn ready_only_after_the_first_token_then_reload_and_stop() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    // The first two exchanges fail: the agent is up, bound and failing, but holds no token.
+    emu.faults()
+        .fail_next_with(2, 503, None, Scope::Grant(Grant::TokenExchange))
+        .await
+        .unwrap();
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+
+    let before = manager
+        .until(Duration::from_secs(30), |m| {
+            // READY=1 must never arrive while the emulator has issued no asset token.
+            assert!(
+                !is_ready(m) || !emu.events().is_empty(),
+                "READY=1 before any token: {m}"
+            );
+            is_ready(m)
+        })
+        .await;
+    let ready = before.last().unwrap();
+    assert!(
+        ready.contains("STATUS=ready: asset token for 02i") && ready.contains("valid until 20"),
+        "{ready}"
+    );
+    let earlier = &before[..before.len() - 1];
+    assert!(
+        earlier
+            .iter()
+            .any(|m| m.contains("STATUS=failing: no valid asset token")),
+        "STATUS said why it was not ready: {earlier:#?}"
+    );
+    assert!(
+        earlier
+            .iter()
+            .any(|m| is_ping(m) && m.contains("EXTEND_TIMEOUT_USEC=")),
+        "live before ready: pings extend the start timeout: {earlier:#?}"
+    );
+    let body = common::wait_for_token(&dev.socket()).await;
+    assert_eq!(body["token_type"], "Bearer");
+
+    // Ready: plain pings, every ~200 ms (half of WATCHDOG_USEC).
+    let after = manager.collect(Duration::from_secs(1)).await;
+    let pings = after.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(pings >= 3, "{after:#?}");
+
+    // SIGHUP with a live change: RELOADING=1, then READY=1 naming what was applied.
+    let toml = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{toml}\n[log]\nlevel = \"debug\"\n")).unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    let reload = manager.until(Duration::from_secs(10), is_ready).await;
+    assert!(
+        reload.iter().any(|m| m.starts_with("RELOADING=1")),
+        "{reload:#?}"
+    );
+    assert!(
+        reload
+            .last()
+            .unwrap()
+            .contains("STATUS=configuration reloaded: applied log.level"),
+        "{reload:#?}"
+    );
+
+    // SIGHUP with a broken file: refused, the running config kept, tokens still served.
+    std::fs::write(
+        &config,
+        toml.replace("[asset]", "[asset]\nserial = \"typo\""),
+    )
+    .unwrap();
+    signal(&child, rustix::process::Signal::HUP);
+    let refused = manager.until(Duration::from_secs(10), is_ready).await;
+    let last = refused.last().unwrap();
+    assert!(
+        last.contains("reload refused, running configuration kept") && last.contains("serial"),
+        "{last}"
+    );
+    assert_eq!(
+        common::get(&dev.socket(), "/v1/token").await.status,
+        200,
+        "still serving after a bad reload"
+    );
+
+    // SIGTERM: STOPPING=1, clean exit, socket removed.
+    signal(&child, rustix::process::Signal::TERM);
+    manager
+        .until(Duration::from_secs(10), |m| m.starts_with("STOPPING=1"))
+        .await;
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("shutting down") && stderr.contains("stopped"),
+        "{stderr}"
+    );
+    assert!(!dev.socket().exists());
+}
+
+#[tokio::test]
+async fn waiting_for_enrollment_is_not_ready_and_says_why() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    std::fs::remove_file(dev.path("refresh-token")).unwrap();
+    let config = dev.write_config(&emu, "", "");
+    let manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+    let seen = manager
+        .until(Duration::from_secs(20), |m| {
+            m.contains("STATUS=waiting for enrollment")
+        })
+        .await;
+    assert!(
+        seen.last().unwrap().contains("asset-agent enroll"),
+        "{seen:#?}"
+    );
+    let more = manager.collect(Duration::from_secs(2)).await;
+    assert!(!seen.iter().chain(&more).any(|m| is_ready(m)), "{more:#?}");
+    assert!(
+        more.iter()
+            .any(|m| is_ping(m) && m.contains("EXTEND_TIMEOUT_USEC=")),
+        "alive while waiting: {more:#?}"
+    );
+    signal(&child, rustix::process::Signal::INT);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A device key whose backend can be made to hang (a PKCS#11 token or TPM that stops
+/// answering): the refresh loop calls it synchronously while minting the actor token.
+struct HangingKey {
+    inner: FileKey,
+    /// (armed, released)
+    gate: Mutex<(bool, bool)>,
+    cond: Condvar,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl HangingKey {
+    fn arm(&self, entered: mpsc::Sender<()>) {
+        *self.entered.lock().unwrap() = Some(entered);
+        *self.gate.lock().unwrap() = (true, false);
+    }
+
+    fn release(&self) {
+        self.gate.lock().unwrap().1 = true;
+        self.cond.notify_all();
+    }
+}
+
+impl Signer for HangingKey {
+    fn public_jwk(&self) -> &RsaPublicJwk {
+        self.inner.public_jwk()
+    }
+
+    fn sign_rs256(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
+        let mut gate = self.gate.lock().unwrap();
+        if gate.0 {
+            if let Some(tx) = self.entered.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            while !gate.1 {
+                gate = self.cond.wait(gate).unwrap();
+            }
+            gate.0 = false;
+        }
+        drop(gate);
+        self.inner.sign_rs256(message)
+    }
+
+    fn public_key_pem(&self) -> Result<String, SignError> {
+        self.inner.public_key_pem()
+    }
+
+    fn bits(&self) -> usize {
+        self.inner.bits()
+    }
+}
+
+/// The real refresh loop for `emu`, on its own thread and runtime (so that when it blocks,
+/// only it blocks), plus a supervisor reporting to a fake manager with a 400 ms watchdog.
+struct Loop {
+    manager: Manager,
+    key: Arc<HangingKey>,
+    cancel: CancellationToken,
+    _dev: Device,
+}
+
+impl Loop {
+    fn start(emu: &Emulator, upstream_timeout: Duration) -> Self {
+        asset_agent::salesforce::http::install_tls_provider();
+        asset_agent::jose::provider::install();
+        let dev = Device::new(emu);
+        let key = Arc::new(HangingKey {
+            inner: FileKey::load(&dev.path("device-key.pem")).unwrap(),
+            gate: Mutex::new((false, false)),
+            cond: Condvar::new(),
+            entered: Mutex::new(None),
+        });
+        let clock = Clock::system();
+        let url = reqwest::Url::parse(emu.base_url()).unwrap();
+        let upstream = Upstream::new(
+            &url,
+            None,
+            upstream_timeout,
+            clock.clone(),
+            Arc::new(Skew::default()),
+        )
+        .unwrap();
+        let credentials = Credentials::RefreshToken(RefreshToken::new(
+            asset_agent::emulator::DEFAULT_CLIENT_ID.to_owned(),
+            None,
+            dev.path("refresh-token"),
+        ));
+        let identity = Identity {
+            device_id: "device-0001".into(),
+            token_name: "Asset Token: device-0001".into(),
+            asset: AssetFields {
+                id: None,
+                name: Some("Pump 7".into()),
+                serial_number: Some("00123".into()),
+                account_id: None,
+                contact_id: None,
+            },
+        };
+        let verifier = Verifier::new(Verifier::jwks(), vec![], None, Duration::from_secs(30));
+        let flow = Flow::new(
+            upstream,
+            credentials,
+            key.clone(),
+            identity,
+            verifier,
+            clock,
+            tokio::sync::broadcast::channel(16).0,
+        );
+        let policy = Policy {
+            refresh_at: 0.5,
+            backoff_cap: Duration::from_secs(1),
+            attempt_budget: Policy::budget_for(upstream_timeout),
+        };
+        let (refresher, handle) = Refresher::new(flow, policy, Box::new(OsJitter), None);
+        let cancel = CancellationToken::new();
+        let loop_cancel = cancel.child_token();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(refresher.run(loop_cancel));
+        });
+        let manager = Manager::bind(dev.dir.path());
+        let notifier =
+            Arc::new(Notifier::connect(dev.path("notify.sock").to_str().unwrap()).unwrap());
+        tokio::spawn(
+            Supervisor::new(notifier, handle, Some(Duration::from_millis(400)))
+                .run(cancel.child_token()),
+        );
+        Self {
+            manager,
+            key,
+            cancel,
+            _dev: dev,
+        }
+    }
+}
+
+#[tokio::test]
+async fn watchdog_pings_stop_while_the_refresh_loop_is_stuck() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    // Upstream timeout 1 s → attempt budget 5 s; past it (+5 s slack) the loop is stalled.
+    let l = Loop::start(&emu, Duration::from_secs(1));
+    l.manager.until(Duration::from_secs(20), is_ready).await;
+
+    // The key backend hangs on the next signature, i.e. the next refresh (~2 s away).
+    let (tx, rx) = mpsc::channel();
+    l.key.arm(tx);
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the refresh loop reached the key");
+    let stuck_at = Instant::now();
+
+    // Pings continue while the attempt is within its budget, then stop.
+    let seen = l
+        .manager
+        .until(Duration::from_secs(20), |m| m.contains("STATUS=stalled"))
+        .await;
+    let stalled_after = stuck_at.elapsed();
+    assert!(
+        stalled_after >= Duration::from_secs(9),
+        "not before budget + slack: {stalled_after:?}"
+    );
+    assert!(seen.iter().any(|m| is_ping(m)), "pings while within budget");
+    let quiet = l.manager.collect(Duration::from_secs(2)).await;
+    assert!(
+        !quiet.iter().any(|m| is_ping(m)),
+        "no pings while stalled: {quiet:#?}"
+    );
+
+    // The backend answers again: the loop finishes its attempt and pings resume.
+    l.key.release();
+    // (The token and the status are two publishes; a transitional STATUS between them is
+    // fine, what matters is that the agent ends up ready and pinging.)
+    l.manager
+        .until(Duration::from_secs(10), |m| m.starts_with("STATUS=ready"))
+        .await;
+    let resumed = l.manager.collect(Duration::from_secs(1)).await;
+    assert!(
+        resumed.iter().any(|m| is_ping(m)),
+        "pings resume: {resumed:#?}"
+    );
+    l.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_slow_salesforce_does_not_stop_the_pings() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    let l = Loop::start(&emu, Duration::from_secs(1));
+    l.manager.until(Duration::from_secs(20), is_ready).await;
+    // Every exchange now answers after 3 s, three times the upstream timeout: each attempt
+    // times out, is retried with backoff, and the loop keeps every promise it makes.
+    emu.faults()
+        .delay(
+            Duration::from_secs(3),
+            None,
+            Scope::Grant(Grant::TokenExchange),
+        )
+        .await
+        .unwrap();
+    let seen = l.manager.collect(Duration::from_secs(8)).await;
+    assert!(
+        seen.iter()
+            .any(|m| m.contains("STATUS=degraded") || m.contains("STATUS=failing")),
+        "the timeouts were noticed: {seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|m| m.contains("STATUS=stalled")),
+        "{seen:#?}"
+    );
+    let pings = seen.iter().filter(|m| is_ping(m)).count();
+    assert!(pings >= 30, "about 40 pings in 8 s, got {pings}: {seen:#?}");
+    l.cancel.cancel();
+}
