@@ -145,6 +145,12 @@ fn agent_toml_defaults_are_true() {
         ("token", "min_ttl_wait"),
         ("state", "dir"),
         ("api", "socket"),
+        ("mqtt", "topic_prefix"),
+        ("mqtt", "keep_alive"),
+        ("mqtt", "reconnect_margin"),
+        ("mqtt", "heartbeat"),
+        ("mqtt", "queue"),
+        ("mqtt", "backoff_max"),
         ("log", "level"),
         ("log", "format"),
     ];
