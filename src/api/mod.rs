@@ -82,6 +82,8 @@ pub struct Shared {
     pub skew: Arc<Skew>,
     /// How long `GET /v1/token?min_ttl=` may wait for a refresh.
     pub min_ttl_wait: Duration,
+    /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
+    pub mqtt: Option<crate::mqtt::Handle>,
 }
 
 /// A bound socket, ready to serve.

@@ -35,6 +35,9 @@ pub async fn handle(shared: Arc<Shared>, peer: Peer, req: Request<Incoming>) -> 
         (&Method::GET, "/v1/status") => return status::reply(&shared),
         (&Method::GET, "/v1/health/live") => return live(&shared),
         (&Method::GET, "/v1/health/ready") => return ready(&shared),
+        (_, "/v1/mqtt/publish") => {
+            return crate::mqtt::publish::handle(shared.mqtt.as_ref(), req).await;
+        }
         (_, "/v1/token" | "/v1/status" | "/v1/health/live" | "/v1/health/ready") => "GET",
         _ => "",
     };
