@@ -525,7 +525,28 @@ fn is_refused_login(e: &ConnectionError) -> bool {
             code,
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
         ),
-        ConnectionError::MqttState(_) => true,
+        ConnectionError::MqttState(_) => !is_tls_failure(e),
         _ => false,
     }
+}
+
+/// Whether a TLS alert caused `e`. With TLS 1.3 a server that rejects the client
+/// certificate says so only after the client considers the handshake done, so the alert
+/// surfaces while reading the CONNACK and must not be taken for a refused token.
+fn is_tls_failure(e: &ConnectionError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
