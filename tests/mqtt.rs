@@ -423,3 +423,43 @@ async fn queue_full_is_503_and_qos1_survives_a_lost_session() {
     assert!(connected(&h));
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn resubscribes_when_the_broker_lost_the_session() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let first = MqttBroker::start(emu.jwks());
+    let proxy = Proxy::start(first.addr).await;
+    let dev = Device::new(&emu);
+    let cfg = config(&dev, &emu, proxy.addr, "", "backoff_max = \"1s\"");
+    let agent = Agent::start(&cfg, Clock::system()).await;
+    let h = handle(&agent);
+    assert!(eventually(Duration::from_secs(10), || connected(&h)).await);
+
+    // The broker is replaced by one that knows nothing of the agent's session.
+    let second = MqttBroker::start(emu.jwks());
+    let mut observer = Observer::start(second.addr, RESPONSE).await;
+    proxy.set(Mode::Down);
+    assert!(eventually(Duration::from_secs(5), || !connected(&h)).await);
+    proxy.set_upstream(second.addr);
+    proxy.set(Mode::Pass);
+    assert!(eventually(Duration::from_secs(10), || second.accepted().len() == 1).await);
+    assert!(eventually(Duration::from_secs(5), || connected(&h)).await);
+
+    // Commands still arrive: the agent subscribed again on the new broker.
+    let mut answered = false;
+    for _ in 0..20 {
+        observer
+            .client
+            .publish(CMD, rumqttc::QoS::AtLeastOnce, false, "ping")
+            .await
+            .unwrap();
+        if let Some(a) = observer.next_on(RESPONSE, Duration::from_millis(500)).await {
+            let a: serde_json::Value = serde_json::from_slice(&a.payload).unwrap();
+            assert_eq!(a["error"], "unknown_command");
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no answer from the new broker: not resubscribed");
+    agent.stop().await;
+}

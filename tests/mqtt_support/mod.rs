@@ -277,6 +277,7 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: watch::Sender<Mode>,
+    upstream: watch::Sender<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -285,6 +286,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, mode_rx) = watch::channel(Mode::Pass);
+        let (upstream, upstream_rx) = watch::channel(upstream);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -294,7 +296,8 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                let Ok(server) = TcpStream::connect(upstream).await else {
+                let to = *upstream_rx.borrow();
+                let Ok(server) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let (cr, cw) = client.into_split();
@@ -303,11 +306,21 @@ impl Proxy {
                 tokio::spawn(pump(sr, cw, mode_rx.clone()));
             }
         });
-        Self { addr, mode, task }
+        Self {
+            addr,
+            mode,
+            upstream,
+            task,
+        }
     }
 
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
+    }
+
+    /// Sends new connections to another broker (one that knows no session).
+    pub fn set_upstream(&self, addr: SocketAddr) {
+        self.upstream.send_replace(addr);
     }
 }
 
