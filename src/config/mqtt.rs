@@ -33,6 +33,7 @@ pub struct Mqtt {
     /// The broker, `mqtt://` (loopback only: the password is the asset token) or
     /// `mqtts://`, as written.
     pub url: Url,
+    /// As rumqttc wants it: a name, an IPv4 address or a bracketed IPv6 address.
     pub host: String,
     /// Default 1883 for `mqtt://`, 8883 for `mqtts://`.
     pub port: u16,
@@ -252,8 +253,9 @@ fn broker_url(s: &str) -> Result<(Url, String, u16, bool), String> {
             ));
         }
     };
+    // An IPv6 literal keeps its brackets: rumqttc joins host and port as "{host}:{port}".
     let host = match url.host_str() {
-        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']'),
+        Some(h) if !h.is_empty() => h,
         _ => return Err(format!("{s:?} has no host")),
     };
     if !url.username().is_empty() || url.password().is_some() {
@@ -263,7 +265,11 @@ fn broker_url(s: &str) -> Result<(Url, String, u16, bool), String> {
         return Err(format!("{s:?} must not have a path, query or fragment"));
     }
     let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
     if !tls && !loopback {
         return Err(format!(
             "{s:?} would send the asset token in clear text; use mqtts:// (mqtt:// is allowed \
@@ -307,7 +313,7 @@ mod tests {
         let m = load(r#"url = "mqtt://127.0.0.1""#).unwrap().mqtt.unwrap();
         assert_eq!((m.port, m.tls), (1883, false));
         let m = load(r#"url = "mqtt://[::1]:1999""#).unwrap().mqtt.unwrap();
-        assert_eq!((m.host.as_str(), m.port), ("::1", 1999));
+        assert_eq!((m.host.as_str(), m.port), ("[::1]", 1999));
     }
 
     #[test]

@@ -8,9 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::{AsyncClient, Publish, QoS};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::stats::Stats;
+use super::topics::Topics;
 
 use crate::clock;
 use crate::token::AssetToken;
@@ -20,6 +25,17 @@ use crate::token::refresher::Handle;
 pub const REFRESH_WAIT: Duration = Duration::from_secs(30);
 /// Longest `id` echoed back.
 const MAX_ID: usize = 128;
+/// Commands running at once; more are answered `busy`.
+const MAX_RUNNING: usize = 4;
+
+/// Runs commands off the session task (a `refresh` waits for the refresher, and the
+/// session must keep polling meanwhile), a few at a time.
+pub struct Dispatcher {
+    topics: Arc<Topics>,
+    stats: Arc<Stats>,
+    running: TaskTracker,
+    slots: Arc<Semaphore>,
+}
 
 /// A parsed command message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +67,85 @@ pub struct Answer {
     pub error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+// === impl Dispatcher ===
+
+impl Dispatcher {
+    pub fn new(topics: Arc<Topics>, stats: Arc<Stats>) -> Self {
+        Self {
+            topics,
+            stats,
+            running: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(MAX_RUNNING)),
+        }
+    }
+
+    /// Handles a message the session received: runs it if it is a command, answers an
+    /// error if it cannot be, ignores what is not on the command topic.
+    pub fn dispatch(
+        &self,
+        p: &Publish,
+        tokens: &Handle,
+        client: &AsyncClient,
+        cancel: &CancellationToken,
+    ) {
+        if p.topic != self.topics.cmd {
+            tracing::debug!(topic = %p.topic, "ignored a message on an unexpected topic");
+            return;
+        }
+        if p.retain {
+            // A retained command would run again on every subscribe.
+            tracing::warn!("ignored a retained message on the command topic");
+            return;
+        }
+        Stats::bump(&self.stats.commands);
+        let response = self.topics.response.clone();
+        let cmd = match Command::parse(&p.payload) {
+            Ok(cmd) => cmd,
+            Err(reason) => {
+                tracing::info!(reason, "answered an unreadable MQTT command with an error");
+                self.answer_now(client, &unreadable(reason));
+                return;
+            }
+        };
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.answer_now(client, &busy(&cmd));
+            return;
+        };
+        let fut = execute(
+            cmd,
+            tokens.clone(),
+            client.clone(),
+            response,
+            cancel.child_token(),
+        );
+        self.running.spawn(async move {
+            fut.await;
+            drop(permit);
+        });
+    }
+
+    /// Queues `answer` without waiting; counted as dropped when the channel is full.
+    fn answer_now(&self, client: &AsyncClient, answer: &Answer) {
+        let topic = self.topics.response.clone();
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, false, answer.to_vec())
+            .is_err()
+        {
+            Stats::bump(&self.stats.dropped);
+        }
+    }
+
+    /// Stops taking commands.
+    pub fn close(&self) {
+        self.running.close();
+    }
+
+    /// Resolves when the running commands have ended (they end on cancellation).
+    pub async fn wait(&self) {
+        self.running.wait().await;
+    }
 }
 
 // === impl Command ===

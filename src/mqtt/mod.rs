@@ -10,7 +10,8 @@
 //! One task ([`Uplink::run`], `session.rs`) owns rumqttc's `EventLoop`; everything else
 //! talks to it through [`Handle`]: the local publish queue, the counters and the status.
 //!
-//! Files: `session.rs` (the task: connect, rotate, back off, dispatch), `options.rs`
+//! Files: `session.rs` (the task: connect, rotate, back off), `failure.rs` (refused
+//! login or not), `options.rs`
 //! (`MqttOptions` and TLS), `queue.rs` (local publishes), `publish.rs` (the socket route),
 //! `command.rs` (`.../agent/cmd`), `presence.rs` (status and heartbeat), `topics.rs`,
 //! `stats.rs` (counters for status and `/metrics`).
@@ -19,6 +20,7 @@
 //! event loop or login is ever formatted; errors are logged through their `Display`.
 
 mod command;
+mod failure;
 mod options;
 mod presence;
 pub mod publish;

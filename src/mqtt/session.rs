@@ -30,15 +30,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish,
-    QoS, Request, SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, Publish, QoS, Request,
+    SubscribeReasonCode,
 };
-use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::command::{self, Command};
+use super::command::Dispatcher;
+use super::failure::is_refused_login;
 use super::options::MAX_INFLIGHT;
 use super::presence;
 use super::queue::Queue;
@@ -53,8 +52,6 @@ use crate::token::status::chain;
 
 /// How long a clean goodbye (DISCONNECT, or the final `offline`) may take.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
-/// Commands running at once; more are answered `busy`.
-const MAX_COMMANDS: usize = 4;
 
 /// The session task's state; see the module docs.
 pub(super) struct Session {
@@ -86,8 +83,7 @@ pub(super) struct Session {
     /// No connect attempt before this (backoff).
     pub retry_at: Option<Instant>,
     pub next_heartbeat: Instant,
-    pub commands: TaskTracker,
-    pub command_slots: Arc<Semaphore>,
+    pub commands: Dispatcher,
 }
 
 /// Builds the fields that start empty.
@@ -116,6 +112,7 @@ impl Session {
             eventloop: p.eventloop,
             client: p.client,
             tokens: p.tokens,
+            commands: Dispatcher::new(p.topics.clone(), p.stats.clone()),
             topics: p.topics,
             queue: p.queue,
             stats: p.stats,
@@ -135,8 +132,6 @@ impl Session {
             rotation_due: false,
             retry_at: None,
             next_heartbeat: Instant::now(),
-            commands: TaskTracker::new(),
-            command_slots: Arc::new(Semaphore::new(MAX_COMMANDS)),
         }
     }
 
@@ -278,7 +273,10 @@ impl Session {
                         "the broker refused the command subscription; commands will not arrive");
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => self.on_message(p, cancel),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                self.commands
+                    .dispatch(&p, &self.tokens, &self.client, cancel);
+            }
             Ok(Event::Incoming(Packet::PubAck(_))) => Stats::bump(&self.stats.acked),
             Ok(Event::Outgoing(Outgoing::Publish(_))) => Stats::bump(&self.stats.sent),
             Ok(_) => {}
@@ -427,53 +425,6 @@ impl Session {
         }
     }
 
-    fn on_message(&mut self, p: Publish, cancel: &CancellationToken) {
-        if p.topic != self.topics.cmd {
-            tracing::debug!(topic = %p.topic, "ignored a message on an unexpected topic");
-            return;
-        }
-        if p.retain {
-            // A retained command would run again on every subscribe.
-            tracing::warn!("ignored a retained message on the command topic");
-            return;
-        }
-        Stats::bump(&self.stats.commands);
-        let response = self.topics.response.clone();
-        let cmd = match Command::parse(&p.payload) {
-            Ok(cmd) => cmd,
-            Err(reason) => {
-                tracing::info!(reason, "answered an unreadable MQTT command with an error");
-                self.send_answer(&response, command::unreadable(reason).to_vec());
-                return;
-            }
-        };
-        let Ok(permit) = self.command_slots.clone().try_acquire_owned() else {
-            self.send_answer(&response, command::busy(&cmd).to_vec());
-            return;
-        };
-        let fut = command::execute(
-            cmd,
-            self.tokens.clone(),
-            self.client.clone(),
-            response,
-            cancel.child_token(),
-        );
-        self.commands.spawn(async move {
-            fut.await;
-            drop(permit);
-        });
-    }
-
-    fn send_answer(&self, topic: &str, payload: Vec<u8>) {
-        if self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-            .is_err()
-        {
-            Stats::bump(&self.stats.dropped);
-        }
-    }
-
     /// Says `offline` (retained) and DISCONNECTs, so the broker does not fire the Last Will
     /// for an orderly stop; counts what is still queued as dropped.
     async fn shutdown(&mut self) {
@@ -514,39 +465,4 @@ impl Session {
         let _ = timeout(GOODBYE_WAIT, self.commands.wait()).await;
         tracing::debug!("MQTT uplink stopped");
     }
-}
-
-/// Whether a failed connect looks like the broker refusing the token: an explicit CONNACK
-/// refusal, or the connection dropped during the MQTT handshake (after TCP and TLS
-/// succeeded), which is how rumqttd and some cloud brokers refuse.
-fn is_refused_login(e: &ConnectionError) -> bool {
-    match e {
-        ConnectionError::ConnectionRefused(code) => matches!(
-            code,
-            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
-        ),
-        ConnectionError::MqttState(_) => !is_tls_failure(e),
-        _ => false,
-    }
-}
-
-/// Whether a TLS alert caused `e`. With TLS 1.3 a server that rejects the client
-/// certificate says so only after the client considers the handshake done, so the alert
-/// surfaces while reading the CONNACK and must not be taken for a refused token.
-fn is_tls_failure(e: &ConnectionError) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-        {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
 }
