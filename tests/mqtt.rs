@@ -403,12 +403,21 @@ async fn queue_full_is_503_and_qos1_survives_a_lost_session() {
         .map(|i| format!("devices/device-0001/q/{i}"))
         .collect();
     let mut got = std::collections::BTreeSet::new();
+    let mut first_seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while got != want && tokio::time::Instant::now() < deadline {
         if let Ok(Some(m)) =
             tokio::time::timeout(Duration::from_millis(200), observer.rx.recv()).await
+            && got.insert(m.topic.clone())
         {
-            got.insert(m.topic);
+            first_seen.push(
+                m.topic
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
         }
     }
     assert_eq!(
@@ -416,6 +425,13 @@ async fn queue_full_is_503_and_qos1_survives_a_lost_session() {
         want,
         "lost: {:?}",
         want.difference(&got).collect::<Vec<_>>()
+    );
+    // Sent again in the order they were accepted (duplicates aside).
+    assert!(first_seen.is_sorted(), "{first_seen:?}");
+    eprintln!(
+        "accepted {} before the queue was full; {} carried over the lost session",
+        accepted.len(),
+        h.stats().requeued.load(Ordering::Relaxed)
     );
     let s = h.stats();
     assert!(s.disconnects.load(Ordering::Relaxed) >= 1);

@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rumqttc::Publish;
+use rumqttc::{Publish, Request};
 use tokio::sync::Notify;
 
 use super::stats::Stats;
+use super::topics::Topics;
 
 /// Local messages waiting for the broker.
 #[derive(Debug)]
@@ -132,9 +133,35 @@ impl Queue {
     }
 }
 
+/// The publishes to send again from what a lost or ended session left in rumqttc's
+/// `pending` list, oldest first, ready for [`Queue::requeue_front`].
+///
+/// rumqttc appends the unacknowledged in-flight messages (which carry a packet id) *after*
+/// whatever was still waiting unsent (packet id 0, as the queue hands them over), though
+/// they were sent earlier; a stable partition restores the order. Packet ids are cleared
+/// so the next session numbers them afresh, and the agent's own presence messages are left
+/// out: fresh ones follow every connect.
+pub(super) fn carried(pending: VecDeque<Request>, topics: &Topics) -> Vec<Publish> {
+    let (mut sent, unsent): (Vec<Publish>, Vec<Publish>) = pending
+        .into_iter()
+        .filter_map(|r| match r {
+            Request::Publish(p) if p.topic != topics.status && p.topic != topics.heartbeat => {
+                Some(p)
+            }
+            _ => None,
+        })
+        .partition(|p| p.pkid != 0);
+    sent.extend(unsent);
+    for p in &mut sent {
+        p.pkid = 0;
+        p.dup = false;
+    }
+    sent
+}
+
 #[cfg(test)]
 mod tests {
-    use rumqttc::QoS;
+    use rumqttc::{PingReq, QoS};
 
     use super::*;
 
@@ -161,5 +188,28 @@ mod tests {
         assert_eq!(stats.local_rejected_full.load(Ordering::Relaxed), 1);
         assert_eq!(stats.local_rejected_disconnected.load(Ordering::Relaxed), 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn carried_over_in_send_order_without_presence() {
+        let topics = Topics::new("devices", "d", "devices/d/");
+        let mut inflight = msg(1);
+        inflight.pkid = 7;
+        let pending: VecDeque<Request> = [
+            Request::Publish(msg(2)),
+            Request::Publish(Publish::new(
+                topics.heartbeat.clone(),
+                QoS::AtMostOnce,
+                "{}",
+            )),
+            Request::PingReq(PingReq),
+            Request::Publish(inflight),
+            Request::Publish(msg(3)),
+        ]
+        .into();
+        let out = carried(pending, &topics);
+        let topics: Vec<&str> = out.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(topics, ["t/1", "t/2", "t/3"]);
+        assert!(out.iter().all(|p| p.pkid == 0));
     }
 }

@@ -40,7 +40,7 @@ use super::command::Dispatcher;
 use super::failure::is_refused_login;
 use super::options::MAX_INFLIGHT;
 use super::presence;
-use super::queue::Queue;
+use super::queue::{Queue, carried};
 use super::stats::{State, Stats};
 use super::topics::Topics;
 use super::{Detail, lock};
@@ -357,19 +357,7 @@ impl Session {
     /// the agent's own presence messages are not carried (fresh ones follow the connect).
     fn carry_over(&mut self) {
         let pending = std::mem::take(&mut self.eventloop.pending);
-        let carried: Vec<Publish> = pending
-            .into_iter()
-            .filter_map(|r| match r {
-                Request::Publish(mut p)
-                    if p.topic != self.topics.status && p.topic != self.topics.heartbeat =>
-                {
-                    p.pkid = 0;
-                    p.dup = false;
-                    Some(p)
-                }
-                _ => None,
-            })
-            .collect();
+        let carried = carried(pending, &self.topics);
         if !carried.is_empty() {
             self.stats.requeued.fetch_add(
                 u64::try_from(carried.len()).unwrap_or(0),
