@@ -52,6 +52,8 @@ use crate::token::status::chain;
 
 /// How long a clean goodbye (DISCONNECT, or the final `offline`) may take.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
+/// How long a rotation waits for the broker to close the old connection.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The session task's state; see the module docs.
 pub(super) struct Session {
@@ -82,6 +84,8 @@ pub(super) struct Session {
     pub rotation_due: bool,
     /// No connect attempt before this (backoff).
     pub retry_at: Option<Instant>,
+    /// When the current rotation began (for logging how long the switch took).
+    pub rotating_since: Option<Instant>,
     pub next_heartbeat: Instant,
     pub commands: Dispatcher,
 }
@@ -131,6 +135,7 @@ impl Session {
             refresh_forced: false,
             rotation_due: false,
             retry_at: None,
+            rotating_since: None,
             next_heartbeat: Instant::now(),
         }
     }
@@ -239,14 +244,30 @@ impl Session {
     }
 
     /// Ends the session cleanly and lets the next poll reconnect with the newer token.
+    ///
+    /// After the DISCONNECT it waits (briefly) for the broker to close the old connection:
+    /// a CONNECT with the same client id while the broker is still tearing the old session
+    /// down can be caught in that teardown (rumqttd drops the new connection then). Acks
+    /// read meanwhile still count, so acknowledged messages are not sent twice.
     async fn rotate(&mut self) {
         self.stats.set_state(State::Rotating);
+        self.rotating_since = Some(Instant::now());
+        let state = &mut self.eventloop.state;
         if let Some(net) = self.eventloop.network.as_mut() {
             let bye = async {
                 net.write(Packet::Disconnect).await?;
                 net.flush().await
             };
-            if !matches!(timeout(GOODBYE_WAIT, bye).await, Ok(Ok(()))) {
+            if matches!(timeout(GOODBYE_WAIT, bye).await, Ok(Ok(()))) {
+                let closed = async {
+                    while let Ok(packet) = net.read().await {
+                        let _ = state.handle_incoming_packet(packet);
+                    }
+                };
+                if timeout(CLOSE_WAIT, closed).await.is_err() {
+                    tracing::debug!("the broker kept the old connection open after DISCONNECT");
+                }
+            } else {
                 tracing::debug!("DISCONNECT before rotation could not be sent");
             }
         }
@@ -314,16 +335,25 @@ impl Session {
             .session_token
             .as_ref()
             .map_or(0, |t| t.remaining().as_secs());
-        tracing::info!(
-            session_present,
-            token_expires_in_s = left,
-            "MQTT session up"
-        );
+        match self.rotating_since.take() {
+            Some(t) => tracing::info!(
+                session_present,
+                token_expires_in_s = left,
+                switch_ms = u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "MQTT session up with the fresh token"
+            ),
+            None => tracing::info!(
+                session_present,
+                token_expires_in_s = left,
+                "MQTT session up"
+            ),
+        }
     }
 
     fn on_error(&mut self, e: &ConnectionError) {
         let was_connected = self.connected;
         self.connected = false;
+        self.rotating_since = None;
         self.session_token = None;
         self.queue.set_accepting(false);
         self.carry_over();
