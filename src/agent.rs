@@ -139,6 +139,7 @@ pub async fn start(
     .map_err(Error::Http)?;
     let credentials = credentials(config, &options.clock, &skew)?;
     let verifier = verifier(config)?;
+    let verification = verifier.fingerprint();
     let identity = identity(&config.asset);
     let flow = Flow::new(
         upstream,
@@ -161,6 +162,7 @@ pub async fn start(
             client_id: sf.client_id.clone(),
             device_id: config.asset.device_id.clone(),
             key_thumbprint: key.public_jwk().kid.clone(),
+            verification,
         },
     );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
@@ -179,15 +181,14 @@ pub async fn start(
         None => None,
     };
 
-    let server = Server::bind(&config.api.socket)
+    let server = Server::listen(&config.api.socket)
         .await
         .map_err(Error::Socket)?;
-    let policy = peer::Policy {
-        own_uid: rustix::process::geteuid().as_raw(),
-        socket_gid: server.socket_gid(),
-        allow_uids: config.api.allow_uids.clone(),
-        allow_gids: config.api.allow_gids.clone(),
-    };
+    let policy = peer::Policy::from_config(
+        &config.api,
+        rustix::process::geteuid().as_raw(),
+        server.socket_gid(),
+    );
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
         info: Info {
@@ -199,6 +200,9 @@ pub async fn start(
         clock: options.clock.clone(),
         skew,
         min_ttl_wait: config.token.min_ttl_wait,
+        signer: key.clone(),
+        limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
+        state: api::State::default(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
@@ -289,7 +293,10 @@ fn identity(asset: &config::Asset) -> Identity {
 }
 
 /// Reads a client secret file: owner-only, trimmed, non-empty.
-fn read_client_secret(path: &Path) -> Result<Secret, Error> {
+///
+/// # Errors
+/// The file is unreadable, readable by others, or empty.
+pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
     let io_err = |source| Error::ClientSecret {
         path: path.to_owned(),
         source,

@@ -29,9 +29,16 @@ pub enum Command {
     Token(TokenArgs),
     /// Show the agent's state.
     Status(StatusArgs),
+    /// Follow token rotations as they happen (one line per new token).
+    Watch(WatchArgs),
+    /// Force a refresh now (admin: root or the agent's user by default).
+    Refresh(RefreshArgs),
     /// Show or create the device key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Enroll this device with the OAuth device flow: shows a code to approve in a browser,
+    /// then stores the refresh token for the agent.
+    Enroll,
     /// Run the Salesforce emulator on its own (develop device software without an org).
     #[cfg(feature = "emulator")]
     Emulator(EmulatorArgs),
@@ -63,6 +70,27 @@ pub struct TokenArgs {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print the status document as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Print each event as the agent's NDJSON line.
+    #[arg(long, conflicts_with = "raw")]
+    pub json: bool,
+    /// Print only each new JWT, one per line (for `while read -r token` loops).
+    #[arg(long)]
+    pub raw: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// Print the agent's JSON answer.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -85,6 +85,14 @@ impl Clock {
         unix_seconds(self.now())
     }
 
+    /// Milliseconds since the Unix epoch (negative before 1970).
+    pub fn unix_ms(&self) -> i64 {
+        match self.now().duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
     /// Sets the deliberate offset from the underlying source, in seconds.
     pub fn set_offset(&self, seconds: i64) {
         self.inner

@@ -46,6 +46,19 @@ pub enum Error {
 /// # Errors
 /// Any failing step (temp file, fsync, rename, directory fsync) is returned with the path.
 pub fn write_secret_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    write_secret_atomic_as(path, contents, None)
+}
+
+/// As [`write_secret_atomic`], and when `owner` (uid, gid) is given the file belongs to
+/// them before it appears under its name (root writing a file the service user must read).
+///
+/// # Errors
+/// As [`write_secret_atomic`].
+pub fn write_secret_atomic_as(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> Result<(), Error> {
     let dir = parent_dir(path)?;
     let file_name = path
         .file_name()
@@ -61,6 +74,9 @@ pub fn write_secret_atomic(path: &Path, contents: &[u8]) -> Result<(), Error> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(contents)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
         f.sync_all()
     };
     if let Err(source) = write() {
@@ -149,6 +165,25 @@ mod tests {
         let p = dir.path().join("nope/secret");
         let err = write_secret_atomic(&p, b"x").unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn owner_is_set_before_the_file_appears() {
+        if !rustix::process::geteuid().is_root() {
+            return; // only root can give files away
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("secret");
+        write_secret_atomic_as(&p, b"x", Some((4242, 4343))).unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                std::os::unix::fs::MetadataExt::gid(&meta)
+            ),
+            (4242, 4343)
+        );
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod http;
 pub mod jose;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod mqtt;
 pub mod salesforce;
 pub mod secret;

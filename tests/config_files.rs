@@ -145,6 +145,8 @@ fn agent_toml_defaults_are_true() {
         ("token", "min_ttl_wait"),
         ("state", "dir"),
         ("api", "socket"),
+        ("api", "max_connections"),
+        ("api", "max_connections_per_uid"),
         ("mqtt", "topic_prefix"),
         ("mqtt", "keep_alive"),
         ("mqtt", "reconnect_margin"),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use asset_agent::client;
 use asset_agent::clock::Clock;
 use asset_agent::emulator::Registration;
-use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token};
+use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_failure, wait_for_token};
 
 #[tokio::test]
 async fn token_over_socket_verifies_and_registers_one_asset() {
@@ -130,14 +130,7 @@ async fn tampered_signature_is_refused_and_never_served() {
     emu.faults().bad_signature(1000);
     let dev = Device::new(&emu);
     let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for_failure(&dev.socket()).await;
     assert_eq!(status["state"], "failing", "{status}");
     assert_eq!(status["last_error_reason"], "verify", "{status}");
     let r = get(&dev.socket(), "/v1/token").await;
@@ -157,14 +150,7 @@ async fn wrong_audience_is_refused_when_configured() {
         "audience = [\"https://someone-else.example.com\"]",
     );
     let agent = Agent::start(&config, Clock::system()).await;
-    let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        status = serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_for_failure(&dev.socket()).await;
     assert_eq!(status["state"], "failing", "{status}");
     assert!(
         status["last_error"].as_str().unwrap().contains("udience"),
@@ -208,5 +194,74 @@ async fn token_past_expiry_is_never_served() {
         .unwrap();
     assert_eq!(plain.status, 503);
     assert_eq!(get(&dev.socket(), "/v1/health/ready").await.status, 503);
+    agent.stop().await;
+}
+
+/// `verify = "certificate"`: tokens are checked against a pinned PEM certificate instead
+/// of the JWKS; a certificate of another key refuses them.
+#[tokio::test]
+async fn pinned_certificate_verifies_and_a_wrong_one_refuses() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let cert = dev.path("asset-signing.crt");
+    std::fs::write(&cert, emu.certificate_pem()).unwrap();
+    let path = dev.write_config(&emu, "", &format!("certificate = \"{}\"", cert.display()));
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("verify = \"jwks\"", "verify = \"certificate\"");
+    std::fs::write(&path, toml).unwrap();
+    let load = |p| {
+        asset_agent::config::Config::load(&asset_agent::config::LoadOptions::new(
+            Some(p),
+            Default::default(),
+        ))
+        .unwrap()
+    };
+    let agent = Agent::start(&load(path.clone()), Clock::system()).await;
+    let body = wait_for_token(&dev.socket()).await;
+    verify_with_jwks(&emu, body["token"].as_str().unwrap());
+    agent.stop().await;
+
+    // A certificate for a different key: every token is refused.
+    let other = emulator(Clock::system(), |c| {
+        c.signing_key_pem = Some(common::OTHER_KEY.to_owned().into());
+    })
+    .await;
+    std::fs::write(&cert, other.certificate_pem()).unwrap();
+    let agent = Agent::start(&load(path), Clock::system()).await;
+    let status = wait_for_failure(&dev.socket()).await;
+    assert_eq!(status["last_error_reason"], "verify", "{status}");
+    assert_eq!(get(&dev.socket(), "/v1/token").await.status, 503);
+    agent.stop().await;
+}
+
+/// A socket file left by a crash is replaced; a live agent's socket is not stolen.
+#[tokio::test]
+async fn stale_socket_is_replaced_but_a_live_one_is_kept() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "", "");
+    std::fs::create_dir_all(dev.socket().parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(dev.socket()).unwrap());
+    assert!(dev.socket().exists(), "stale socket file left behind");
+    let agent = Agent::start(&config, Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dev.socket()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660);
+
+    // A second agent on the same socket refuses to start.
+    let err = asset_agent::agent::start(
+        &config,
+        asset_agent::agent::Options::default(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("second agent must not start");
+    assert!(err.to_string().contains("socket"), "{err}");
+    assert!(format!("{:?}", err).contains("InUse"), "{err:?}");
+    wait_for_token(&dev.socket()).await;
     agent.stop().await;
 }

@@ -6,6 +6,7 @@
 
 mod common;
 mod mqtt_support;
+mod prometheus_text;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -336,6 +337,21 @@ async fn local_publish_commands_and_heartbeat() {
     }
     assert!(connected(&h), "commands never take the session down");
     assert_eq!(h.stats().commands.load(Ordering::Relaxed), 4);
+
+    // The counters are in /metrics, in valid exposition format.
+    let text = String::from_utf8(get(&sock, "/metrics").await.body.to_vec()).unwrap();
+    let m = prometheus_text::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(m.value("asset_agent_mqtt_connects_total", &[]), Some(1.0));
+    assert_eq!(m.value("asset_agent_mqtt_commands_total", &[]), Some(4.0));
+    assert_eq!(
+        m.value("asset_agent_mqtt_local_accepted_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(m.value("asset_agent_mqtt_connected", &[]), Some(1.0));
+    assert_eq!(
+        m.value("asset_agent_mqtt_state", &[("state", "connected")]),
+        Some(1.0)
+    );
     agent.stop().await;
 }
 

@@ -1,42 +1,144 @@
-//! Who is calling: SO_PEERCRED of the connection, and whether they may have a token.
+//! Who is calling, and what they may do.
 //!
-//! The kernel fills SO_PEERCRED at connect time, so it cannot be forged by the client. By
-//! default the agent serves root, its own uid, and members of the socket's group (by the
-//! peer's primary gid, which is what SO_PEERCRED reports).
+//! The kernel records the caller's credentials when it connects (SO_PEERCRED: uid, primary
+//! gid, pid; SO_PEERGROUPS: supplementary groups), so a client cannot forge them. Every
+//! caller gets at most one [`Role`]; roles are ordered, each including the ones below it:
+//!
+//! | role | routes | granted to |
+//! |---|---|---|
+//! | `token` | token, watch, status, health, metrics | the socket's group, `allow_uids`/`allow_gids` |
+//! | `signer` | also `POST /v1/sign` | `signer_uids`/`signer_gids` |
+//! | `admin` | also `POST /v1/refresh` | root, the agent's own uid, `admin_uids`/`admin_gids` |
+//!
+//! Anyone else has no role and gets 403 on every route (deny by default).
+
+use std::os::fd::AsFd;
 
 use serde::Serialize;
 
+use crate::config;
+
 /// The credentials of a connected client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Peer {
     pub uid: u32,
+    /// Primary gid.
     pub gid: u32,
     pub pid: Option<i32>,
+    /// Supplementary gids (empty when the kernel could not tell).
+    pub groups: Vec<u32>,
 }
 
-/// Which callers are allowed.
+/// What a caller may do; ordered so that `a >= b` means "a may do what b may".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read tokens, status, health and metrics.
+    Token,
+    /// Also sign proof-of-possession JWTs with the device key.
+    Signer,
+    /// Everything, including forcing a refresh.
+    Admin,
+}
+
+/// A set of uids and gids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+/// Which callers hold which role.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    /// The agent's effective uid.
+    /// The agent's effective uid (always admin, like root).
     pub own_uid: u32,
-    /// The socket file's group.
-    pub socket_gid: u32,
-    /// Extra uids (`[api] allow_uids`).
-    pub allow_uids: Vec<u32>,
-    /// Extra gids (`[api] allow_gids`).
-    pub allow_gids: Vec<u32>,
+    /// The socket file's group (token readers), if known.
+    pub socket_gid: Option<u32>,
+    pub token: Members,
+    pub signer: Members,
+    pub admin: Members,
+}
+
+// === impl Peer ===
+
+impl Peer {
+    /// The credentials of the process at the other end of `stream`.
+    ///
+    /// # Errors
+    /// When the kernel cannot tell (not a Unix socket).
+    pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Self> {
+        let cred = stream.peer_cred()?;
+        let groups = match super::sys::peer_groups(stream.as_fd()) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!(error = %e, "SO_PEERGROUPS unavailable; using the primary gid only");
+                Vec::new()
+            }
+        };
+        Ok(Self {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            groups,
+        })
+    }
+
+    fn in_any(&self, gids: &[u32]) -> bool {
+        gids.contains(&self.gid) || self.groups.iter().any(|g| gids.contains(g))
+    }
+}
+
+// === impl Role ===
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Token => "token",
+            Role::Signer => "signer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+// === impl Members ===
+
+impl Members {
+    fn contains(&self, peer: &Peer) -> bool {
+        self.uids.contains(&peer.uid) || peer.in_any(&self.gids)
+    }
 }
 
 // === impl Policy ===
 
 impl Policy {
-    /// Whether `peer` may read tokens and status.
-    pub fn allows(&self, peer: &Peer) -> bool {
-        peer.uid == 0
-            || peer.uid == self.own_uid
-            || peer.gid == self.socket_gid
-            || self.allow_uids.contains(&peer.uid)
-            || self.allow_gids.contains(&peer.gid)
+    /// The policy `[api]` describes, for an agent running as `own_uid` whose socket belongs
+    /// to `socket_gid`.
+    pub fn from_config(api: &config::Api, own_uid: u32, socket_gid: Option<u32>) -> Self {
+        let members = |uids: &[u32], gids: &[u32]| Members {
+            uids: uids.to_vec(),
+            gids: gids.to_vec(),
+        };
+        Self {
+            own_uid,
+            socket_gid,
+            token: members(&api.allow_uids, &api.allow_gids),
+            signer: members(&api.signer_uids, &api.signer_gids),
+            admin: members(&api.admin_uids, &api.admin_gids),
+        }
+    }
+
+    /// The highest role `peer` holds, or `None`: no access at all.
+    pub fn role(&self, peer: &Peer) -> Option<Role> {
+        if peer.uid == 0 || peer.uid == self.own_uid || self.admin.contains(peer) {
+            Some(Role::Admin)
+        } else if self.signer.contains(peer) {
+            Some(Role::Signer)
+        } else if self.token.contains(peer) || self.socket_gid.is_some_and(|g| peer.in_any(&[g])) {
+            Some(Role::Token)
+        } else {
+            None
+        }
     }
 }
 
@@ -44,29 +146,61 @@ impl Policy {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_policy() {
-        let p = Policy {
-            own_uid: 990,
-            socket_gid: 991,
-            allow_uids: vec![1000],
-            allow_gids: vec![50],
-        };
-        let peer = |uid, gid| Peer {
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
             uid,
             gid,
             pid: None,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn roles_by_uid_gid_and_supplementary_group() {
+        let p = Policy {
+            own_uid: 990,
+            socket_gid: Some(991),
+            token: Members {
+                uids: vec![1000],
+                gids: vec![50],
+            },
+            signer: Members {
+                uids: vec![1001],
+                gids: vec![60],
+            },
+            admin: Members {
+                uids: vec![1002],
+                gids: vec![70],
+            },
         };
         let table = [
-            (peer(0, 0), true),
-            (peer(990, 5), true),
-            (peer(1234, 991), true),
-            (peer(1000, 1000), true),
-            (peer(77, 50), true),
-            (peer(65534, 65534), false),
+            (peer(0, 0, &[]), Some(Role::Admin)),
+            (peer(990, 5, &[]), Some(Role::Admin)),
+            (peer(1002, 5, &[]), Some(Role::Admin)),
+            (peer(7, 70, &[]), Some(Role::Admin)),
+            (peer(7, 7, &[3, 70]), Some(Role::Admin)),
+            (peer(1001, 1001, &[]), Some(Role::Signer)),
+            (peer(7, 7, &[60]), Some(Role::Signer)),
+            (peer(1234, 991, &[]), Some(Role::Token)),
+            (peer(1234, 1234, &[991]), Some(Role::Token)),
+            (peer(1000, 1000, &[]), Some(Role::Token)),
+            (peer(77, 50, &[]), Some(Role::Token)),
+            (peer(65534, 65534, &[]), None),
+            (peer(65534, 65534, &[65534, 100]), None),
         ];
-        for (peer, allowed) in table {
-            assert_eq!(p.allows(&peer), allowed, "{peer:?}");
+        for (peer, role) in table {
+            assert_eq!(p.role(&peer), role, "{peer:?}");
         }
+        assert!(Role::Admin > Role::Signer && Role::Signer > Role::Token);
+    }
+
+    #[test]
+    fn without_a_socket_group_only_lists_count() {
+        let p = Policy {
+            own_uid: 990,
+            ..Policy::default()
+        };
+        assert_eq!(p.role(&peer(5, 5, &[5])), None);
+        assert_eq!(p.role(&peer(990, 5, &[])), Some(Role::Admin));
     }
 }

@@ -1,6 +1,7 @@
-//! Client commands: `token` and `status` talk to a running agent over its socket.
+//! Client commands `token` and `status`, and what every client command shares: finding the
+//! socket, and turning the agent's refusals into messages that say what to do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hyper::{Method, StatusCode};
 
@@ -10,7 +11,7 @@ use crate::cli::{SocketArg, StatusArgs, TokenArgs};
 use crate::client;
 
 /// The socket: `--socket`/`ASSET_AGENT_SOCKET`, else the config's, else the default.
-fn socket(config: Option<PathBuf>, arg: SocketArg) -> Result<PathBuf, Error> {
+pub(super) fn socket(config: Option<PathBuf>, arg: SocketArg) -> Result<PathBuf, Error> {
     if let Some(s) = arg.socket {
         return Ok(s);
     }
@@ -71,8 +72,9 @@ fn human(s: &Status) -> String {
         Some(t) => {
             let _ = writeln!(
                 out,
-                "token:        expires {} (in {}s)",
-                t.expires_at, t.expires_in
+                "token:        valid, expires in {} (at {})",
+                countdown(t.expires_in),
+                t.expires_at
             );
         }
         None => {
@@ -100,19 +102,46 @@ fn human(s: &Status) -> String {
     out
 }
 
-fn refused(socket: &std::path::Path, resp: &client::Response) -> Error {
+/// `4m 05s`, `1h 02m`, `59s`: how long until expiry, readable at a glance.
+pub(super) fn countdown(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m {s:02}s"),
+        _ => format!("{h}h {m:02}m"),
+    }
+}
+
+/// The error for a non-200 answer: for 403, who is refused and what to do about it.
+pub(super) fn refused(socket: &Path, resp: &client::Response) -> Error {
     #[derive(serde::Deserialize)]
     struct Body {
         error: String,
         reason: String,
     }
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
     match serde_json::from_slice::<Body>(&resp.body) {
         Ok(b) if resp.status == StatusCode::FORBIDDEN => Error::Failed(format!(
-            "access denied by the agent at {} ({}): your uid/gid is not allowed; join the socket's group or ask for [api] allow_uids/allow_gids",
+            "access denied by the agent at {} (uid {uid}, gid {gid}): {}. To read tokens, {}; for signing or admin routes, ask for [api] signer_uids/admin_uids in the agent's config",
             socket.display(),
-            b.reason
+            b.reason,
+            client::join_hint(socket),
         )),
         Ok(b) => Error::Failed(format!("{} ({}): {}", resp.status, b.error, b.reason)),
         Err(_) => Error::Failed(format!("the agent answered {}", resp.status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn countdowns() {
+        assert_eq!(countdown(0), "0s");
+        assert_eq!(countdown(59), "59s");
+        assert_eq!(countdown(245), "4m 05s");
+        assert_eq!(countdown(3720), "1h 02m");
     }
 }

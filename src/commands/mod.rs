@@ -6,8 +6,11 @@ mod client;
 mod demo;
 #[cfg(feature = "emulator")]
 mod emulator;
+pub mod enroll;
 mod key;
+mod refresh;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -37,6 +40,8 @@ pub enum Error {
     #[cfg(feature = "emulator")]
     #[error("the emulator failed")]
     Emulator(#[source] crate::emulator::Error),
+    #[error(transparent)]
+    Enroll(#[from] enroll::Error),
     #[error("could not bind {addr}")]
     Bind {
         addr: String,
@@ -50,6 +55,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
+            Error::Enroll(e) => e.exit_code(),
             _ => EXIT_FAILURE,
         }
     }
@@ -66,7 +72,10 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Demo(args) => demo::run(args).await,
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
+        Command::Watch(args) => watch::run(cli.config, args).await,
+        Command::Refresh(args) => refresh::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
+        Command::Enroll => enroll::run(cli.config).await,
         #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args).await,
     }

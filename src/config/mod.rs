@@ -72,6 +72,12 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Default for `token.min_ttl_wait`: how long a `?min_ttl=` request waits for its refresh.
 pub const DEFAULT_MIN_TTL_WAIT: Duration = Duration::from_secs(2);
+/// Default for `api.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default for `api.max_connections_per_uid`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_UID: usize = 32;
+/// Upper bound for `api.max_connections`: each connection holds a file descriptor.
+pub const MAX_MAX_CONNECTIONS: usize = 65_536;
 /// Default for `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -223,6 +229,18 @@ pub struct Api {
     pub allow_uids: Vec<u32>,
     /// Gids allowed to read tokens, besides the socket's group.
     pub allow_gids: Vec<u32>,
+    /// Uids that may also sign proof-of-possession JWTs (`POST /v1/sign`).
+    pub signer_uids: Vec<u32>,
+    /// Gids that may also sign proof-of-possession JWTs.
+    pub signer_gids: Vec<u32>,
+    /// Uids with every right, including `POST /v1/refresh`, besides root and the agent's.
+    pub admin_uids: Vec<u32>,
+    /// Gids with every right.
+    pub admin_gids: Vec<u32>,
+    /// Connections served at once, from all callers together.
+    pub max_connections: usize,
+    /// Connections served at once for one uid, so one busy app cannot crowd out others.
+    pub max_connections_per_uid: usize,
 }
 
 /// `[log]`

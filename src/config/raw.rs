@@ -113,6 +113,12 @@ pub(crate) struct RawApi {
     pub socket: Option<PathBuf>,
     pub allow_uids: Option<List<u32>>,
     pub allow_gids: Option<List<u32>>,
+    pub signer_uids: Option<List<u32>>,
+    pub signer_gids: Option<List<u32>>,
+    pub admin_uids: Option<List<u32>>,
+    pub admin_gids: Option<List<u32>>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_uid: Option<usize>,
 }
 
 /// `[log]`

@@ -23,6 +23,7 @@ use super::{
     DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log, LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT,
     Salesforce, State, Token, Verify,
 };
+use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, MAX_MAX_CONNECTIONS};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -358,10 +359,35 @@ impl Check<'_> {
                 );
             }
         }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+            self.invalid(
+                "api.max_connections",
+                format!("must be between 1 and {MAX_MAX_CONNECTIONS}, got {max_connections}"),
+            );
+        }
+        let per_uid = raw
+            .max_connections_per_uid
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_UID.min(max_connections));
+        if !(1..=max_connections).contains(&per_uid) {
+            self.invalid(
+                "api.max_connections_per_uid",
+                format!(
+                    "must be between 1 and api.max_connections ({max_connections}), got {per_uid}"
+                ),
+            );
+        }
+        let list = |l: Option<super::units::List<u32>>| l.map(|l| l.0).unwrap_or_default();
         Some(Api {
             socket: socket?,
-            allow_uids: raw.allow_uids.map(|l| l.0).unwrap_or_default(),
-            allow_gids: raw.allow_gids.map(|l| l.0).unwrap_or_default(),
+            allow_uids: list(raw.allow_uids),
+            allow_gids: list(raw.allow_gids),
+            signer_uids: list(raw.signer_uids),
+            signer_gids: list(raw.signer_gids),
+            admin_uids: list(raw.admin_uids),
+            admin_gids: list(raw.admin_gids),
+            max_connections,
+            max_connections_per_uid: per_uid,
         })
     }
 

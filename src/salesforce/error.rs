@@ -27,6 +27,7 @@ pub enum Step {
     Exchange,
     Jwks,
     DeviceCode,
+    DevicePoll,
 }
 
 impl std::fmt::Display for Step {
@@ -36,6 +37,7 @@ impl std::fmt::Display for Step {
             Step::Exchange => "the token exchange",
             Step::Jwks => "fetching the asset-token signing keys",
             Step::DeviceCode => "starting the device flow",
+            Step::DevicePoll => "polling for the device approval",
         })
     }
 }

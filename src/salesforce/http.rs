@@ -191,13 +191,13 @@ impl Upstream {
                 .map_err(|reason| Error::Malformed { step, reason })?;
             Ok::<_, Error>((status, headers, body))
         };
-        let (status, headers, body) =
-            tokio::time::timeout(self.timeout, call)
-                .await
-                .map_err(|_| Error::Timeout {
-                    step,
-                    timeout: self.timeout,
-                })??;
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, call).await;
+        crate::metrics::upstream_call(step, started.elapsed());
+        let (status, headers, body) = outcome.map_err(|_| Error::Timeout {
+            step,
+            timeout: self.timeout,
+        })??;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|e| Error::Malformed {
                 step,

@@ -1,6 +1,7 @@
-//! The Salesforce side: wire types, the HTTPS client, subject-token grants, the token
-//! exchange and asset-token verification.
+//! The Salesforce side: wire types, the HTTPS client, subject-token grants, the device
+//! flow, the token exchange and asset-token verification.
 
+pub mod device;
 pub mod error;
 pub mod exchange;
 pub mod http;

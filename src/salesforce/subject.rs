@@ -117,6 +117,21 @@ impl Credentials {
         }
     }
 
+    /// Whether the stored credential changed since it was last used (a refresh token
+    /// re-enrolled or replaced while the agent was failing).
+    pub fn changed(&self) -> bool {
+        match self {
+            Credentials::RefreshToken(rt) => rt.changed(),
+            _ => false,
+        }
+    }
+
+    /// Whether the grant carries timestamps the server checks (the JWT-bearer assertion),
+    /// so a wrong device clock can make it fail.
+    pub fn is_time_sensitive(&self) -> bool {
+        matches!(self, Credentials::JwtBearer(_))
+    }
+
     /// The method's name as configured (`refresh_token`, ...).
     pub fn method(&self) -> &'static str {
         match self {
@@ -170,14 +185,26 @@ impl JwtBearer {
 }
 
 /// The refresh-token grant with optional rotation.
+///
+/// The file is the source of truth and is read before every grant, so a token stored by
+/// `asset-agent enroll` (first enrollment, or re-enrollment after a revocation) is picked up
+/// by a running agent without a restart. A rotated token is written to the file before it
+/// is used; if that write fails, the token is kept in memory (never dropped: the old one is
+/// already dead) and the write is retried before the next grant.
 #[derive(Debug)]
 pub struct RefreshToken {
     client_id: String,
     client_secret: Option<Secret>,
     path: PathBuf,
-    /// The token as last read or written; re-read from the file when unset, so a token
-    /// stored by `asset-agent enroll` while the daemon waits is picked up.
-    current: Mutex<Option<Secret>>,
+    memory: Mutex<Memory>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    /// The token last read from or written to the file.
+    last: Option<Secret>,
+    /// A rotated token that could not be persisted yet.
+    unsaved: Option<Secret>,
 }
 
 // === impl RefreshToken ===
@@ -188,7 +215,7 @@ impl RefreshToken {
             client_id,
             client_secret,
             path,
-            current: Mutex::new(None),
+            memory: Mutex::new(Memory::default()),
         }
     }
 
@@ -196,15 +223,54 @@ impl RefreshToken {
         &self.path
     }
 
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The token to use now: a rotated one still waiting to be persisted (persisted first),
+    /// else the file's.
     fn current(&self) -> Result<Secret, Error> {
-        if let Some(token) = self.current.lock().ok().and_then(|g| g.clone()) {
+        let unsaved = self.memory().unsaved.clone();
+        if let Some(token) = unsaved {
+            self.persist(&token)?;
+            tracing::info!(file = %self.path.display(), "the rotated refresh token is stored now");
             return Ok(token);
         }
         let token = read_refresh_token(&self.path)?;
-        if let Ok(mut g) = self.current.lock() {
-            *g = Some(token.clone());
+        let mut memory = self.memory();
+        if memory.last.as_ref().is_some_and(|last| *last != token) {
+            tracing::info!(file = %self.path.display(), "the refresh token file changed; using the new token");
         }
+        memory.last = Some(token.clone());
         Ok(token)
+    }
+
+    /// Writes `token` to the file, or keeps it in memory for the next attempt.
+    fn persist(&self, token: &Secret) -> Result<(), Error> {
+        let result = fsutil::write_secret_atomic(&self.path, token.expose().as_bytes());
+        let mut memory = self.memory();
+        match result {
+            Ok(()) => {
+                memory.last = Some(token.clone());
+                memory.unsaved = None;
+                Ok(())
+            }
+            Err(e) => {
+                memory.unsaved = Some(token.clone());
+                Err(Error::PersistRotated(e))
+            }
+        }
+    }
+
+    /// Whether the file now holds a token other than the one last used (someone ran
+    /// `asset-agent enroll` or replaced it), so a failing agent can retry at once.
+    pub fn changed(&self) -> bool {
+        match read_refresh_token(&self.path) {
+            Ok(token) => self.memory().last.as_ref() != Some(&token),
+            Err(_) => false,
+        }
     }
 
     async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
@@ -225,26 +291,15 @@ impl RefreshToken {
             .filter(|r| !r.is_empty() && *r != refresh)
         {
             // Rotation: the old token is already dead at Salesforce. Persist the new one
-            // before anything else; if that fails, the access token is still returned to
-            // no one, and the error says what happened.
-            fsutil::write_secret_atomic(&self.path, rotated.expose().as_bytes())
-                .map_err(Error::PersistRotated)?;
-            if let Ok(mut g) = self.current.lock() {
-                *g = Some(rotated);
-            }
+            // before anything else; if that fails, the access token is dropped (nothing
+            // is used before the token is safe) and the rotated token waits in memory.
+            self.persist(&rotated)?;
             tracing::info!(file = %self.path.display(), "refresh token rotated and stored");
         }
         Ok(AccessToken {
             token: resp.access_token,
             instance_url: resp.instance_url,
         })
-    }
-
-    /// Forgets the in-memory token so the file is read again (after `enroll` wrote it).
-    pub fn reload(&self) {
-        if let Ok(mut g) = self.current.lock() {
-            *g = None;
-        }
     }
 }
 

@@ -142,6 +142,21 @@ impl Verifier {
         )))
     }
 
+    /// What this verifier accepts, as a short string: a token cached under another
+    /// verification setup (another pinned key, audience or issuer) must not be reused.
+    pub fn fingerprint(&self) -> String {
+        let keys = match &self.keys {
+            Keys::Jwks(_) => "jwks".to_owned(),
+            Keys::Pinned(jwk) => format!("certificate:{}", jwk.thumbprint()),
+            Keys::Unverified => "none".to_owned(),
+        };
+        format!(
+            "{keys};aud={};iss={}",
+            self.audience.join(","),
+            self.issuer.as_deref().unwrap_or("")
+        )
+    }
+
     /// Whether signatures are checked at all.
     pub fn checks_signature(&self) -> bool {
         !matches!(self.keys, Keys::Unverified)

@@ -33,6 +33,10 @@ pub struct Owner {
     pub client_id: String,
     pub device_id: String,
     pub key_thumbprint: String,
+    /// The verification setup the cached token passed ([`Verifier::fingerprint`]).
+    ///
+    /// [`Verifier::fingerprint`]: crate::salesforce::verify::Verifier::fingerprint
+    pub verification: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -103,7 +107,7 @@ impl Cache {
         };
         if file.version != VERSION || file.owner != self.owner {
             tracing::warn!(file = %self.path.display(),
-                "the token cache belongs to another instance, client, device or key; discarding it");
+                "the token cache belongs to another instance, client, device, key or verification setup; discarding it");
             self.discard();
             return Restored::default();
         }
@@ -158,7 +162,11 @@ fn restore(t: CachedToken, now: i64) -> Option<AssetToken> {
     let parts: jws::Parts<serde_json::Value, AssetTokenClaims> =
         jws::decode_unverified(t.jwt.expose()).ok()?;
     let claims = parts.claims;
-    let left = u64::try_from(claims.exp - now).ok().filter(|s| *s > 0)?;
+    // `now` is whole seconds and the true time up to a second later: count the token as
+    // expiring a second early rather than serve it past its exp.
+    let left = u64::try_from(claims.exp - now - 1)
+        .ok()
+        .filter(|s| *s > 0)?;
     let age = u64::try_from(now - claims.iat.unwrap_or(now)).unwrap_or(0);
     let mono = Instant::now();
     let received = mono.checked_sub(Duration::from_secs(age)).unwrap_or(mono);
@@ -183,6 +191,7 @@ mod tests {
             client_id: "3MVG".into(),
             device_id: "d1".into(),
             key_thumbprint: "kid".into(),
+            verification: "jwks;aud=;iss=".into(),
         }
     }
 
@@ -215,11 +224,13 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let r = cache.load(1030);
         let t = r.asset_token.unwrap();
-        assert_eq!(t.remaining(), Duration::from_secs(30));
-        assert_eq!(t.lifetime(), Duration::from_secs(60));
+        // At 1030 (whole seconds) the true time may be up to 1030.999: 29 s are sure.
+        assert_eq!(t.remaining(), Duration::from_secs(29));
+        assert_eq!(t.lifetime(), Duration::from_secs(59));
         assert_eq!(r.access_token.unwrap().expose(), "00D!x");
-        // Expired by now: not restored.
+        // Expired by now, or possibly in the last second: not restored.
         assert!(cache.load(1060).asset_token.is_none());
+        assert!(cache.load(1059).asset_token.is_none());
     }
 
     #[test]

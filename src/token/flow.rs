@@ -21,6 +21,11 @@ use crate::salesforce::verify::{self, Verifier};
 use crate::salesforce::wire::{ActorClaims, AssetTokenClaims};
 use crate::salesforce::{self, Upstream, exchange};
 
+/// The most upstream calls one [`Flow::fetch`] makes: access token and exchange, each
+/// possibly repeated once on corrected time, again after a re-authentication, plus a
+/// JWKS fetch.
+pub const MAX_CALLS_PER_FETCH: u32 = 9;
+
 /// What happened, step by step, for the demo's narration and for tests. Never carries a
 /// token, only what is safe to show.
 #[derive(Debug, Clone)]
@@ -69,6 +74,9 @@ impl Error {
             // A token that fails verification, or a transient signing problem, may be gone
             // next time (a rotated org key, a glitch): retry with backoff.
             Error::Verify(_) | Error::Mint(_) => Class::Retryable,
+            // The rotated token waits in memory and is written before the next grant, so
+            // retrying costs Salesforce nothing until the disk takes it.
+            Error::Subject(subject::Error::PersistRotated(_)) => Class::Retryable,
             Error::Subject(_) => Class::Fatal,
         };
         match class {
@@ -97,6 +105,7 @@ impl Error {
         match self {
             Error::Subject(subject::Error::Upstream(e)) | Error::Exchange(e) => e.reason(),
             Error::Subject(subject::Error::NoRefreshToken { .. }) => "needs_enrollment".into(),
+            Error::Subject(subject::Error::PersistRotated(_)) => "store_refresh_token".into(),
             Error::Subject(_) => "credentials".into(),
             Error::Mint(_) => "sign".into(),
             Error::Verify(verify::Error::Jwks(e)) => format!("jwks_{}", e.reason()),
@@ -146,6 +155,12 @@ impl Flow {
         self.upstream.skew().corrected_unix(&self.clock)
     }
 
+    /// [`Flow::now`] in milliseconds.
+    fn now_ms(&self) -> i64 {
+        let correction = self.upstream.skew().correction().saturating_mul(1000);
+        self.clock.unix_ms().saturating_add(correction)
+    }
+
     /// Obtains a fresh, verified asset token.
     ///
     /// # Errors
@@ -153,17 +168,52 @@ impl Flow {
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
         let had_access = self.access.is_some();
         let access = self.obtain_access_token().await?;
-        match self.exchange_once(&access).await {
+        match self.exchange_on_corrected_clock(&access).await {
             Err(Error::Exchange(e)) if e.class() == Class::Reauthenticate => {
                 self.emit(Progress::AccessTokenRejected);
                 tracing::info!(reason = %e.reason(), reused = had_access,
                     "the exchange refused the access token; obtaining a new one and retrying once");
                 self.access = None;
                 let access = self.obtain_access_token().await?;
-                self.exchange_once(&access).await
+                self.exchange_on_corrected_clock(&access).await
             }
             other => other,
         }
+    }
+
+    /// One exchange, repeated at once if its refusal came with a `Date` header that showed
+    /// the device clock to be off: the actor token was minted on the wrong time, and a new
+    /// one minted on corrected time will do (a device that boots with a wrong clock, or
+    /// whose clock jumps, recovers in the same attempt instead of waiting out a backoff).
+    async fn exchange_on_corrected_clock(
+        &mut self,
+        access: &AccessToken,
+    ) -> Result<AssetToken, Error> {
+        let before = self.upstream.skew().correction();
+        let result = self.exchange_once(access).await;
+        match &result {
+            Err(Error::Exchange(e))
+                if e.class() != Class::Retryable && self.clock_moved(before) =>
+            {
+                self.warn_clock(before, "actor token");
+                self.exchange_once(access).await
+            }
+            _ => result,
+        }
+    }
+
+    /// Whether the skew correction changed materially since it was `before`.
+    fn clock_moved(&self, before: i64) -> bool {
+        let skew = self.upstream.skew();
+        skew.correction().abs_diff(before) > skew.threshold().unsigned_abs()
+    }
+
+    fn warn_clock(&self, before: i64, what: &str) {
+        tracing::warn!(
+            old_correction_s = before,
+            correction_s = self.upstream.skew().correction(),
+            "Salesforce refused the {what}, and its Date header shows the device clock is off; retrying at once on corrected time"
+        );
     }
 
     /// Drops the cached access token (a new one is obtained on the next pass).
@@ -189,11 +239,21 @@ impl Flow {
         if let Some(a) = &self.access {
             return Ok(a.clone());
         }
-        let a = self
-            .credentials
-            .obtain(&self.upstream)
-            .await
-            .map_err(Error::Subject)?;
+        let before = self.upstream.skew().correction();
+        let a = match self.credentials.obtain(&self.upstream).await {
+            // A JWT-bearer assertion minted on a wrong clock: same reasoning as for the
+            // actor token in `exchange_on_corrected_clock`.
+            Err(subject::Error::Upstream(e))
+                if self.credentials.is_time_sensitive()
+                    && e.class() != Class::Retryable
+                    && self.clock_moved(before) =>
+            {
+                self.warn_clock(before, "JWT-bearer assertion");
+                self.credentials.obtain(&self.upstream).await
+            }
+            other => other,
+        }
+        .map_err(Error::Subject)?;
         tracing::info!(method = self.credentials.method(), "access token obtained");
         self.emit(Progress::AccessTokenObtained {
             method: self.credentials.method(),
@@ -221,26 +281,34 @@ impl Flow {
             .map_err(Error::Verify)?;
         // Never trust the longer of two lifetimes: the server's expires_in counts from when
         // it answered, exp from its clock; take the smaller and count it from when we sent
-        // the request, which is no later than when the server issued the token.
-        let by_exp = u64::try_from(claims.exp - now).unwrap_or(0);
-        let secs = resp.expires_in.map_or(by_exp, |e| e.min(by_exp));
+        // the request, which is no later than when the server issued the token. exp is in
+        // whole seconds and our clock is not: compare in milliseconds, or the token could
+        // be served for up to a second past its exp.
+        let to_exp_ms = claims
+            .exp
+            .saturating_mul(1000)
+            .saturating_sub(self.now_ms());
+        let by_exp = Duration::from_millis(u64::try_from(to_exp_ms).unwrap_or(0));
+        let lifetime = resp
+            .expires_in
+            .map_or(by_exp, |e| Duration::from_secs(e).min(by_exp));
         let token = AssetToken {
             jwt: resp.access_token,
             token_type: resp.token_type,
             issued_token_type: resp.issued_token_type,
             claims,
             received: sent_at,
-            expires: sent_at + Duration::from_secs(secs),
+            expires: sent_at + lifetime,
         };
         tracing::info!(
             asset_id = token.asset_id().unwrap_or("-"),
             expires_at = %clock::rfc3339(token.claims.exp),
-            lifetime_s = secs,
+            lifetime_s = lifetime.as_secs(),
             "asset token issued and verified"
         );
         self.emit(Progress::AssetTokenIssued {
             claims: Box::new(token.claims.clone()),
-            lifetime: Duration::from_secs(secs),
+            lifetime,
         });
         Ok(token)
     }

@@ -15,13 +15,14 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
-use super::flow::{Flow, Progress};
+use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
 use super::status::{LIVENESS_SLACK, Snapshot, State, chain};
 use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
 use crate::salesforce::Class;
 
-/// How often to look for a refresh token while waiting for enrollment.
+/// How often to look for a refresh token while waiting for enrollment, and for a changed
+/// one while waiting out a fatal failure (someone re-enrolled the device).
 pub const ENROLLMENT_POLL: Duration = Duration::from_secs(10);
 /// Refresh no sooner than this after receiving a token, however short-lived it is.
 const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
@@ -41,10 +42,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// `attempt_budget` for an upstream timeout: an attempt makes at most five calls
-    /// (access token, exchange, JWKS, and the re-authentication retry's two).
+    /// `attempt_budget` for an upstream timeout: an attempt makes at most
+    /// [`MAX_CALLS_PER_FETCH`] calls, each limited by the timeout.
     pub fn budget_for(timeout: Duration) -> Duration {
-        timeout.saturating_mul(5)
+        timeout.saturating_mul(MAX_CALLS_PER_FETCH)
     }
 }
 
@@ -135,6 +136,8 @@ impl Refresher {
         self.status
             .send_modify(|s| s.next_refresh = held.as_ref().map(|_| next));
         let mut backing_off = false;
+        // While waiting out a fatal failure: when to look whether the credentials changed.
+        let mut recheck: Option<Instant> = None;
         loop {
             let expiry = self.current.borrow().as_ref().map(|t| t.expires);
             let wake_at = match expiry {
@@ -147,6 +150,15 @@ impl Refresher {
                 () = cancel.cancelled() => break,
                 () = sleep_until(wake_at) => {}
                 () = self.wake.notified(), if !backing_off => next = Instant::now(),
+                () = sleep_until(recheck.unwrap_or(wake_at)), if recheck.is_some() => {
+                    if self.flow.credentials.changed() {
+                        tracing::info!("the credentials changed; retrying now");
+                        next = Instant::now();
+                        recheck = None;
+                    } else {
+                        recheck = Some(Instant::now() + ENROLLMENT_POLL);
+                    }
+                }
             }
             let now = Instant::now();
             self.status.send_modify(|s| s.heartbeat = now);
@@ -171,10 +183,19 @@ impl Refresher {
                 () = cancel.cancelled() => break,
                 r = self.flow.fetch() => r,
             };
+            // Refresh requests made during the attempt are answered by it: drop them, or
+            // they would start another exchange right away.
+            tokio::select! {
+                biased;
+                () = self.wake.notified() => {}
+                () = std::future::ready(()) => {}
+            }
             match result {
                 Ok(token) => {
+                    crate::metrics::refresh_succeeded();
                     backoff.reset();
                     backing_off = false;
+                    recheck = None;
                     next = self.schedule(&token);
                     let in_ = next.saturating_duration_since(Instant::now());
                     tracing::info!(next_refresh_in_s = in_.as_secs(), "next refresh scheduled");
@@ -207,11 +228,20 @@ impl Refresher {
                     };
                     backing_off = true;
                     next = Instant::now() + delay;
+                    recheck = (class == Class::Fatal && !enrolling)
+                        .then(|| Instant::now() + ENROLLMENT_POLL);
                     let message = chain(&err);
                     let reason = err.reason();
+                    crate::metrics::refresh_failed(&reason);
                     let has_token = live(&self.current.subscribe()).is_some();
-                    if enrolling {
-                        tracing::warn!("{message}; waiting for enrollment");
+                    let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
+                    if enrolling && was_enrolling {
+                        tracing::debug!("still waiting for enrollment");
+                    } else if enrolling {
+                        tracing::warn!(
+                            "this device is not enrolled yet (checking again every {} s): {message}",
+                            ENROLLMENT_POLL.as_secs()
+                        );
                     } else {
                         tracing::warn!(reason = %reason, class = ?class, retry_in_s = delay.as_secs(),
                             serving_cached = has_token, "refresh failed: {message}");
@@ -281,6 +311,18 @@ impl Handle {
         };
         if let Some(t) = good(&self.current.borrow()) {
             return Ok(t);
+        }
+        // Tokens get the lifetime the org configures, so when the held one's whole lifetime
+        // is below min_ttl a fresh one will not meet it either: asking for one per request
+        // would only hammer Salesforce. Answer at once.
+        let held_lifetime = self
+            .current
+            .borrow()
+            .as_ref()
+            .filter(|t| t.is_live())
+            .map(|t| t.lifetime());
+        if held_lifetime.is_some_and(|l| l <= min_ttl) {
+            return Err(Unavailable);
         }
         if min_ttl > Duration::ZERO {
             self.refresh_now();

@@ -154,6 +154,19 @@ pub async fn wait_for_token(socket: &Path) -> serde_json::Value {
     panic!("no token within 20 s");
 }
 
+/// Polls `/v1/status` until the agent reports a failed attempt (bounded: 10 s).
+pub async fn wait_for_failure(socket: &Path) -> serde_json::Value {
+    for _ in 0..200 {
+        let status: serde_json::Value =
+            serde_json::from_slice(&get(socket, "/v1/status").await.body).unwrap();
+        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no failed attempt within 10 s");
+}
+
 /// Verifies `jwt` against the emulator's JWKS (independently of the agent's verifier).
 pub fn verify_with_jwks(emu: &Emulator, jwt: &str) -> serde_json::Value {
     asset_agent::jose::provider::install();

@@ -101,6 +101,17 @@ fn invalid_values_in_files() {
         ("[api]\nallow_uids = [-1]", "api.allow_uids", "-1"),
         ("[api]\nallow_uids = \"root\"", "api.allow_uids", "root"),
         (
+            "[api]\nmax_connections = 0",
+            "api.max_connections",
+            "between 1",
+        ),
+        (
+            "[api]\nmax_connections = 10\nmax_connections_per_uid = 11",
+            "api.max_connections_per_uid",
+            "api.max_connections (10)",
+        ),
+        ("[api]\nadmin_gids = [-3]", "api.admin_gids", "-3"),
+        (
             "[api]\nsocket = \"/x/../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../../a.sock\"",
             "api.socket",
             "at most 107",

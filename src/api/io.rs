@@ -1,0 +1,134 @@
+//! A write timeout for client connections.
+//!
+//! hyper bounds how long a client may take to *send* its request head
+//! (`header_read_timeout`), but not how long it may take to *read* the answer. A client that
+//! stops reading would park its connection (and, for a watch stream, its producer) forever.
+//! [`TimedIo`] fails a write that has made no progress for the timeout, which ends the
+//! connection.
+
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::time::Sleep;
+
+/// A Unix stream whose writes fail after stalling for `timeout`.
+#[derive(Debug)]
+pub struct TimedIo {
+    inner: UnixStream,
+    timeout: Duration,
+    /// Running while a write is pending.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+// === impl TimedIo ===
+
+impl TimedIo {
+    pub fn new(inner: UnixStream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Maps a pending write to a timeout error once it has been pending too long.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.stalled = None;
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client stopped reading",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.check(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.check(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.check(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_times_the_write_out() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut io = TimedIo::new(a, Duration::from_millis(200));
+        let chunk = vec![0u8; 64 * 1024];
+        let started = std::time::Instant::now();
+        let err = loop {
+            if let Err(e) = io.write_all(&chunk).await {
+                break e;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never timed out"
+            );
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,173 @@
+//! The accept loop and per-connection serving.
+//!
+//! Every connection is accepted at once (so the kernel backlog never fills), its caller
+//! identified and given a place in the [`Registry`] (which may close an idle connection to
+//! make room, or refuse with 503). hyper then serves it with bounded head size, header
+//! count and head read time (slowloris and idle keep-alive connections are closed after
+//! [`Limits::header_timeout`]); [`TimedIo`] bounds writes to a client that stopped reading.
+//! At shutdown the loop stops accepting, every connection finishes its in-flight request
+//! (streams end) and the socket file is removed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::conns::{Caps, Full, Registry, Slot};
+use super::io::TimedIo;
+use super::listen::{Server, ensure_fd_headroom};
+use super::peer::Peer;
+use super::routes::{self, Caller};
+use super::{Limits, Shared};
+
+/// Descriptors kept free besides the API's connections (upstream HTTPS, files, logging).
+const FD_RESERVE: u64 = 128;
+/// Refused connections being answered at once; past it they are closed unanswered.
+const MAX_REFUSING: usize = 64;
+/// How long a refused connection is given to send its request and read the 503.
+const REFUSE_TIME: Duration = Duration::from_secs(1);
+
+// === impl Server ===
+
+impl Server {
+    /// Serves until `cancel` fires, then stops accepting, lets in-flight requests finish
+    /// and removes the socket file (unless systemd owns it).
+    pub async fn run(self, shared: Arc<Shared>, cancel: CancellationToken) {
+        let limits = shared.limits;
+        ensure_fd_headroom(u64::try_from(limits.caps.total).unwrap_or(u64::MAX) + FD_RESERVE);
+        let registry = shared
+            .state
+            .conns
+            .get_or_init(|| Registry::new(limits.caps))
+            .clone();
+        let tracker = TaskTracker::new();
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
+        loop {
+            let stream = tokio::select! {
+                () = cancel.cancelled() => break,
+                r = self.listener.accept() => match r {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let peer = match Peer::of(&stream) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the caller's credentials; closing");
+                    continue;
+                }
+            };
+            let slot = match registry.admit(peer.uid) {
+                Ok(slot) => slot,
+                Err(full) => {
+                    tracing::debug!(uid = peer.uid, pid = peer.pid, reason = %full, "refused a connection");
+                    // Past the refusal budget, just close: the client sees a reset.
+                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                        tracker.spawn(refuse(stream, full, permit));
+                    }
+                    continue;
+                }
+            };
+            let role = shared.policy.role(&peer);
+            let caller = Arc::new(Caller {
+                peer,
+                role,
+                shutdown: cancel.clone(),
+            });
+            tracker.spawn(connection(stream, caller, slot, shared.clone()));
+        }
+        tracker.close();
+        tracker.wait().await;
+        self.cleanup();
+    }
+}
+
+/// Serves one connection until the client closes it, it times out, it is evicted, or the
+/// server shuts down (then after its in-flight request).
+async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared: Arc<Shared>) {
+    let limits: Limits = shared.limits;
+    let activity = slot.activity.clone();
+    let service = {
+        let caller = caller.clone();
+        service_fn(move |req| {
+            let busy = activity.enter();
+            let shared = shared.clone();
+            let caller = caller.clone();
+            async move {
+                Ok::<_, std::convert::Infallible>(routes::handle(shared, caller, req, busy).await)
+            }
+        })
+    };
+    let io = TimedIo::new(stream, limits.write_timeout);
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes)
+        .max_headers(limits.max_headers)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(uid = caller.peer.uid, error = %e, "connection ended with an error");
+            }
+        }
+        () = slot.evicted.cancelled() => {
+            tracing::debug!(uid = caller.peer.uid, "closed an idle connection to make room");
+        }
+        () = caller.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers 503 and closes: no room for this caller. The request head is read first (for
+/// at most [`REFUSE_TIME`]), because closing a Unix socket with unread data resets it and
+/// the client would see an error instead of the answer.
+async fn refuse(mut stream: UnixStream, full: Full, _permit: OwnedSemaphorePermit) {
+    let body = format!(r#"{{"error":"busy","reason":"{full}"}}"#);
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let exchange = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(REFUSE_TIME, exchange).await;
+}
+
+impl Limits {
+    /// Caps from `[api]`, fixed timeouts and sizes, and how long `POST /v1/refresh` waits.
+    pub fn from_config(api: &crate::config::Api, refresh_wait: Duration) -> Self {
+        Self {
+            caps: Caps {
+                total: api.max_connections,
+                per_uid: api.max_connections_per_uid,
+            },
+            refresh_wait,
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Process-wide counters that the token code bumps and `GET /metrics` reads.
+//!
+//! Why globals rather than a registry passed around: a daemon process runs exactly one
+//! agent, and the refresh loop and the HTTPS client should not need a new constructor
+//! argument to be counted (one line at the point of interest is enough). The price is that
+//! several agents in one test process share these numbers, so tests assert "at least".
+//!
+//! Why no metrics crate: a few atomics and a text writer cover what the agent exports, and
+//! a device binary should not carry a registry framework for a dozen series.
+//!
+//! Label values that come from outside (OAuth error codes in failure reasons) are
+//! sanitised and their number capped, so a misbehaving server cannot grow the series set
+//! without bound.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::salesforce::Step;
+
+/// Upper bounds (seconds) of the upstream latency histogram's buckets; `+Inf` is implied.
+pub const UPSTREAM_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// At most this many distinct failure reasons are kept; later ones count as `other`.
+const MAX_REASONS: usize = 32;
+/// A reason label is cut to this many characters.
+const MAX_REASON_LEN: usize = 48;
+
+static REFRESH_OK: AtomicU64 = AtomicU64::new(0);
+static REFRESH_FAILED: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
+static UPSTREAM: Mutex<Vec<(String, Histogram)>> = Mutex::new(Vec::new());
+
+/// A latency histogram: cumulative counts are computed when read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Per-bucket (not cumulative) counts; the last slot is `+Inf`.
+    counts: [u64; UPSTREAM_BUCKETS.len() + 1],
+    sum_seconds: f64,
+}
+
+// === impl Histogram ===
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let slot = UPSTREAM_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(UPSTREAM_BUCKETS.len());
+        self.counts[slot] += 1;
+        self.sum_seconds += seconds;
+    }
+
+    /// `(le, cumulative count)` for every bucket, ending with `+Inf`.
+    pub fn cumulative(&self) -> Vec<(f64, u64)> {
+        let mut total = 0;
+        UPSTREAM_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts)
+            .map(|(le, n)| {
+                total += n;
+                (le, total)
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_seconds
+    }
+}
+
+/// A refresh attempt succeeded.
+pub fn refresh_succeeded() {
+    REFRESH_OK.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A refresh attempt failed for `reason` (the short reason shown in status).
+pub fn refresh_failed(reason: &str) {
+    let reason = sanitize(reason);
+    let mut map = lock(&REFRESH_FAILED);
+    if let Some(entry) = map.iter_mut().find(|(r, _)| *r == reason) {
+        entry.1 += 1;
+        return;
+    }
+    let key = if map.len() < MAX_REASONS {
+        reason
+    } else {
+        "other".to_owned()
+    };
+    match map.iter_mut().find(|(r, _)| *r == key) {
+        Some(entry) => entry.1 += 1,
+        None => map.push((key, 1)),
+    }
+}
+
+/// One call to Salesforce took `elapsed` (whatever its outcome, timeouts included).
+pub fn upstream_call(step: Step, elapsed: Duration) {
+    let label = step_label(step);
+    let mut map = lock(&UPSTREAM);
+    let seconds = elapsed.as_secs_f64();
+    match map.iter_mut().find(|(l, _)| *l == label) {
+        Some((_, h)) => h.observe(seconds),
+        None => {
+            let mut h = Histogram::default();
+            h.observe(seconds);
+            map.push((label, h));
+        }
+    }
+}
+
+/// What the refresh loop and the HTTPS client have counted so far.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub refreshes_ok: u64,
+    /// `(reason, count)`, in order of first occurrence.
+    pub refreshes_failed: Vec<(String, u64)>,
+    /// `(endpoint, histogram)`, in order of first call.
+    pub upstream: Vec<(String, Histogram)>,
+}
+
+/// Reads every counter.
+pub fn snapshot() -> Snapshot {
+    Snapshot {
+        refreshes_ok: REFRESH_OK.load(Ordering::Relaxed),
+        refreshes_failed: lock(&REFRESH_FAILED).clone(),
+        upstream: lock(&UPSTREAM).clone(),
+    }
+}
+
+/// `Step::AccessToken` → `access_token`. Derived from `Debug` so a new step needs no edit
+/// here.
+fn step_label(step: Step) -> String {
+    snake_case(&format!("{step:?}"))
+}
+
+fn snake_case(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    sanitize(&out)
+}
+
+/// Lower-case ASCII letters, digits, `_`, `.` and `-` only, at most [`MAX_REASON_LEN`].
+fn sanitize(raw: &str) -> String {
+    let s: String = raw
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_REASON_LEN)
+        .collect();
+    if s.is_empty() {
+        "unknown".to_owned()
+    } else {
+        s
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of a counter; the
+/// numbers are still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_ends_at_inf() {
+        let mut h = Histogram::default();
+        for s in [0.01, 0.07, 0.07, 3.0, 1000.0] {
+            h.observe(s);
+        }
+        let c = h.cumulative();
+        assert_eq!(c.len(), UPSTREAM_BUCKETS.len() + 1);
+        assert_eq!(c[0], (0.05, 1));
+        assert_eq!(c[1], (0.1, 3));
+        assert_eq!(c.last().copied(), Some((f64::INFINITY, 5)));
+        assert!(c.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert_eq!(h.count(), 5);
+        assert!((h.sum_seconds() - 1003.15).abs() < 1e-9);
+    }
+
+    #[test]
+    fn labels_are_tame() {
+        assert_eq!(step_label(Step::AccessToken), "access_token");
+        assert_eq!(step_label(Step::Jwks), "jwks");
+        assert_eq!(sanitize("Invalid \"grant\"\n"), "invalid__grant__");
+        assert_eq!(sanitize(""), "unknown");
+        assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_REASON_LEN);
+    }
+
+    #[test]
+    fn reasons_are_capped() {
+        for i in 0..(MAX_REASONS * 2) {
+            refresh_failed(&format!("metrics_test_reason_{i}"));
+        }
+        let s = snapshot();
+        assert!(s.refreshes_failed.len() <= MAX_REASONS + 1);
+        assert!(
+            s.refreshes_failed
+                .iter()
+                .any(|(r, n)| r == "other" && *n > 0)
+        );
+    }
+}

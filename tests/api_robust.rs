@@ -1,0 +1,289 @@
+//! The socket cannot be stalled: 1000 idle connections, slowloris clients, oversized and
+//! malformed requests at once still leave a legitimate client its token promptly; busy
+//! connections are capped per uid without touching other uids; shutdown drains in-flight
+//! requests. Bounds are generous: this checks behaviour, the benchmarks measure speed.
+
+// Helpers outside #[test] functions: unwrap and panic are the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_common;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use api_common::{NOBODY, config_with_api, curl_as, open_to_everyone, raw, root_or_skip};
+use asset_agent::client;
+use asset_agent::clock::Clock;
+use common::{Agent, Device, emulator, get, wait_for_token};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::UnixStream;
+
+const IDLE: usize = 1000;
+/// A legitimate request must be answered within this (generous) bound.
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// This process holds both ends of well over a thousand connections.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let want = lim.maximum.map_or(16_384, |m| m.min(16_384));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: lim.maximum,
+        },
+    )
+    .unwrap();
+    assert!(
+        want >= 4096,
+        "the hard open-files limit is too low for this test"
+    );
+}
+
+/// Sends a request head one byte every 200 ms, forever; returns how long the server let
+/// it go on before closing the connection.
+async fn slowloris(socket: std::path::PathBuf) -> Duration {
+    let started = Instant::now();
+    let mut s = UnixStream::connect(&socket).await.unwrap();
+    let head = b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    for b in head.iter().chain(std::iter::repeat(&b'a')) {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "slowloris never cut off"
+        );
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn idle_slowloris_and_bad_requests_do_not_stall_a_legitimate_client() {
+    raise_fd_limit();
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = config_with_api(&dev, &emu, "allow_gids = [4242]");
+    let agent = Agent::start(&config, Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let socket = dev.socket();
+
+    // 1000 idle connections from this uid, held open.
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        idle.push(UnixStream::connect(&socket).await.unwrap());
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // More keep arriving while the legitimate client works.
+    let trickle = {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let mut more = Vec::new();
+            for _ in 0..300 {
+                if let Ok(s) = UnixStream::connect(&socket).await {
+                    more.push(s);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            more
+        })
+    };
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(slowloris(socket.clone())))
+        .collect();
+
+    // Oversized head, too many headers, garbage: refused at once, nobody else affected.
+    let big = format!(
+        "GET /v1/token HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /v1/token HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let wait = Duration::from_secs(5);
+    let (big, many, garbage, bad_version) = tokio::join!(
+        raw(&socket, big.as_bytes(), wait),
+        raw(&socket, many.as_bytes(), wait),
+        raw(&socket, b"\x16\x03\x01 not http at all\r\n\r\n", wait),
+        raw(
+            &socket,
+            b"GET /v1/token HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+            wait
+        ),
+    );
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+    assert!(many.starts_with("HTTP/1.1 431"), "{many}");
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    assert!(bad_version.starts_with("HTTP/1.1 400"), "{bad_version}");
+    for answer in [&big, &many, &garbage, &bad_version] {
+        assert!(!answer.contains("eyJ"));
+    }
+
+    // The legitimate client, same uid as the attackers: prompt every time.
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = tokio::time::timeout(PROMPT, client::get_json(&socket, "/v1/token"))
+            .await
+            .expect("answered promptly")
+            .unwrap();
+        assert_eq!(r.status, 200);
+        latencies.push(t.elapsed());
+    }
+    // And one under another uid, if this test may switch uids.
+    if root_or_skip("legitimate client under another uid") {
+        open_to_everyone(&dev);
+        let s = socket.clone();
+        let t = Instant::now();
+        let r = tokio::task::spawn_blocking(move || {
+            curl_as(NOBODY, 4242, &[], &s, "GET", "/v1/token", None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(t.elapsed() < PROMPT);
+    }
+    latencies.sort();
+    eprintln!(
+        "token latency under attack: median {:?}, max {:?} ({} requests)",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
+    );
+
+    // Slowloris clients are cut off by the header timeout (5 s), bounded generously.
+    for s in slow {
+        let lasted = s.await.unwrap();
+        assert!(
+            lasted < Duration::from_secs(15),
+            "slowloris lasted {lasted:?}"
+        );
+    }
+    let more = trickle.await.unwrap();
+    let metrics = String::from_utf8_lossy(&get(&socket, "/metrics").await.body).into_owned();
+    let evicted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("asset_agent_api_connections_evicted_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("idle connections evicted to make room: {evicted}");
+    assert!(evicted >= (IDLE - 32) as u64, "evicted {evicted}");
+    drop((idle, more));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn busy_connections_are_capped_per_uid_without_touching_other_uids() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = config_with_api(
+        &dev,
+        &emu,
+        "allow_gids = [4242]\nmax_connections_per_uid = 4",
+    );
+    let agent = Agent::start(&config, Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let socket = dev.socket();
+
+    // Four watch streams keep four connections of this uid busy: they cannot be evicted.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut w = client::watch(&socket).await.unwrap();
+        assert_eq!(w.status, 200);
+        w.next_line().await.unwrap().unwrap();
+        streams.push(w);
+    }
+    let r = client::get_json(&socket, "/v1/token").await.unwrap();
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("\"busy\""));
+    assert_eq!(r.headers["retry-after"], "1");
+
+    if root_or_skip("other uids are unaffected") {
+        open_to_everyone(&dev);
+        let s = socket.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            curl_as(NOBODY, 4242, &[], &s, "GET", "/v1/token", None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // Closing one stream frees a place.
+    streams.pop();
+    let mut ok = false;
+    for _ in 0..50 {
+        if client::get_json(&socket, "/v1/token").await.unwrap().status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "the place was freed");
+    drop(streams);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    // Cannot be met: waits the whole min_ttl_wait (2 s), then answers 503.
+    let socket = dev.socket();
+    let in_flight =
+        tokio::spawn(async move { client::get_json(&socket, "/v1/token?min_ttl=100000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    agent.cancel.cancel();
+    let r = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("answered")
+        .unwrap()
+        .expect("a response, not a reset connection");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::timeout(Duration::from_secs(10), agent.running.wait())
+        .await
+        .expect("stopped after draining");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!dev.socket().exists(), "socket removed");
+}
+
+/// Without pressure to evict it, a slowloris client is cut off by the header timeout
+/// (5 s), and a connected-but-silent one too.
+#[tokio::test]
+async fn slowloris_and_silent_clients_are_cut_off_by_the_header_timeout() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let silent = async {
+        let started = Instant::now();
+        let mut s = UnixStream::connect(dev.socket()).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0) | Err(_))),
+            "closed, not answered: {n:?}"
+        );
+        started.elapsed()
+    };
+    let (slow, silent) = tokio::join!(slowloris(dev.socket()), silent);
+    for lasted in [slow, silent] {
+        assert!(
+            lasted >= Duration::from_secs(4),
+            "cut off early: {lasted:?}"
+        );
+        assert!(lasted < Duration::from_secs(15), "lasted {lasted:?}");
+    }
+    agent.stop().await;
+}

@@ -1,0 +1,501 @@
+//! Issue 3 acceptance beyond faults: enrollment by the device flow, every subject-token
+//! method end to end, and the token cache across restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use asset_agent::clock::Clock;
+use asset_agent::commands::enroll::{self, EXIT_DENIED, EXIT_EXPIRED, Progress, enroll};
+use asset_agent::config::{Config, LoadOptions};
+use asset_agent::emulator::{Emulator, Grant};
+use asset_agent::keys::{FileKey, Signer as _};
+use asset_agent::token::cache::FILE_NAME;
+use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::Instant;
+
+/// The common config with `auth` lines in `[auth]` and `salesforce` lines in `[salesforce]`.
+fn config_with(dev: &Device, emu: &Emulator, auth: &str, salesforce: &str) -> Config {
+    let p = dev.write_config(emu, "", "");
+    let toml = std::fs::read_to_string(&p)
+        .unwrap()
+        .replacen("[auth]\n", &format!("[auth]\n{auth}\n"), 1)
+        .replacen(
+            "timeout = \"5s\"\n",
+            &format!("timeout = \"5s\"\n{salesforce}\n"),
+            1,
+        );
+    std::fs::write(&p, toml).unwrap();
+    Config::load(&LoadOptions::new(Some(p), HashMap::new())).unwrap()
+}
+
+/// Log lines of everything run on this thread (the tests' runtime is single-threaded).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn enroll_options(clock: &Clock) -> enroll::Options {
+    enroll::Options {
+        clock: clock.clone(),
+        ..enroll::Options::default()
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(start_paused = true)]
+async fn device_flow_enrolls_a_waiting_agent_without_restart() {
+    let (logs, _guard) = Logs::capture();
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |c| c.rotate_refresh_tokens = true).await;
+    let dev = Device::new(&emu);
+    std::fs::remove_file(dev.path("refresh-token")).unwrap();
+    let config = config_with(
+        &dev,
+        &emu,
+        "method = \"device_flow\"\nscope = \"api refresh_token\"",
+        "",
+    );
+    let agent = Agent::start(&config, clock.clone()).await;
+    let mut status = agent.running.tokens.status.clone();
+    status
+        .wait_for(|s| s.state.as_str() == "needs_enrollment")
+        .await
+        .unwrap();
+    // A minute of waiting: no crash loop, no upstream call, one warning saying what to run.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let s: serde_json::Value =
+        serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
+    assert_eq!(s["state"], "needs_enrollment", "{s}");
+    assert_eq!(get(&dev.socket(), "/v1/health/live").await.status, 200);
+    assert_eq!(get(&dev.socket(), "/v1/health/ready").await.status, 503);
+    let r = get(&dev.socket(), "/v1/token").await;
+    assert_eq!(r.status, 503);
+    assert!(String::from_utf8_lossy(&r.body).contains("enroll"));
+    assert_eq!(emu.stats().total, 0);
+    let text = logs.text();
+    assert_eq!(text.matches("not enrolled yet").count(), 1, "{text}");
+    assert!(text.contains("run 'asset-agent enroll'"), "{text}");
+
+    let started = Instant::now();
+    let enrolled = enroll(&config, enroll_options(&clock), |p| {
+        if let Progress::Code(auth) = p {
+            assert!(auth.verification_uri.starts_with(emu.base_url()));
+            emu.approve_device(&auth.user_code).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // Approved at once: the first poll, one interval (5 s) later, brings the tokens.
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(enrolled.path, dev.path("refresh-token"));
+    assert_eq!(mode(&enrolled.path), 0o600);
+    assert!(!enrolled.replaced);
+
+    // The agent picks the token up at its next check (every 10 s).
+    let mut current = agent.running.tokens.current.clone();
+    tokio::time::timeout(Duration::from_secs(11), current.wait_for(|t| t.is_some()))
+        .await
+        .expect("token within 10 s of enrollment")
+        .unwrap();
+    let body = wait_for_token(&dev.socket()).await;
+    verify_with_jwks(&emu, body["token"].as_str().unwrap());
+    assert_eq!(emu.grant_count(Grant::DeviceCode), 1);
+    assert_eq!(emu.grant_count(Grant::Device), 1);
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 1);
+    // Rotation: the file now holds the rotated token, not the enrolled one.
+    let stored = std::fs::read_to_string(&enrolled.path).unwrap();
+    assert!(stored.starts_with("5Aep861"));
+    assert!(logs.text().contains("refresh token rotated and stored"));
+    agent.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn device_flow_denied_and_expired() {
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |c| {
+        c.device_code_lifetime = Duration::from_secs(12);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    std::fs::remove_file(dev.path("refresh-token")).unwrap();
+    let config = config_with(&dev, &emu, "method = \"device_flow\"", "");
+
+    let err = enroll(&config, enroll_options(&clock), |p| {
+        if let Progress::Code(auth) = p {
+            emu.deny_device(&auth.user_code).unwrap();
+        }
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_DENIED, "{err}");
+    let chain = common_chain(&err);
+    assert!(
+        chain.contains("denied") && chain.contains("enroll' again"),
+        "{chain}"
+    );
+
+    let started = Instant::now();
+    let err = enroll(&config, enroll_options(&clock), |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_EXPIRED, "{err}");
+    assert!(common_chain(&err).contains("expired"));
+    // Polls at 5 and 10 s (pending), at 15 s the 12 s code has expired.
+    assert_eq!(started.elapsed(), Duration::from_secs(15));
+    assert_eq!(emu.grant_count(Grant::Device), 1 + 3);
+    assert!(!dev.path("refresh-token").exists(), "nothing stored");
+}
+
+fn common_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+/// A scripted token endpoint: answers each connection's request with the next (status,
+/// body) and records when each request came and its body.
+async fn scripted(
+    script: Vec<(u16, &'static str)>,
+) -> (String, Arc<Mutex<Vec<(Instant, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        for (status, body) in script {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let request = loop {
+                let n = s.read(&mut chunk).await.unwrap();
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break body.to_owned();
+                    }
+                }
+            };
+            record.lock().unwrap().push((Instant::now(), request));
+            let reply = format!(
+                "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(reply.as_bytes()).await.unwrap();
+            let _ = s.shutdown().await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn device_flow_slows_down_and_rides_out_transient_errors() {
+    let (url, seen) = scripted(vec![
+        (
+            200,
+            r#"{"device_code":"dc-1","user_code":"BCDF-0001","verification_uri":"https://example.com/setup/connect","interval":5}"#,
+        ),
+        (400, r#"{"error":"slow_down"}"#),
+        (400, r#"{"error":"authorization_pending"}"#),
+        (503, ""),
+        (200, r#"{"access_token":"00D!x","refresh_token":"5Aep861scripted"}"#),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[salesforce]\ninstance_url = \"{url}\"\nclient_id = \"3MVGscript\"\n[auth]\nmethod = \"device_flow\"\nscope = \"api refresh_token\"\nrefresh_token_file = \"{d}/state/refresh-token\"\n[asset]\ndevice_id = \"d1\"\nname = \"n\"\nserial_number = \"s\"\n[state]\ndir = \"{d}/state\"\n",
+        d = dir.path().display()
+    );
+    let p = dir.path().join("agent.toml");
+    std::fs::write(&p, toml).unwrap();
+    let config = Config::load(&LoadOptions::new(Some(p), HashMap::new())).unwrap();
+    let clock = Clock::tokio_driven();
+    let mut events = Vec::new();
+    let enrolled = enroll(&config, enroll_options(&clock), |p| {
+        if let Progress::Poll(e) = p {
+            events.push(format!("{e:?}"));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&enrolled.path).unwrap(),
+        "5Aep861scripted"
+    );
+    assert_eq!(mode(&enrolled.path), 0o600);
+    let seen = seen.lock().unwrap().clone();
+    let t0 = seen[0].0;
+    let at: Vec<u64> = seen.iter().map(|(t, _)| (*t - t0).as_secs()).collect();
+    // slow_down at 5 s: interval 10 s; pending at 15; 503 at 25: back off to 20 s; 45: done.
+    assert_eq!(at, [0, 5, 15, 25, 45], "{events:?}");
+    assert_eq!(
+        seen[0].1,
+        "response_type=device_code&client_id=3MVGscript&scope=api+refresh_token"
+    );
+    assert_eq!(
+        seen[1].1,
+        "grant_type=device&client_id=3MVGscript&code=dc-1"
+    );
+    assert!(events[0].contains("SlowDown(10s)"), "{events:?}");
+}
+
+#[tokio::test]
+async fn jwt_bearer_end_to_end() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    write_0600(&dev.path("assertion-key.pem"), common::OTHER_KEY.as_bytes());
+    let key = FileKey::from_pem(std::path::Path::new("k"), common::OTHER_KEY.as_bytes()).unwrap();
+    emu.register_jwt_bearer_key(key.public_jwk().clone());
+    let auth = format!(
+        "method = \"jwt_bearer\"\nusername = \"device-fleet@example.com\"\nassertion_key_file = \"{}\"",
+        dev.path("assertion-key.pem").display()
+    );
+    let config = config_with(&dev, &emu, &auth, "");
+    let agent = Agent::start(&config, Clock::system()).await;
+    let body = wait_for_token(&dev.socket()).await;
+    verify_with_jwks(&emu, body["token"].as_str().unwrap());
+    assert_eq!(emu.grant_count(Grant::JwtBearer), 1);
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 0);
+    let s: serde_json::Value =
+        serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
+    assert_eq!(s["auth_method"], "jwt_bearer");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn client_credentials_end_to_end() {
+    let emu = emulator(Clock::system(), |c| {
+        c.client_secret = Some("s3cret-of-the-app".to_owned().into());
+    })
+    .await;
+    let dev = Device::new(&emu);
+    write_0600(&dev.path("client-secret"), b"s3cret-of-the-app\n");
+    let secret = format!(
+        "client_secret_file = \"{}\"",
+        dev.path("client-secret").display()
+    );
+    let config = config_with(&dev, &emu, "method = \"client_credentials\"", &secret);
+    let agent = Agent::start(&config, Clock::system()).await;
+    let body = wait_for_token(&dev.socket()).await;
+    verify_with_jwks(&emu, body["token"].as_str().unwrap());
+    assert_eq!(emu.grant_count(Grant::ClientCredentials), 1);
+    agent.stop().await;
+
+    // A wrong secret is fatal (invalid_client) and says so.
+    write_0600(&dev.path("client-secret"), b"wrong");
+    std::fs::remove_file(dev.path(FILE_NAME)).unwrap();
+    let agent = Agent::start(&config, Clock::system()).await;
+    let s = common::wait_for_failure(&dev.socket()).await;
+    assert_eq!(s["state"], "failing", "{s}");
+    assert_eq!(s["last_error_reason"], "invalid_client", "{s}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn restart_with_a_cached_token_makes_no_upstream_call() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "", "");
+    let agent = Agent::start(&config, Clock::system()).await;
+    let first = wait_for_token(&dev.socket()).await;
+    agent.stop().await;
+    assert_eq!(mode(&dev.path(FILE_NAME)), 0o600);
+
+    let before = emu.stats();
+    let agent = Agent::start(&config, Clock::system()).await;
+    // The very first request after the restart.
+    let r = get(&dev.socket(), "/v1/token").await;
+    assert_eq!(r.status, 200);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(body["token"], first["token"]);
+    assert_eq!(emu.stats(), before, "zero upstream calls");
+    let s: serde_json::Value =
+        serde_json::from_slice(&get(&dev.socket(), "/v1/status").await.body).unwrap();
+    assert_eq!(s["state"], "ready");
+    agent.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_boot_serves_the_cached_token_until_it_expires() {
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "", "");
+    let agent = Agent::start(&config, clock.clone()).await;
+    let mut current = agent.running.tokens.current.clone();
+    let received = current
+        .wait_for(|t| t.is_some())
+        .await
+        .unwrap()
+        .clone()
+        .unwrap()
+        .received;
+    agent.stop().await;
+
+    emu.faults().stop_accepting().await;
+    let total = emu.stats().total;
+    let agent = Agent::start(&config, clock.clone()).await;
+    assert_eq!(get(&dev.socket(), "/v1/token").await.status, 200);
+    tokio::time::sleep_until(received + Duration::from_secs(57)).await;
+    assert_eq!(get(&dev.socket(), "/v1/token").await.status, 200);
+    tokio::time::sleep_until(received + Duration::from_secs(61)).await;
+    let r = get(&dev.socket(), "/v1/token").await;
+    assert_eq!(r.status, 503);
+    assert!(!String::from_utf8_lossy(&r.body).contains("eyJ"));
+    assert_eq!(emu.stats().total, total, "the emulator was unreachable");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn corrupt_or_foreign_cache_is_discarded_with_a_warning() {
+    let (logs, _guard) = Logs::capture();
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "", "");
+    std::fs::write(dev.path(FILE_NAME), b"{\"version\": 1, \"owner\": tru").unwrap();
+    let agent = Agent::start(&config, Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    agent.stop().await;
+    assert!(
+        logs.text()
+            .contains("the token cache is corrupt; discarding it")
+    );
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 1);
+
+    // The same state directory, another device: the cache is foreign.
+    let path = dev.write_config(&emu, "", "");
+    let toml = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("device-0001", "device-0002");
+    std::fs::write(&path, toml).unwrap();
+    let other = Config::load(&LoadOptions::new(Some(path), HashMap::new())).unwrap();
+    let agent = Agent::start(&other, Clock::system()).await;
+    let body = wait_for_token(&dev.socket()).await;
+    let claims = verify_with_jwks(&emu, body["token"].as_str().unwrap());
+    assert_eq!(claims["did"], "device-0002");
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 2);
+    assert!(logs.text().contains("belongs to another"));
+    agent.stop().await;
+}
+
+/// The exchange refusing the actor token itself (here: an Asset.Id that does not exist;
+/// on a real org also a rejected device key) is fatal after exactly one re-authentication,
+/// and retried slowly (after the backoff cap), with the reason in the status.
+#[tokio::test]
+async fn refused_actor_token_is_fatal_after_one_reauthentication() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "id = \"02iEM9999999999AAA\"", "");
+    let agent = Agent::start(&config, Clock::system()).await;
+    let s = common::wait_for_failure(&dev.socket()).await;
+    assert_eq!(s["state"], "failing", "{s}");
+    assert_eq!(s["last_error_reason"], "invalid_grant", "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("does not exist"),
+        "{s}"
+    );
+    assert!(s["refresh_failing_since"].is_string(), "{s}");
+    // Access token, exchange refused, a new access token, refused again: then stop.
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 2);
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 2);
+    let snap = agent.running.tokens.snapshot();
+    let wait = snap.next_refresh.unwrap() - Instant::now();
+    assert!(wait > Duration::from_secs(290), "slow retry: {wait:?}");
+    assert_eq!(get(&dev.socket(), "/v1/token").await.status, 503);
+    agent.stop().await;
+}
+
+/// A rotated refresh token that cannot be written is not lost: it waits in memory, is
+/// written before the next grant, and that grant (with it) succeeds.
+#[tokio::test]
+async fn rotated_refresh_token_survives_a_failed_write() {
+    use asset_agent::salesforce::Upstream;
+    use asset_agent::salesforce::subject::{Credentials, Error, RefreshToken};
+    let emu = emulator(Clock::system(), |c| c.rotate_refresh_tokens = true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rt");
+    write_0600(&path, emu.mint_refresh_token().unwrap().expose().as_bytes());
+    asset_agent::salesforce::http::install_tls_provider();
+    let up = Upstream::new(
+        &emu.base_url().parse().unwrap(),
+        None,
+        Duration::from_secs(5),
+        Clock::system(),
+        Arc::default(),
+    )
+    .unwrap();
+    let creds = Credentials::RefreshToken(RefreshToken::new(
+        asset_agent::emulator::DEFAULT_CLIENT_ID.to_owned(),
+        None,
+        path.clone(),
+    ));
+    // A directory where the temporary file must go: the write fails, even for root.
+    let blocker = dir.path().join(format!(".rt.tmp-{}", std::process::id()));
+    std::fs::create_dir(&blocker).unwrap();
+    let before = std::fs::read_to_string(&path).unwrap();
+    let err = creds.obtain(&up).await.unwrap_err();
+    assert!(matches!(err, Error::PersistRotated(_)), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        before,
+        "old (dead) token"
+    );
+
+    std::fs::remove_dir(&blocker).unwrap();
+    creds.obtain(&up).await.unwrap();
+    assert_ne!(std::fs::read_to_string(&path).unwrap(), before);
+    assert_eq!(
+        emu.stats().success(Grant::RefreshToken),
+        2,
+        "the kept token worked"
+    );
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 2);
+}
