@@ -54,6 +54,8 @@ pub enum Error {
     Socket(#[source] api::Error),
     #[error("the state directory is unusable")]
     StateDir(#[source] crate::fsutil::Error),
+    #[error("the MQTT uplink is misconfigured")]
+    Mqtt(#[source] crate::mqtt::Error),
 }
 
 impl Error {
@@ -165,6 +167,19 @@ pub async fn start(
     );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
     let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
+    let mqtt = match &config.mqtt {
+        Some(m) => Some(
+            crate::mqtt::Uplink::new(
+                m,
+                &config.asset.device_id,
+                tokens.clone(),
+                options.clock.clone(),
+                Box::new(OsJitter),
+            )
+            .map_err(Error::Mqtt)?,
+        ),
+        None => None,
+    };
 
     let server = Server::listen(&config.api.socket)
         .await
@@ -188,11 +203,15 @@ pub async fn start(
         signer: key.clone(),
         limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
         state: api::State::default(),
+        mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = TaskTracker::new();
     tasks.spawn(refresher.run(cancel.child_token()));
     tasks.spawn(server.run(shared.clone(), cancel.child_token()));
+    if let Some((uplink, _)) = mqtt {
+        tasks.spawn(uplink.run(cancel.child_token()));
+    }
     Ok(Running {
         tokens,
         shared,

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
+pub mod mqtt;
 pub mod salesforce;
 pub mod secret;
 pub mod systemd;

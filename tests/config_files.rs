@@ -147,6 +147,12 @@ fn agent_toml_defaults_are_true() {
         ("api", "socket"),
         ("api", "max_connections"),
         ("api", "max_connections_per_uid"),
+        ("mqtt", "topic_prefix"),
+        ("mqtt", "keep_alive"),
+        ("mqtt", "reconnect_margin"),
+        ("mqtt", "heartbeat"),
+        ("mqtt", "queue"),
+        ("mqtt", "backoff_max"),
         ("log", "level"),
         ("log", "format"),
     ];

@@ -144,6 +144,8 @@ pub struct Shared {
     pub signer: Arc<dyn Signer>,
     pub limits: Limits,
     pub state: State,
+    /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
+    pub mqtt: Option<crate::mqtt::Handle>,
 }
 
 impl std::fmt::Debug for Shared {

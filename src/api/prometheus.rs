@@ -200,6 +200,9 @@ pub fn render(shared: &Shared) -> String {
         let evicted = conns.counters.evicted.load(Ordering::Relaxed);
         w.sample("asset_agent_api_connections_evicted_total", &[], evicted);
     }
+    if let Some(mqtt) = &shared.mqtt {
+        mqtt.stats().render_prometheus(&mut w.out);
+    }
     w.out
 }
 

@@ -33,6 +33,8 @@ pub enum Route {
     Metrics,
     Sign,
     Refresh,
+    /// `POST /v1/mqtt/publish` (src/mqtt/publish.rs).
+    MqttPublish,
 }
 
 /// Who is on the other end of a connection, and how the server is doing.
@@ -47,7 +49,7 @@ pub struct Caller {
 // === impl Route ===
 
 impl Route {
-    pub const ALL: [Route; 8] = [
+    pub const ALL: [Route; 9] = [
         Route::Token,
         Route::Watch,
         Route::Status,
@@ -56,6 +58,7 @@ impl Route {
         Route::Metrics,
         Route::Sign,
         Route::Refresh,
+        Route::MqttPublish,
     ];
 
     pub fn path(self) -> &'static str {
@@ -68,12 +71,13 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Sign => "/v1/sign",
             Route::Refresh => "/v1/refresh",
+            Route::MqttPublish => "/v1/mqtt/publish",
         }
     }
 
     pub fn method(self) -> Method {
         match self {
-            Route::Sign | Route::Refresh => Method::POST,
+            Route::Sign | Route::Refresh | Route::MqttPublish => Method::POST,
             _ => Method::GET,
         }
     }
@@ -150,6 +154,8 @@ async fn dispatch(
         Route::Metrics => full(prometheus::reply(shared)),
         Route::Sign => full(sign::reply(shared, caller, req).await),
         Route::Refresh => full(refresh::reply(shared).await),
+        // Token role: whoever may read the token could log in to the broker with it anyway.
+        Route::MqttPublish => full(crate::mqtt::publish::handle(shared.mqtt.as_ref(), req).await),
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Status {
     pub refreshes_ok: u64,
     pub refreshes_failed: u64,
     pub clock_skew_seconds: Option<i64>,
+    /// The MQTT uplink, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::mqtt::Status>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -67,6 +70,7 @@ pub fn build(shared: &Shared) -> Status {
         refreshes_ok: snap.refreshes_ok,
         refreshes_failed: snap.refreshes_failed,
         clock_skew_seconds: shared.skew.measured(),
+        mqtt: shared.mqtt.as_ref().map(crate::mqtt::Handle::status),
     }
 }
 

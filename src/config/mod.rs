@@ -27,6 +27,7 @@
 mod check;
 mod error;
 mod load;
+mod mqtt;
 mod paths;
 mod raw;
 mod units;
@@ -43,6 +44,11 @@ use reqwest::Url;
 
 pub use error::Error;
 pub use load::{LoadOptions, NON_CONFIG_VARS};
+pub use mqtt::{
+    ClientCert, DEFAULT_MQTT_BACKOFF_MAX, DEFAULT_MQTT_HEARTBEAT, DEFAULT_MQTT_KEEP_ALIVE,
+    DEFAULT_MQTT_QUEUE, DEFAULT_MQTT_RECONNECT_MARGIN, DEFAULT_MQTT_TOPIC_PREFIX, MAX_MQTT_QUEUE,
+    Mqtt,
+};
 pub use paths::{DROP_IN_DIR, SYSTEM_CONFIG_FILE, SYSTEM_SOCKET, SYSTEM_STATE_DIR};
 
 /// Default for `salesforce.timeout`: the limit on every upstream HTTP call.
@@ -85,6 +91,8 @@ pub struct Config {
     pub token: Token,
     pub state: State,
     pub api: Api,
+    /// `[mqtt]`: the MQTT uplink, `None` (off) unless `mqtt.url` is set.
+    pub mqtt: Option<Mqtt>,
     pub log: Log,
     /// The files that were read, in the order they were applied (main file, drop-ins).
     pub files: Vec<PathBuf>,
@@ -299,6 +307,9 @@ impl fmt::Display for Config {
             self.log.level,
             self.log.format.name()
         )?;
+        if let Some(m) = &self.mqtt {
+            write!(f, " mqtt={} client_id={:?}", m.url, m.client_id)?;
+        }
         let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
         write!(f, " files=[{}]", files.join(", "))
     }

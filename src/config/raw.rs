@@ -14,7 +14,7 @@ use super::LogFormat;
 use super::units::{self, Fraction, HumanDuration, List, Named};
 
 /// The top-level tables, in the order the example file documents them.
-pub(crate) const SECTIONS: [&str; 8] = [
+pub(crate) const SECTIONS: [&str; 9] = [
     "salesforce",
     "auth",
     "asset",
@@ -22,6 +22,7 @@ pub(crate) const SECTIONS: [&str; 8] = [
     "token",
     "state",
     "api",
+    "mqtt",
     "log",
 ];
 
@@ -36,6 +37,7 @@ pub(crate) struct RawConfig {
     pub token: RawToken,
     pub state: RawState,
     pub api: RawApi,
+    pub mqtt: super::mqtt::RawMqtt,
     pub log: RawLog,
 }
 

@@ -49,6 +49,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
     let key = c.key(raw.key, &base);
     let token = c.token(raw.token);
     let api = c.api(raw.api);
+    let mqtt = c.mqtt(raw.mqtt, asset.as_ref().map(|a| a.device_id.as_str()));
     let log = c.log(raw.log);
     match (salesforce, auth, asset, state_dir, api) {
         (Some(salesforce), Some(auth), Some(asset), Some(dir), Some(api))
@@ -62,6 +63,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
                 token,
                 state: State { dir },
                 api,
+                mqtt,
                 log,
                 files: Vec::new(),
                 ignored_env: Vec::new(),

@@ -207,7 +207,7 @@ fn unknown_keys_name_key_and_file() {
     let typo = MINIMAL.replace("instance_url", "instanse_url");
     let rows: [(&str, &str); 3] = [
         (&typo, "salesforce.instanse_url"),
-        ("[mqtt]\nurl = \"mqtts://broker:8883\"\n", "`mqtt`"),
+        ("[mqttt]\nurl = \"mqtts://broker:8883\"\n", "`mqttt`"),
         ("unexpected = 1\n", "`unexpected`"),
     ];
     for (text, key) in rows {
