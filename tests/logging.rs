@@ -14,7 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 /// Runs the agent for a moment with stderr going to a file, then stops it with SIGTERM,
 /// and returns what it logged. `journal`: set `JOURNAL_STREAM` to that file's identity.
-/// The agent finds no refresh token, so it logs a warning ("waiting for enrollment")
+/// The agent finds no refresh token, so it logs a warning ("not enrolled yet")
 /// right after start; that line is what we wait for.
 fn run_logging(dir: &Path, format: &str, journal: bool, extra_env: &[(&str, &str)]) -> String {
     let key = dir.join("device-key.pem");
@@ -65,7 +65,7 @@ format = "{format}"
     for _ in 0..200 {
         if std::fs::read_to_string(&log_path)
             .unwrap()
-            .contains("enrollment")
+            .contains("not enrolled yet")
         {
             break;
         }
@@ -104,7 +104,7 @@ fn journal_stream_gets_priority_prefixes_and_no_timestamps() {
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("<4>") && l.contains("waiting for enrollment")),
+            .any(|l| l.starts_with("<4>") && l.contains("not enrolled yet")),
         "{log}"
     );
 }
