@@ -348,6 +348,22 @@ async fn the_socket_path_is_checked() {
 }
 
 #[tokio::test]
+async fn a_user_outside_the_group_cannot_reach_the_socket() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (to run the check as another user)");
+        return;
+    }
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let (dev, config) = device(&emu);
+    let run = dev.path("run");
+    std::fs::create_dir(&run).unwrap();
+    chmod(&run, 0o750); // as RuntimeDirectoryMode=0750: group only
+    let c = check_unprivileged(&dev, &config, &run).await;
+    let fix = c.fix("socket", "error", "cannot reach");
+    assert!(fix.contains("usermod -aG asset-agent"), "{fix}");
+}
+
+#[tokio::test]
 async fn a_name_that_does_not_resolve_is_a_dns_error() {
     let emu = emulator(Clock::system(), |_| {}).await;
     let (_dev, config) = device(&emu);

@@ -175,9 +175,9 @@ async fn ready_only_after_the_first_token_then_reload_and_stop() {
     assert_eq!(body["token_type"], "Bearer");
 
     // Ready: plain pings, every ~200 ms (half of WATCHDOG_USEC).
-    let after = manager.collect(Duration::from_secs(1)).await;
+    let after = manager.collect(Duration::from_secs(2)).await;
     let pings = after.iter().filter(|m| *m == "WATCHDOG=1").count();
-    assert!(pings >= 3, "{after:#?}");
+    assert!(pings >= 3, "about 10 expected: {after:#?}");
 
     // SIGHUP with a live change: RELOADING=1, then READY=1 naming what was applied.
     let toml = std::fs::read_to_string(&config).unwrap();
@@ -476,6 +476,7 @@ async fn a_slow_salesforce_does_not_stop_the_pings() {
         "{seen:#?}"
     );
     let pings = seen.iter().filter(|m| is_ping(m)).count();
-    assert!(pings >= 30, "about 40 pings in 8 s, got {pings}: {seen:#?}");
+    // About 40 at one per 200 ms; a stall would leave at most the ~5 before it.
+    assert!(pings >= 20, "pings kept coming, got {pings}: {seen:#?}");
     l.cancel.cancel();
 }

@@ -279,6 +279,14 @@ fn socket(config: &Config) -> Vec<Finding> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Finding::ok("socket", format!("{p} is free"))
         }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Finding::error(
+            "socket",
+            format!(
+                "uid {} cannot reach {p}: {e}",
+                rustix::process::geteuid().as_raw()
+            ),
+            "apps reach the socket through the asset-agent group: usermod -aG asset-agent USER (then log in again), or run the check as the service user",
+        ),
         Err(e) => Finding::error(
             "socket",
             format!("cannot inspect {p}: {e}"),
