@@ -424,10 +424,10 @@ fn mean(rows: &[Row], from: u64, to: u64) -> f64 {
     sel.iter().map(|r| r.total as f64).sum::<f64>() / sel.len().max(1) as f64
 }
 
-/// The highest mean rate over any `bin`-second window starting in `from..to`.
+/// The highest mean rate over any `bin`-second window within `from..to`.
 fn peak(rows: &[Row], from: u64, to: u64, bin: u64) -> (f64, u64) {
     let mut best = (0.0, from);
-    for start in from..to {
+    for start in from..=to.saturating_sub(bin) {
         let sel: Vec<_> = rows
             .iter()
             .filter(|r| r.t >= start && r.t < start + bin)

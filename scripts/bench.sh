@@ -13,11 +13,13 @@
 #   coldstart  process start to socket / ready / first token / READY=1, cold and cached
 #   idle       agent CPU over 5 minutes with 60 s tokens
 #   criterion  cargo bench --bench refresh (mint, verify, whole cycle)
+#   instr      instructions per GET /v1/token (callgrind): device build, release build, nginx
 #   fleet      fleet simulation, 1k and 10k agents, plotted to docs/fleet.png
 #
 # Knobs (environment): BENCH_OUT (results dir, default target/bench), SOCKET_SECS (length of
 # each oha run, default 10), SOCKET_REPEAT (interleaved repeats, default 3), IDLE_SECS (300),
-# COLD_RUNS (50), ROTATIONS (1000), REQUESTS (100000), FLEET_AGENTS ("1000 10000").
+# COLD_RUNS (50), ROTATIONS (1000), REQUESTS (100000), FLEET_AGENTS ("1000 10000"), AGENT
+# (the agent binary under test, default target/device/asset-agent).
 #
 # All load goes to Unix sockets and to the emulator on 127.0.0.1; every loop is bounded.
 # The agent under test is the device-profile binary (target/device/asset-agent); the
@@ -35,7 +37,7 @@ COLD_RUNS=${COLD_RUNS:-50}
 ROTATIONS=${ROTATIONS:-1000}
 REQUESTS=${REQUESTS:-100000}
 FLEET_AGENTS=${FLEET_AGENTS:-"1000 10000"}
-AGENT=$ROOT/target/device/asset-agent
+AGENT=${AGENT:-$ROOT/target/device/asset-agent}
 EMU_BIN=$ROOT/target/release/asset-agent
 AARCH64=aarch64-unknown-linux-gnu
 mkdir -p "$OUT"
@@ -214,7 +216,9 @@ codes = d.get("statusCodeDistribution", {})
 print(json.dumps({"server": name, "c": int(c), "keepalive": ka == "yes",
     "rps": s["requestsPerSec"], "p50_ms": lat["p50"] * 1e3, "p99_ms": lat["p99"] * 1e3,
     "ok": codes.get("200", 0), "other": sum(v for k, v in codes.items() if k != "200"),
-    "errors": sum(d.get("errorDistribution", {}).values()), "server_cpu_pct": float(cpu)}))
+    # oha cancels the requests in flight when -z runs out and counts them as errors.
+    "errors": sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k),
+    "error_kinds": d.get("errorDistribution", {}), "server_cpu_pct": float(cpu)}))
 EOF
 }
 
@@ -328,6 +332,12 @@ memory() {
   mem "$AGENT_PID" "idle again (5 s later)" | tee -a "$OUT/memory.txt"
   echo "  by mapping:" | tee -a "$OUT/memory.txt"
   mem_breakdown "$AGENT_PID" | tee -a "$OUT/memory.txt"
+  # Beyond the goal's scenario: many clients at once (the server allows 256 connections).
+  for round in 1 2 3; do
+    "${LOAD_CPU[@]}" oha --no-tui -n 50000 -c 200 --unix-socket "$d/run/agent.sock" \
+      http://localhost/v1/token >/dev/null
+    mem "$AGENT_PID" "wide $round: after 50000 requests, 200 clients" | tee -a "$OUT/memory.txt"
+  done
   stop "$AGENT_PID"; stop "$EMU_PID"
 }
 
@@ -425,6 +435,10 @@ fleet() {
   for n in $FLEET_AGENTS; do
     cargo bench --bench fleet -- --agents "$n" --csv "$OUT/fleet-$n.csv" | tee -a "$OUT/fleet.txt"
   done
+  # The same reboot with the devices coming back over 30 s instead of 1 s.
+  n=${FLEET_AGENTS%% *}
+  cargo bench --bench fleet -- --agents "$n" --boot-spread 30 --csv "$OUT/fleet-$n-spread30.csv" |
+    tee -a "$OUT/fleet.txt"
   plot_fleet
 }
 
@@ -440,16 +454,98 @@ plot_fleet() {
   done
   gnuplot -e "out='docs/fleet.png'; dir='$OUT'; fleets='${args[*]}'" scripts/bench/fleet.gp
   echo "plot: docs/fleet.png"
+  for n in $FLEET_AGENTS; do [ -f "$OUT/fleet-$n-spread30.csv" ] && args+=("$n-spread30"); done
+  python3 - "$OUT" "${args[@]}" <<'EOF' | tee "$OUT/fleet.md"
+import csv, sys
+out, fleets = sys.argv[1], sys.argv[2:]
+print("| agents | steady req/s (120–300 s) | outage peak 1 s / 10 s / 60 s | recovery peak 1 s / 10 s / 60 s | reboot peak 1 s / 10 s / 60 s | after outage: 50 % / 99 % hold a token again |")
+print("|---|---|---|---|---|---|")
+for n in fleets:
+    rows = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(open(f"{out}/fleet-{n}.csv"))]
+    req = {r["t"]: r["requests"] for r in rows}
+    steady = sum(req[t] for t in range(120, 300)) / 180
+    def peak(a, b, w):
+        return max(sum(req[t] for t in range(s, s + w)) / w for s in range(a, b - w + 1))
+    def cell(a, b):
+        return " / ".join(f"{peak(a, b, w) / steady:.1f}x" for w in (1, 10, 60))
+    live = {r["t"]: r["agents_with_live_token"] for r in rows}
+    agents = int(n.split("-")[0])
+    def back(frac):
+        return next((t - 900 for t in range(900, 1500) if live[t] >= frac * agents), None)
+    label = f"{agents:,}" + (" (reboot spread over 30 s)" if "spread30" in n else "")
+    print(f"| {label} | {steady:.1f} | {cell(300, 900)} | {cell(900, 1500)} | {cell(1500, 2101)} | {back(0.5)} s / {back(0.99)} s |")
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+# instr: user-space instructions per keep-alive GET /v1/token (valgrind callgrind), a count
+# that other load on the machine does not change: device build, release build, and nginx
+# serving a static file of the same size.
+callgrind_per_request() { # PID SOCKET N: prints instructions per request
+  local pid=$1 sock=$2 n=$3 f
+  oha --no-tui -n 200 -c 1 --unix-socket "$sock" http://localhost/v1/token >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  oha --no-tui -n "$n" -c 1 --unix-socket "$sock" http://localhost/v1/token >/dev/null
+  callgrind_control -d "$pid" >/dev/null
+  sleep 1
+  f=$(ls -t "$WORK"/cg.out."$pid"* | head -1)
+  echo $(($(grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}') / n))
+}
+
+instr() {
+  say "instructions per request (callgrind, 5000 keep-alive requests, 1 client)"
+  command -v valgrind >/dev/null || { apt-get update -qq; apt-get install -y -qq valgrind; }
+  start_emulator 3600
+  local bin d vp size=0
+  : >"$OUT/instr.txt"
+  for bin in "$AGENT" "$EMU_BIN"; do
+    d=$WORK/cg-$(basename "$(dirname "$bin")")
+    write_agent "$d"
+    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" "$bin" --config "$d/agent.toml" run \
+      >"$d/agent.log" 2>&1 &
+    vp=$!
+    PIDS+=("$vp")
+    for _ in $(seq 1 600); do
+      [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
+      sleep 0.1
+    done
+    size=$(curl -s --unix-socket "$d/run/agent.sock" http://localhost/v1/token | wc -c)
+    echo "agent $bin: $(callgrind_per_request "$vp" "$d/run/agent.sock" 5000) instructions per request" |
+      tee -a "$OUT/instr.txt"
+    stop "$vp"
+  done
+  stop "$EMU_PID"
+  local n=$WORK/nginx-cg
+  mkdir -p "$n/www/v1" "$n/tmp"
+  head -c "$size" /dev/zero | tr '\0' x >"$n/www/v1/token"
+  chmod -R a+rX "$n"
+  cat >"$n/nginx.conf" <<NGINX
+worker_processes 1; master_process off; daemon off; user root;
+pid $n/nginx.pid; error_log $n/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $n/tmp/b; proxy_temp_path $n/tmp/p;
+  fastcgi_temp_path $n/tmp/f; uwsgi_temp_path $n/tmp/u; scgi_temp_path $n/tmp/s;
+  types { } default_type application/json; sendfile on; keepalive_requests 10000000;
+  server { listen unix:$n/nginx.sock; root $n/www; } }
+NGINX
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" nginx -c "$n/nginx.conf" >/dev/null 2>&1 &
+  vp=$!
+  PIDS+=("$vp")
+  for _ in $(seq 1 100); do [ -S "$n/nginx.sock" ] && break; sleep 0.1; done
+  sleep 1
+  echo "nginx ($size-byte static file): $(callgrind_per_request "$vp" "$n/nginx.sock" 5000) instructions per request" |
+    tee -a "$OUT/instr.txt"
+  stop "$vp"
 }
 
 # ---------------------------------------------------------------------------------------
 # Sourced (for one-off experiments with the functions above): define, run nothing.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(setup build size socket memory coldstart idle criterion fleet)
+[ ${#sections[@]} -gt 0 ] || sections=(setup build size socket memory coldstart idle criterion instr fleet)
 for s in "${sections[@]}"; do
   case $s in
-    setup | build | size | socket | memory | coldstart | idle | criterion | fleet | plot_fleet) "$s" ;;
+    setup | build | size | socket | memory | coldstart | idle | criterion | fleet | plot_fleet | instr) "$s" ;;
     *) echo "unknown section: $s"; exit 2 ;;
   esac
 done

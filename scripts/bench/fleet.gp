@@ -5,7 +5,7 @@ set terminal pngcairo size 1200, 380 * words(fleets) font ",10"
 set output out
 set datafile separator ","
 set multiplot layout words(fleets), 1
-set key top right opaque box
+set key outside bottom center horizontal
 set xlabel "simulated time (s)"
 set ylabel "upstream requests/s (10 s bins)"
 set y2label "agents holding a live token (%)"
