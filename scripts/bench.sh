@@ -6,7 +6,9 @@
 # Sections (default: all, in this order):
 #   setup      install what the runs need: nginx, hyperfine, gnuplot (apt), oha (cargo install),
 #              the aarch64 target and cross linker
-#   build      release build (emulator) and device-profile builds for x86_64 and aarch64
+#   build      release build (emulator) and device-profile builds for x86_64 and aarch64 (glibc),
+#              and x86_64 static musl (for comparison: AGENT=target/x86_64-unknown-linux-musl/
+#              device/asset-agent scripts/bench.sh memory)
 #   size       stripped device binaries
 #   socket     GET /v1/token vs nginx serving a same-size static file, over Unix sockets, oha
 #   memory     RSS/PSS idle, after 100k requests, after 1000 rotations (twice)
@@ -40,6 +42,8 @@ FLEET_AGENTS=${FLEET_AGENTS:-"1000 10000"}
 AGENT=${AGENT:-$ROOT/target/device/asset-agent}
 EMU_BIN=$ROOT/target/release/asset-agent
 AARCH64=aarch64-unknown-linux-gnu
+# Static musl build: not the documented device build, measured as the fix for the RSS gap.
+MUSL=x86_64-unknown-linux-musl
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/asset-agent-bench.XXXXXX)
 PIDS=()
@@ -74,12 +78,14 @@ setup() {
   command -v gnuplot >/dev/null || need+=(gnuplot-nox)
   command -v taskset >/dev/null || need+=(util-linux)
   command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+  command -v musl-gcc >/dev/null || need+=(musl-tools)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi
   command -v oha >/dev/null || cargo install oha --locked
   rustup target list --installed | grep -qx "$AARCH64" || rustup target add "$AARCH64"
+  rustup target list --installed | grep -qx "$MUSL" || rustup target add "$MUSL"
 }
 
 build() {
@@ -88,12 +94,13 @@ build() {
   cargo build --profile device --no-default-features
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     cargo build --profile device --no-default-features --target "$AARCH64"
+  cargo build --profile device --no-default-features --target "$MUSL"
 }
 
 size() {
   say "size (stripped device profile)"
   local f
-  for f in target/device/asset-agent "target/$AARCH64/device/asset-agent"; do
+  for f in target/device/asset-agent "target/$AARCH64/device/asset-agent" "target/$MUSL/device/asset-agent"; do
     [ -f "$f" ] || { echo "$f: not built"; continue; }
     printf '%-50s %9d bytes  %5.2f MiB  (%s)\n' "$f" "$(stat -c %s "$f")" \
       "$(echo "$(stat -c %s "$f") / 1048576" | bc -l)" "$(file -b "$f" | cut -d, -f1-2,6-)"
