@@ -77,6 +77,9 @@ setup() {
   command -v hyperfine >/dev/null || need+=(hyperfine)
   command -v gnuplot >/dev/null || need+=(gnuplot-nox)
   command -v taskset >/dev/null || need+=(util-linux)
+  command -v bc >/dev/null || need+=(bc)
+  command -v file >/dev/null || need+=(file)
+  command -v valgrind >/dev/null || need+=(valgrind)
   command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v musl-gcc >/dev/null || need+=(musl-tools)
   if [ ${#need[@]} -gt 0 ]; then
