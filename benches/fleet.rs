@@ -38,20 +38,21 @@ use std::time::Duration;
 
 use asset_agent::actor::Identity;
 use asset_agent::backoff::{Jitter as _, OsJitter};
-use asset_agent::clock::{Clock, Skew};
 use asset_agent::config;
-use asset_agent::emulator::{self, Emulator, Endpoint, Fault, Grant, Scope, Stats};
 use asset_agent::keys::{FileKey, Signer};
 use asset_agent::salesforce::Upstream;
 use asset_agent::salesforce::subject::{Credentials, RefreshToken};
 use asset_agent::salesforce::verify::Verifier;
-use asset_agent::salesforce::wire::AssetFields;
+use asset_agent::skew::Skew;
 use asset_agent::token::cache::{Cache, Owner};
 use asset_agent::token::flow::Flow;
 use asset_agent::token::refresher::{Handle, Policy, Refresher};
+use emulator::{self, Emulator, Endpoint, Fault, Grant, Scope, Stats};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use wire::clock::Clock;
+use wire::oauth::AssetFields;
 
 const DEVICE_KEY: &[u8] = include_bytes!("../tests/data/device-key.pem");
 const EMULATOR_KEY: &str = include_str!("../tests/data/emulator-key.pem");
@@ -244,7 +245,7 @@ fn main() {
 
 async fn simulate(args: &Args) -> Vec<Row> {
     asset_agent::salesforce::http::install_tls_provider();
-    asset_agent::jose::provider::install();
+    asset_agent::crypto::install();
     let clock = Clock::tokio_driven();
     let emu_cfg = emulator::Config {
         signing_key_pem: Some(EMULATOR_KEY.to_owned().into()),

@@ -20,15 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use asset_agent::actor::{self, Identity};
-use asset_agent::clock::{Clock, Skew};
-use asset_agent::emulator::{self, Emulator};
 use asset_agent::keys::{FileKey, Signer};
 use asset_agent::salesforce::Upstream;
 use asset_agent::salesforce::subject::{Credentials, RefreshToken};
 use asset_agent::salesforce::verify::Verifier;
-use asset_agent::salesforce::wire::AssetFields;
+use asset_agent::skew::Skew;
 use asset_agent::token::flow::Flow;
 use criterion::{Criterion, criterion_group, criterion_main};
+use emulator::{self, Emulator};
+use wire::clock::Clock;
+use wire::oauth::AssetFields;
 
 const DEVICE_KEY: &[u8] = include_bytes!("../tests/data/device-key.pem");
 const EMULATOR_KEY: &str = include_str!("../tests/data/emulator-key.pem");
@@ -66,7 +67,7 @@ fn setup() -> Setup {
         .build()
         .unwrap();
     asset_agent::salesforce::http::install_tls_provider();
-    asset_agent::jose::provider::install();
+    asset_agent::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::system();
     let (emu, flow, upstream) = rt.block_on(async {

@@ -6,10 +6,10 @@
 # Sections (default: all, in this order):
 #   setup      install what the runs need: nginx, hyperfine, gnuplot (apt), oha (cargo install),
 #              the aarch64 target and cross linker
-#   build      release build (emulator) and device-profile builds for x86_64 and aarch64 (glibc),
+#   build      the release builds (agent, emulator) for x86_64 and aarch64 (glibc),
 #              and x86_64 static musl (for comparison: AGENT=target/x86_64-unknown-linux-musl/
 #              device/asset-agent scripts/bench.sh memory)
-#   size       stripped device binaries
+#   size       the stripped shipped binaries
 #   socket     GET /v1/token vs nginx serving a same-size static file, over Unix sockets, oha
 #   memory     RSS/PSS idle, after 100k requests, after 1000 rotations (twice)
 #   coldstart  process start to socket / ready / first token / READY=1, cold and cached
@@ -21,10 +21,10 @@
 # Knobs (environment): BENCH_OUT (results dir, default target/bench), SOCKET_SECS (length of
 # each oha run, default 10), SOCKET_REPEAT (interleaved repeats, default 3), IDLE_SECS (300),
 # COLD_RUNS (50), ROTATIONS (1000), REQUESTS (100000), FLEET_AGENTS ("1000 10000"), AGENT
-# (the agent binary under test, default target/device/asset-agent).
+# (the agent binary under test, default target/release/asset-agent).
 #
 # All load goes to Unix sockets and to the emulator on 127.0.0.1; every loop is bounded.
-# The agent under test is the device-profile binary (target/device/asset-agent); the
+# The agent under test is the shipped release binary (target/release/asset-agent); the
 # emulator is the release build. Servers are pinned to CPU 0 and the load generator to CPU 1
 # when the machine has two or more CPUs.
 set -euo pipefail
@@ -39,8 +39,8 @@ COLD_RUNS=${COLD_RUNS:-50}
 ROTATIONS=${ROTATIONS:-1000}
 REQUESTS=${REQUESTS:-100000}
 FLEET_AGENTS=${FLEET_AGENTS:-"1000 10000"}
-AGENT=${AGENT:-$ROOT/target/device/asset-agent}
-EMU_BIN=$ROOT/target/release/asset-agent
+AGENT=${AGENT:-$ROOT/target/release/asset-agent}
+EMU_BIN=${EMU_BIN:-$ROOT/target/release/asset-agent-emulator}
 AARCH64=aarch64-unknown-linux-gnu
 # Static musl build: not the documented device build, measured as the fix for the RSS gap.
 MUSL=x86_64-unknown-linux-musl
@@ -94,16 +94,15 @@ setup() {
 build() {
   say build
   cargo build --release
-  cargo build --profile device --no-default-features
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-    cargo build --profile device --no-default-features --target "$AARCH64"
-  cargo build --profile device --no-default-features --target "$MUSL"
+    cargo build --release -p asset-agent --target "$AARCH64"
+  cargo build --release -p asset-agent --target "$MUSL"
 }
 
 size() {
-  say "size (stripped device profile)"
+  say "size (the shipped release profile, stripped)"
   local f
-  for f in target/device/asset-agent "target/$AARCH64/device/asset-agent" "target/$MUSL/device/asset-agent"; do
+  for f in target/release/asset-agent "target/$AARCH64/release/asset-agent" "target/$MUSL/release/asset-agent"; do
     [ -f "$f" ] || { echo "$f: not built"; continue; }
     printf '%-50s %9d bytes  %5.2f MiB  (%s)\n' "$f" "$(stat -c %s "$f")" \
       "$(echo "$(stat -c %s "$f") / 1048576" | bc -l)" "$(file -b "$f" | cut -d, -f1-2,6-)"
@@ -120,7 +119,7 @@ start_emulator() {
   local port
   port=$(free_port)
   EMU_URL="http://127.0.0.1:$port"
-  "${SERVER_CPU[@]}" "$EMU_BIN" emulator --listen "127.0.0.1:$port" --token-lifetime "$1" \
+  "${SERVER_CPU[@]}" "$EMU_BIN" --listen "127.0.0.1:$port" --token-lifetime "$1" \
     >"$WORK/emulator.log" 2>&1 &
   EMU_PID=$!
   PIDS+=("$EMU_PID")

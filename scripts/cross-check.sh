@@ -8,12 +8,12 @@
 # Per target: add the rustup target (retrying a stalled download; if rustup has no
 # prebuilt std for it, fall back to nightly's -Z build-std when nightly and rust-src are
 # installed), link with Debian's cross gcc via CARGO_TARGET_<TRIPLE>_LINKER (no committed
-# .cargo/config that would break native builds), build the device profile without the
-# emulator, then under qemu-user:
+# .cargo/config that would break native builds), build the shipped release profile of the
+# agent (which has no emulator in it), then under qemu-user:
 #   1. `--version`;
 #   2. `key generate` + `key show --thumbprint` in a temp dir (RSA keygen and PKCS#8 on ARM);
 #   3. `check --json` (config, key, directories, clock findings all ok);
-#   4. end to end: the host build's emulator on loopback, the ARM agent `run` against it
+#   4. end to end: the host's asset-agent-emulator on loopback, the ARM agent `run` against it
 #      under qemu, and the ARM `token --raw` fetching a verified asset token over the socket.
 # ARMv6 targets (Pi Zero/1) run with `qemu-arm -cpu arm1176`, the Pi Zero's core, so an
 # ARMv7-only instruction would crash the check instead of passing unnoticed.
@@ -23,9 +23,22 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PROFILE=device
+PROFILE=release
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-HOST_BIN=${HOST_BIN:-$TARGET_DIR/debug/asset-agent}
+HOST_EMULATOR=${HOST_EMULATOR:-$TARGET_DIR/debug/asset-agent-emulator}
+
+# Everything started in the background is ended on exit, whatever happens. Background
+# jobs are started with `exec` in their subshell, so each PID here is the process itself
+# (qemu, the emulator), never a shell wrapped around it.
+bg_pids=()
+cleanup() {
+  local pid
+  for pid in "${bg_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${bg_pids[@]}"; do wait "$pid" 2>/dev/null; done
+  bg_pids=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 RUN_TESTS=${CROSS_CHECK_TESTS:-0}
 
 say() { printf '%s\n' "$*"; }
@@ -123,28 +136,29 @@ EOF
   done
   say "  check --json: config, key, state_dir, clock ok"
 
-  if ! "$HOST_BIN" emulator --help >/dev/null 2>&1; then
-    say "  building the host binary with the emulator (for the end-to-end check)"
-    cargo build --quiet || return 1
+  if [ ! -x "$HOST_EMULATOR" ]; then
+    say "  building the host emulator (for the end-to-end check)"
+    cargo build --quiet -p asset-agent-emulator || return 1
   fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$HOST_BIN" emulator --listen "127.0.0.1:$port" --token-lifetime 30 >"$dir/emulator.out" 2>&1 &
+  (exec "$HOST_EMULATOR" --listen "127.0.0.1:$port" --token-lifetime 30 >"$dir/emulator.out" 2>&1) &
   emu_pid=$!
+  bg_pids+=("$emu_pid")
   for _ in $(seq 100); do grep -q '^Agent config' "$dir/emulator.out" 2>/dev/null && break; sleep 0.1; done
   awk '/A refresh token/{getline; print $1; exit}' "$dir/emulator.out" >"$dir/refresh-token"
   [ -s "$dir/refresh-token" ] || { say "  the host emulator did not start:"; cat "$dir/emulator.out"; kill "$emu_pid"; return 1; }
   chmod 600 "$dir/refresh-token"
   sed -i "s#http://127.0.0.1:1#http://127.0.0.1:$port#" "$dir/agent.toml"
-  arm run --config "$dir/agent.toml" >"$dir/agent.log" 2>&1 &
+  (exec "${QEMU[@]}" "$BIN" run --config "$dir/agent.toml" >"$dir/agent.log" 2>&1) &
   agent_pid=$!
+  bg_pids+=("$agent_pid")
   token=""
   local deadline=$((SECONDS + 60))
   while [ $SECONDS -lt $deadline ]; do
     token=$(arm token --raw --config "$dir/agent.toml" 2>/dev/null) && break
     sleep 0.5
   done
-  kill -TERM "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null
-  kill -TERM "$emu_pid" 2>/dev/null; wait "$emu_pid" 2>/dev/null
+  cleanup
   case "$token" in
     eyJ*.*.*) say "  end to end: the ARM agent got a verified asset token (${#token} bytes) from the emulator" ;;
     *) say "  end to end: no token within 60 s; the agent said:"; tail -20 "$dir/agent.log" | sed 's/^/    /'; return 1 ;;
@@ -154,8 +168,8 @@ EOF
 
 unit_tests() {
   local runner="${QEMU[*]}"
-  say "  unit tests under qemu (lib, no emulator):"
-  env "CARGO_TARGET_${ENVT}_RUNNER=$runner" "${CARGO[@]}" test --target "$T" --no-default-features --lib \
+  say "  unit tests under qemu (the agent's lib):"
+  env "CARGO_TARGET_${ENVT}_RUNNER=$runner" "${CARGO[@]}" test --target "$T" -p asset-agent --lib \
     "${BUILD_STD[@]}" -q 2>&1 | grep -E '^test result|FAILED|panicked' | sed 's/^/    /'
   return "${PIPESTATUS[0]}"
 }
@@ -181,7 +195,7 @@ for T in "${targets[@]}"; do
     say "  (no prebuilt std: building std from source with nightly -Z build-std)"
     CARGO=(cargo +nightly); BUILD_STD=(-Z build-std=std,panic_abort)
   fi
-  if ! "${CARGO[@]}" build --profile "$PROFILE" --no-default-features --target "$T" "${BUILD_STD[@]}" -q; then
+  if ! "${CARGO[@]}" build --profile "$PROFILE" -p asset-agent --target "$T" "${BUILD_STD[@]}" -q; then
     result[$T]="FAILED (build)"; worst=1; continue
   fi
   BIN=$TARGET_DIR/$T/$PROFILE/asset-agent

@@ -3,12 +3,10 @@
 //! Salesforce registers a new Asset or links an existing one from these claims, and binds
 //! the device's public key (`cnf.jwk`, RFC 7800) to the asset token it issues.
 
-use ring::rand::SecureRandom as _;
-
-use crate::jose::{self, jws};
 use crate::keys::Signer;
-use crate::salesforce::wire::{ActorClaims, AssetFields, Confirmation};
-use crate::secret::Secret;
+use wire::Secret;
+use wire::jose::{jws, new_jti};
+use wire::oauth::{ActorClaims, AssetFields, Confirmation};
 
 /// How long an actor token is valid: long enough for one exchange on a slow link, short
 /// enough that a captured one is useless soon after.
@@ -53,22 +51,6 @@ pub fn mint(signer: &dyn Signer, identity: &Identity, now: i64) -> Result<Minted
         jwt: Secret::new(jwt),
         claims,
     })
-}
-
-/// 128 random bits, base64url: unique per token for replay protection.
-pub fn new_jti() -> String {
-    let mut bytes = [0u8; 16];
-    // SystemRandom only fails if the OS RNG is unavailable; a time-derived id is then
-    // still unique enough for replay detection, which is all jti is for.
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = crate::clock::Clock::system()
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
-    jose::b64url(&bytes)
 }
 
 #[cfg(test)]
@@ -126,7 +108,7 @@ mod tests {
         assert_eq!(c["exp"], 1_700_000_000 + 300);
         assert_eq!(c["jti"].as_str().unwrap().len(), 22);
         // Verify with ring against the key carried in the token itself.
-        let jwk: crate::jose::RsaPublicJwk =
+        let jwk: wire::jose::RsaPublicJwk =
             serde_json::from_value(c["cnf"]["jwk"].clone()).unwrap();
         assert!(jwk.verify_rs256(parts.signing_input.as_bytes(), &parts.signature));
         let mut tampered = parts.signing_input.clone();

@@ -12,17 +12,18 @@ use tokio_util::task::TaskTracker;
 use crate::actor::Identity;
 use crate::api::{self, Info, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
-use crate::clock::{Clock, Skew};
 use crate::config::{self, AuthMethod, Config};
 use crate::keys::{FileKey, LoadError, Signer};
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
-use crate::salesforce::wire::AssetFields;
 use crate::salesforce::{Upstream, http};
-use crate::secret::Secret;
+use crate::skew::Skew;
 use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
 use crate::token::refresher::{Handle, Policy, Refresher};
+use wire::Secret;
+use wire::clock::Clock;
+use wire::oauth::AssetFields;
 
 /// The agent could not start. Every variant names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +117,7 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
     http::install_tls_provider();
-    crate::jose::provider::install();
+    crate::crypto::install();
     let (key, key_created) =
         FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
     if key_created {
@@ -328,7 +329,7 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
 pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
     http::install_tls_provider();
-    crate::jose::provider::install();
+    crate::crypto::install();
     let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
     let skew = Arc::new(Skew::default());
     let sf = &config.salesforce;

@@ -21,10 +21,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent (what systemd starts).
     Run,
-    /// Start the built-in Salesforce emulator and an agent against it in a temp dir, and
-    /// show the token flow live.
-    #[cfg(feature = "emulator")]
-    Demo(DemoArgs),
     /// Print the current asset token.
     Token(TokenArgs),
     /// Show the agent's state.
@@ -41,9 +37,6 @@ pub enum Command {
     /// Enroll this device with the OAuth device flow: shows a code to approve in a browser,
     /// then stores the refresh token for the agent.
     Enroll,
-    /// Run the Salesforce emulator on its own (develop device software without an org).
-    #[cfg(feature = "emulator")]
-    Emulator(EmulatorArgs),
 }
 
 /// Where client commands find the agent.
@@ -130,32 +123,4 @@ pub struct KeyShowArgs {
     /// Only the RFC 7638 thumbprint (the actor token's kid).
     #[arg(long)]
     pub thumbprint: bool,
-}
-
-#[cfg(feature = "emulator")]
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Stop after this many seconds (headless runs, tests); default: until Ctrl-C.
-    #[arg(long = "for", value_name = "SECS")]
-    pub for_secs: Option<u64>,
-    /// Asset token lifetime the emulator issues.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub token_lifetime: u64,
-}
-
-#[cfg(feature = "emulator")]
-#[derive(Debug, Args)]
-pub struct EmulatorArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub listen: std::net::SocketAddr,
-    /// The connected app's consumer key the emulator accepts.
-    #[arg(long, default_value = crate::emulator::DEFAULT_CLIENT_ID)]
-    pub client_id: String,
-    /// Asset token lifetime in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 60)]
-    pub token_lifetime: u64,
-    /// Rotate refresh tokens on every use.
-    #[arg(long)]
-    pub rotate_refresh_tokens: bool,
 }

@@ -19,12 +19,13 @@ use std::io::IsTerminal as _;
 use std::sync::OnceLock;
 
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _, Registry, reload};
+use tracing_subscriber::{Layer as _, Registry, reload};
 
 use crate::config::LogFormat;
 
@@ -32,7 +33,7 @@ use crate::config::LogFormat;
 pub const ENV_FILTERS: [&str; 2] = ["ASSET_AGENT_LOG", "RUST_LOG"];
 
 /// The installed filter's reload handle, and whether the environment chose the filter.
-static FILTER: OnceLock<(reload::Handle<EnvFilter, Registry>, bool)> = OnceLock::new();
+static FILTER: OnceLock<(reload::Handle<Targets, Registry>, bool)> = OnceLock::new();
 
 /// Where stderr goes, which decides the line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +77,8 @@ pub fn init(level: &str, format: LogFormat) {
         Some((_, value)) => (value, true),
         None => (level.to_owned(), false),
     };
-    let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        parse_filter(&directive).unwrap_or_else(|_| Targets::new().with_default(Level::INFO));
     let (filter, handle) = reload::Layer::new(filter);
     let sink = sink();
     let base = tracing_subscriber::fmt::layer()
@@ -119,7 +121,7 @@ pub fn init(level: &str, format: LogFormat) {
 /// An invalid directive (config validation already rejects those), or no subscriber of
 /// ours installed.
 pub fn set_level(level: &str) -> Result<LevelChange, Error> {
-    let filter = EnvFilter::try_new(level).map_err(|source| Error::Directive {
+    let filter = parse_filter(level).map_err(|source| Error::Directive {
         level: level.to_owned(),
         source,
     })?;
@@ -130,6 +132,17 @@ pub fn set_level(level: &str) -> Result<LevelChange, Error> {
     }
     handle.reload(filter).map_err(Error::Reload)?;
     Ok(LevelChange::Applied)
+}
+
+/// Parses a filter: a level (`debug`), or `target=level` directives separated by commas
+/// (`asset_agent=debug,rumqttc=warn,info`), as `RUST_LOG` takes them. (Span and field
+/// filters are not supported: matching them needs a regex engine, which would cost the
+/// device binary more than the feature is worth.)
+///
+/// # Errors
+/// A directive that is not of that form.
+pub fn parse_filter(directive: &str) -> Result<Targets, tracing_subscriber::filter::ParseError> {
+    directive.trim().parse()
 }
 
 /// The first of [`ENV_FILTERS`] that is set and non-empty, with its value.

@@ -13,8 +13,8 @@ use api_common::{
     root_or_skip,
 };
 use asset_agent::api::routes::Route;
-use asset_agent::clock::Clock;
 use common::{Agent, Device, emulator, wait_for_token};
+use wire::clock::Clock;
 
 const SIGN_BODY: &str = r#"{"aud":"https://backend.example.com"}"#;
 

@@ -10,8 +10,8 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use common::{Device, emulator, verify_with_jwks, wait_for_token};
+use wire::clock::Clock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 /// `O_CLOEXEC` as `/proc/<pid>/fdinfo` shows it (octal flags).

@@ -18,10 +18,10 @@ use asset_agent::api::activation::{self, Env};
 use asset_agent::api::routes::parse_min_ttl;
 use asset_agent::api::sign::{self, MAX_LIFETIME, RESERVED};
 use asset_agent::client;
-use asset_agent::clock::Clock;
 use common::{Agent, Device, emulator, wait_for_token};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
+use wire::clock::Clock;
 
 /// Statuses a request may get. A 500 (or any other 5xx than 503) is a bug.
 const EXPECTED: [u16; 8] = [200, 400, 403, 404, 405, 413, 431, 503];

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use api_common::{NOBODY, config_with_api, curl_as, open_to_everyone, raw, root_or_skip};
 use asset_agent::client;
-use asset_agent::clock::Clock;
 use common::{Agent, Device, emulator, get, wait_for_token};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
+use wire::clock::Clock;
 
 const IDLE: usize = 1000;
 /// A legitimate request must be answered within this (generous) bound.

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use asset_agent::api::sign::{MAX_BODY, RESERVED, Signed};
 use asset_agent::client;
-use asset_agent::clock::Clock;
-use asset_agent::emulator::Grant;
-use asset_agent::jose::jws;
 use asset_agent::keys::{FileKey, Signer as _};
 use common::{Agent, Device, emulator, get, wait_for_token};
+use emulator::Grant;
 use serde_json::{Value, json};
+use wire::clock::Clock;
+use wire::jose::jws;
 
 async fn post(
     socket: &std::path::Path,
@@ -53,7 +53,7 @@ async fn sign_verifies_against_the_device_key_and_carries_the_callers_aud() {
     assert_eq!(signed.kid, jwk.kid);
 
     // And an independent JWT library agrees, checking aud and exp as a backend would.
-    asset_agent::jose::provider::install();
+    asset_agent::crypto::install();
     let dk = jsonwebtoken::DecodingKey::from_rsa_components(&jwk.n, &jwk.e).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     v.set_audience(&["https://backend.example.com"]);

@@ -11,10 +11,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use asset_agent::clock::Clock;
-use asset_agent::emulator::Emulator;
 use common::{Device, emulator, write_0600};
+use emulator::Emulator;
 use serde_json::Value;
+use wire::clock::Clock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";

@@ -1,4 +1,4 @@
-//! The real binary: exit codes, error messages, the headless demo, and a trace-level log
+//! The real binary: exit codes, error messages, and a trace-level log
 //! that must not contain a single secret.
 
 #![allow(clippy::unwrap_used)]
@@ -9,8 +9,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use common::{Device, emulator, wait_for_token};
+use wire::clock::Clock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
@@ -103,32 +103,6 @@ fn group_readable_key_refuses_to_start_with_the_fix() {
 fn bad_command_line_exits_2() {
     let out = Command::new(BIN).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-}
-
-#[test]
-fn demo_runs_headless_and_prints_the_curl_line() {
-    let out = Command::new(BIN)
-        .args(["demo", "--for", "4"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("curl --unix-socket "), "{stdout}");
-    assert!(stdout.contains("http://localhost/v1/token"), "{stdout}");
-    for step in [
-        "device key created",
-        "access token obtained",
-        "actor token minted",
-        "registered a NEW Asset",
-        "asset token issued and verified",
-        "next refresh in",
-    ] {
-        assert!(stdout.contains(step), "missing step {step:?}: {stdout}");
-    }
 }
 
 /// A full run at trace level, through token fetches and a rotation, leaks nothing.

@@ -8,10 +8,10 @@ mod common;
 #[path = "common/rig.rs"]
 mod rig;
 
-use asset_agent::clock::Clock;
-use asset_agent::emulator::Grant;
 use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
+use emulator::Grant;
 use rig::Rig;
+use wire::clock::Clock;
 
 async fn device_clock_off_by(offset: i64) {
     let mut rig = Rig::start(|_| {}, "", Some(offset)).await;

@@ -5,27 +5,24 @@
 //! device-flow intervals, delays and expiry are crossed with `tokio::time::advance` (or
 //! the auto-advance of an idle runtime), never by sleeping.
 
-#![cfg(feature = "emulator")]
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
-use asset_agent::emulator::{
-    self, Config, Emulator, Endpoint, FaultKind, Grant, Registration, Scope,
-};
-use asset_agent::jose::{self, jws};
 use asset_agent::keys::{FileKey, Signer as _};
-use asset_agent::salesforce::wire::{
-    self, ActorClaims, AssetFields, AssetTokenClaims, Confirmation, DeviceCodeResponse,
-    ExchangeResponse, Jwks, OAuthTokenResponse,
-};
-use asset_agent::secret::Secret;
+use emulator::{self, Config, Emulator, Endpoint, FaultKind, Grant, Registration, Scope};
 use reqwest::StatusCode;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 use serde_json::Value;
+use wire::clock::Clock;
+use wire::jose::jws;
+use wire::oauth::{
+    ActorClaims, AssetFields, AssetTokenClaims, Confirmation, DeviceCodeResponse, ExchangeResponse,
+    Jwks, OAuthTokenResponse,
+};
+use wire::secret::Secret;
 
 const EMULATOR_KEY: &str = include_str!("data/emulator-key.pem");
 const OTHER_KEY: &str = include_str!("data/other-key.pem");
@@ -103,7 +100,7 @@ impl Harness {
     async fn token(&self, form: &[(&str, &str)]) -> Answer {
         let resp = self
             .http
-            .post(self.url(wire::TOKEN_PATH))
+            .post(self.url(wire::oauth::TOKEN_PATH))
             .form(form)
             .send()
             .await
@@ -123,7 +120,7 @@ impl Harness {
 
     async fn refresh(&self, refresh_token: &str) -> Answer {
         self.token(&[
-            ("grant_type", wire::GRANT_REFRESH_TOKEN),
+            ("grant_type", wire::oauth::GRANT_REFRESH_TOKEN),
             ("refresh_token", refresh_token),
             ("client_id", emulator::DEFAULT_CLIENT_ID),
             ("client_secret", SECRET),
@@ -160,10 +157,10 @@ impl Harness {
 
     async fn exchange(&self, access: &str, actor: &str) -> Answer {
         self.token(&[
-            ("grant_type", wire::GRANT_TOKEN_EXCHANGE),
-            ("subject_token_type", wire::TOKEN_TYPE_ACCESS_TOKEN),
+            ("grant_type", wire::oauth::GRANT_TOKEN_EXCHANGE),
+            ("subject_token_type", wire::oauth::TOKEN_TYPE_ACCESS_TOKEN),
             ("subject_token", access),
-            ("actor_token_type", wire::TOKEN_TYPE_JWT),
+            ("actor_token_type", wire::oauth::TOKEN_TYPE_JWT),
             ("actor_token", actor),
         ])
         .await
@@ -173,7 +170,7 @@ impl Harness {
     async fn verify(&self, token: &str) -> Option<AssetTokenClaims> {
         let jwks: Jwks = self
             .http
-            .get(self.url(wire::JWKS_PATH))
+            .get(self.url(wire::oauth::JWKS_PATH))
             .send()
             .await
             .unwrap()
@@ -181,7 +178,7 @@ impl Harness {
             .await
             .unwrap();
         let entry = &jwks.keys[0];
-        jose::provider::install();
+        asset_agent::crypto::install();
         let key = jsonwebtoken::DecodingKey::from_rsa_components(
             entry.n.as_deref().unwrap(),
             entry.e.as_deref().unwrap(),
@@ -260,7 +257,7 @@ async fn client_credentials_form_and_basic() {
 
     let resp = h
         .http
-        .post(h.url(wire::TOKEN_PATH))
+        .post(h.url(wire::oauth::TOKEN_PATH))
         .basic_auth(emulator::DEFAULT_CLIENT_ID, Some(SECRET))
         .form(&[("grant_type", "client_credentials")])
         .send()
@@ -296,7 +293,7 @@ async fn jwt_bearer_needs_a_registered_key() {
     });
     let assertion = jws::sign(&signer, &claims).unwrap();
     let form = [
-        ("grant_type", wire::GRANT_JWT_BEARER),
+        ("grant_type", wire::oauth::GRANT_JWT_BEARER),
         ("assertion", assertion.as_str()),
     ];
     let a = h.token(&form).await;
@@ -333,7 +330,7 @@ async fn device_flow_pending_slow_down_approve() {
     );
     assert_eq!(dc.interval, 5);
     let poll = [
-        ("grant_type", wire::GRANT_DEVICE),
+        ("grant_type", wire::oauth::GRANT_DEVICE),
         ("client_id", emulator::DEFAULT_CLIENT_ID),
         ("code", dc.device_code.expose()),
     ];
@@ -387,7 +384,7 @@ async fn exchange_issues_verifiable_token_and_links_assets() {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     let r: ExchangeResponse = a.json();
-    assert_eq!(r.issued_token_type, wire::TOKEN_TYPE_JWT);
+    assert_eq!(r.issued_token_type, wire::oauth::TOKEN_TYPE_JWT);
     assert_eq!(r.token_type, "Bearer");
     assert_eq!(r.expires_in, Some(60));
     let claims = h
@@ -455,10 +452,10 @@ async fn exchange_issues_verifiable_token_and_links_assets() {
     // Strictness: an extra field, a wrong token type, an unknown subject token.
     let a = h
         .token(&[
-            ("grant_type", wire::GRANT_TOKEN_EXCHANGE),
-            ("subject_token_type", wire::TOKEN_TYPE_JWT),
+            ("grant_type", wire::oauth::GRANT_TOKEN_EXCHANGE),
+            ("subject_token_type", wire::oauth::TOKEN_TYPE_JWT),
             ("subject_token", at.expose()),
-            ("actor_token_type", wire::TOKEN_TYPE_JWT),
+            ("actor_token_type", wire::oauth::TOKEN_TYPE_JWT),
             ("actor_token", "x"),
         ])
         .await;
@@ -488,7 +485,7 @@ async fn fault_fail_next_with_retry_after_and_counters() {
     // The JWKS is outside the scope: untouched.
     assert_eq!(
         h.http
-            .get(h.url(wire::JWKS_PATH))
+            .get(h.url(wire::oauth::JWKS_PATH))
             .send()
             .await
             .unwrap()
@@ -540,7 +537,7 @@ async fn fault_delay_uses_tokio_time() {
     let t0 = tokio::time::Instant::now();
     assert_eq!(
         h.http
-            .get(h.url(wire::JWKS_PATH))
+            .get(h.url(wire::oauth::JWKS_PATH))
             .send()
             .await
             .unwrap()
@@ -549,7 +546,11 @@ async fn fault_delay_uses_tokio_time() {
     );
     assert!(t0.elapsed() >= Duration::from_secs(30));
     let t1 = tokio::time::Instant::now();
-    h.http.get(h.url(wire::JWKS_PATH)).send().await.unwrap();
+    h.http
+        .get(h.url(wire::oauth::JWKS_PATH))
+        .send()
+        .await
+        .unwrap();
     assert!(t1.elapsed() < Duration::from_secs(30));
     assert_eq!(h.emu.stats().fault(FaultKind::Delay), 1);
 }
@@ -570,7 +571,7 @@ async fn fault_malformed_json_wrong_type_and_bad_signature() {
         .exchange(at.expose(), &h.actor(serial("S"), "j2"))
         .await
         .json();
-    assert_eq!(r.issued_token_type, wire::TOKEN_TYPE_ACCESS_TOKEN);
+    assert_eq!(r.issued_token_type, wire::oauth::TOKEN_TYPE_ACCESS_TOKEN);
 
     faults.bad_signature(1);
     let r: ExchangeResponse = h
@@ -638,9 +639,16 @@ async fn fault_expire_sessions_and_revoke_refresh_tokens() {
 async fn fault_skewed_clock_shows_in_date_and_tokens() {
     let h = start(|_| {}).await;
     h.emu.faults().skew_clock(3600);
-    let a = Harness::answer(h.http.get(h.url(wire::JWKS_PATH)).send().await.unwrap()).await;
+    let a = Harness::answer(
+        h.http
+            .get(h.url(wire::oauth::JWKS_PATH))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let date = httpdate::parse_http_date(a.headers[DATE].to_str().unwrap()).unwrap();
-    let skew = asset_agent::clock::unix_seconds(date) - h.clock.unix();
+    let skew = wire::clock::unix_seconds(date) - h.clock.unix();
     assert!((3599..=3601).contains(&skew), "{skew}");
     // The test's clock (shared with the emulator's config) is not moved.
     assert_eq!(h.clock.offset(), 0);
@@ -648,7 +656,7 @@ async fn fault_skewed_clock_shows_in_date_and_tokens() {
     // A device whose clock agrees with the skewed emulator gets a token stamped in
     // emulator time.
     let at = h.access_token().await;
-    let emu_now = asset_agent::clock::unix_seconds(h.emu.now());
+    let emu_now = wire::clock::unix_seconds(h.emu.now());
     let a = h
         .exchange(at.expose(), &h.actor_at(serial("S"), "j", emu_now))
         .await;
@@ -671,12 +679,17 @@ async fn fault_stop_and_resume_accepting() {
     let faults = h.emu.faults();
     faults.stop_accepting().await;
     assert!(!faults.pending().accepting);
-    let err = h.http.get(h.url(wire::JWKS_PATH)).send().await.unwrap_err();
+    let err = h
+        .http
+        .get(h.url(wire::oauth::JWKS_PATH))
+        .send()
+        .await
+        .unwrap_err();
     assert!(err.is_connect(), "{err}");
     faults.resume_accepting().await.unwrap();
     assert_eq!(
         h.http
-            .get(h.url(wire::JWKS_PATH))
+            .get(h.url(wire::oauth::JWKS_PATH))
             .send()
             .await
             .unwrap()
@@ -688,11 +701,17 @@ async fn fault_stop_and_resume_accepting() {
     let fault = serde_json::json!({"kind": "stop_accepting", "resume_after_millis": 5000});
     let a = h.control_post("/faults", &fault).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    assert!(h.http.get(h.url(wire::JWKS_PATH)).send().await.is_err());
+    assert!(
+        h.http
+            .get(h.url(wire::oauth::JWKS_PATH))
+            .send()
+            .await
+            .is_err()
+    );
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         h.http
-            .get(h.url(wire::JWKS_PATH))
+            .get(h.url(wire::oauth::JWKS_PATH))
             .send()
             .await
             .unwrap()

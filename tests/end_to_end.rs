@@ -5,9 +5,9 @@ mod common;
 use std::time::Duration;
 
 use asset_agent::client;
-use asset_agent::clock::Clock;
-use asset_agent::emulator::Registration;
 use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_failure, wait_for_token};
+use emulator::Registration;
+use wire::clock::Clock;
 
 #[tokio::test]
 async fn token_over_socket_verifies_and_registers_one_asset() {

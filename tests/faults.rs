@@ -13,7 +13,7 @@ mod rig;
 
 use std::time::Duration;
 
-use asset_agent::emulator::{Endpoint, Grant, Scope};
+use emulator::{Endpoint, Grant, Scope};
 use rig::Rig;
 
 type Requests = Vec<(u64, u64)>;
@@ -119,7 +119,7 @@ async fn responses_delayed_beyond_the_timeout() {
 }
 
 /// Faults that spoil a 200 answer: each costs one attempt, retried with backoff.
-async fn spoilt_answers(spoil: impl FnOnce(&asset_agent::emulator::Faults), reason: &str) {
+async fn spoilt_answers(spoil: impl FnOnce(&emulator::Faults), reason: &str) {
     let mut rig = Rig::start(|_| {}, "", None).await;
     rig.run_to(30).await;
     spoil(&rig.emu.faults());

@@ -10,15 +10,15 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use asset_agent::commands::enroll::{self, EXIT_DENIED, EXIT_EXPIRED, Progress, enroll};
 use asset_agent::config::{Config, LoadOptions};
-use asset_agent::emulator::{Emulator, Grant};
 use asset_agent::keys::{FileKey, Signer as _};
 use asset_agent::token::cache::FILE_NAME;
 use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
+use emulator::{Emulator, Grant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
+use wire::clock::Clock;
 
 /// The common config with `auth` lines in `[auth]` and `salesforce` lines in `[salesforce]`.
 fn config_with(dev: &Device, emu: &Emulator, auth: &str, salesforce: &str) -> Config {
@@ -473,7 +473,7 @@ async fn rotated_refresh_token_survives_a_failed_write() {
     )
     .unwrap();
     let creds = Credentials::RefreshToken(RefreshToken::new(
-        asset_agent::emulator::DEFAULT_CLIENT_ID.to_owned(),
+        emulator::DEFAULT_CLIENT_ID.to_owned(),
         None,
         path.clone(),
     ));

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::mqtt;
 use common::{Agent, Device, emulator, get};
 use mqtt_support::{Mode, MqttBroker, Observer, Proxy, eventually, post_json, request};
 use serde_json::json;
+use wire::clock::Clock;
 
 const STATUS: &str = "devices/device-0001/agent/status";
 const CMD: &str = "devices/device-0001/agent/cmd";
@@ -27,7 +27,7 @@ const HEARTBEAT: &str = "devices/device-0001/agent/heartbeat";
 /// The harness config with `[mqtt]` pointing at `addr` plus `mqtt_extra`.
 fn config(
     dev: &Device,
-    emu: &asset_agent::emulator::Emulator,
+    emu: &emulator::Emulator,
     addr: std::net::SocketAddr,
     token_extra: &str,
     mqtt_extra: &str,

@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use common::{Device, emulator, wait_for_token};
 use mqtt_support::post_json;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
+use wire::clock::Clock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 

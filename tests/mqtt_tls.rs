@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::mqtt;
 use common::{Agent, Device, emulator};
@@ -23,6 +22,7 @@ use rumqttc::tokio_rustls::TlsAcceptor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
+use wire::clock::Clock;
 
 /// A CA, a server certificate for localhost and a client certificate, all PEM.
 struct Pki {
@@ -99,7 +99,7 @@ async fn tls_terminator(pki: &Pki, upstream: SocketAddr) -> (SocketAddr, Arc<Mut
     (addr, seen)
 }
 
-fn config(dev: &Device, emu: &asset_agent::emulator::Emulator, mqtt: &str) -> Config {
+fn config(dev: &Device, emu: &emulator::Emulator, mqtt: &str) -> Config {
     let path = dev.write_config(emu, "", "");
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str(&format!("\n[mqtt]\n{mqtt}\n"));

@@ -10,13 +10,13 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use asset_agent::clock::Clock;
-use asset_agent::emulator::Grant;
 use asset_agent::token::cache::FILE_NAME;
 use common::{Device, emulator, verify_with_jwks, wait_for_token};
+use emulator::Grant;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep};
+use wire::clock::Clock;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 const KILLS: usize = 24;
@@ -112,7 +112,7 @@ async fn sigkill_right_after_rotation_never_bricks_the_device() {
     eprintln!("{KILLS} SIGKILLs after rotation in {:?}", started.elapsed());
 }
 
-fn enroll_config(dev: &Device, emu: &asset_agent::emulator::Emulator) -> std::path::PathBuf {
+fn enroll_config(dev: &Device, emu: &emulator::Emulator) -> std::path::PathBuf {
     let p = dev.write_config(emu, "", "");
     let toml = std::fs::read_to_string(&p).unwrap().replacen(
         "[auth]\n",

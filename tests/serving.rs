@@ -10,8 +10,8 @@ mod rig;
 
 use std::time::Duration;
 
-use asset_agent::emulator::{Grant, Scope};
 use common::get;
+use emulator::{Grant, Scope};
 use rig::Rig;
 use tokio::time::Instant;
 

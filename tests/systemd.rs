@@ -19,21 +19,22 @@ use std::time::Duration;
 
 use asset_agent::actor::Identity;
 use asset_agent::backoff::OsJitter;
-use asset_agent::clock::{Clock, Skew};
-use asset_agent::emulator::{Emulator, Grant, Scope};
-use asset_agent::jose::RsaPublicJwk;
 use asset_agent::keys::{FileKey, SignError, Signer};
 use asset_agent::salesforce::Upstream;
 use asset_agent::salesforce::subject::{Credentials, RefreshToken};
 use asset_agent::salesforce::verify::Verifier;
-use asset_agent::salesforce::wire::AssetFields;
+use asset_agent::skew::Skew;
 use asset_agent::systemd::{Notifier, Supervisor};
 use asset_agent::token::flow::Flow;
 use asset_agent::token::refresher::{Policy, Refresher};
 use common::{Device, emulator};
+use emulator::{Emulator, Grant, Scope};
 use tokio::net::UnixDatagram;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
+use wire::clock::Clock;
+use wire::jose::RsaPublicJwk;
+use wire::oauth::AssetFields;
 
 const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
@@ -321,7 +322,7 @@ struct Loop {
 impl Loop {
     fn start(emu: &Emulator, upstream_timeout: Duration) -> Self {
         asset_agent::salesforce::http::install_tls_provider();
-        asset_agent::jose::provider::install();
+        asset_agent::crypto::install();
         let dev = Device::new(emu);
         let key = Arc::new(HangingKey {
             inner: FileKey::load(&dev.path("device-key.pem")).unwrap(),
@@ -340,7 +341,7 @@ impl Loop {
         )
         .unwrap();
         let credentials = Credentials::RefreshToken(RefreshToken::new(
-            asset_agent::emulator::DEFAULT_CLIENT_ID.to_owned(),
+            emulator::DEFAULT_CLIENT_ID.to_owned(),
             None,
             dev.path("refresh-token"),
         ));

@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
 use super::conns::BusyGuard;
-use crate::http::Reply;
+use wire::http::Reply;
 
 /// What every API handler answers.
 pub type ApiReply = Response<ApiBody>;

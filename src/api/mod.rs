@@ -35,9 +35,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::clock::{Clock, Skew};
 use crate::keys::Signer;
+use crate::skew::Skew;
 use crate::token::refresher::Handle;
+use wire::clock::Clock;
 
 /// The socket could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::Shared;
-use crate::http::{self, Reply};
 use crate::token::status::State;
+use wire::http::{self, Reply};
 
 /// The content type Prometheus expects for the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -31,17 +31,9 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Build information; always 1.",
     );
-    let emulator = if cfg!(feature = "emulator") {
-        "true"
-    } else {
-        "false"
-    };
     w.sample(
         "asset_agent_build_info",
-        &[
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("emulator", emulator),
-        ],
+        &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
 

@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::routes::{error, with_retry_after};
-use crate::clock;
-use crate::http::{self, Reply};
 use crate::token::{AssetToken, live};
+use wire::clock;
+use wire::http::{self, Reply};
 
 /// A token younger than this is not refreshed again.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(5);

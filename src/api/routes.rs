@@ -18,9 +18,9 @@ use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Peer, Role};
 use super::{Shared, prometheus, refresh, sign, status, watch};
-use crate::clock;
-use crate::http::{self, Reply};
 use crate::token::AssetToken;
+use wire::clock;
+use wire::http::{self, Reply};
 
 /// Every route of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

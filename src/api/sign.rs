@@ -24,10 +24,10 @@ use serde_json::{Map, Value};
 
 use super::Shared;
 use super::routes::{Caller, error};
-use crate::actor::new_jti;
-use crate::clock;
-use crate::http::{self, BodyError, Reply};
-use crate::jose::jws;
+use wire::clock;
+use wire::http::{self, BodyError, Reply};
+use wire::jose::jws;
+use wire::jose::new_jti;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;

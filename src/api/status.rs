@@ -4,8 +4,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::clock;
-use crate::http::{self, Reply};
+use wire::clock;
+use wire::http::{self, Reply};
 
 /// The status document (also what `asset-agent status --json` prints).
 #[derive(Debug, Serialize, serde::Deserialize)]

@@ -6,10 +6,10 @@
 //! token itself is verified and then dropped: never printed, never cached.
 
 use super::Finding;
-use crate::clock::Clock;
 use crate::config::{AuthMethod, Config};
 use crate::token::flow;
 use crate::token::status::chain;
+use wire::clock::Clock;
 
 pub(super) async fn check(config: &Config, clock: &Clock) -> Finding {
     let shares_refresh_token = matches!(

@@ -32,8 +32,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::clock::Clock;
 use crate::config::{Config, LoadOptions};
+use wire::clock::Clock;
 
 /// How bad a finding is. Only `Error` makes `check` exit non-zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -12,10 +12,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::Finding;
-use crate::clock::{self, Clock, Skew};
 use crate::config::Config;
-use crate::salesforce::{self, Step, Upstream, wire};
+use crate::salesforce::{self, Step, Upstream};
+use crate::skew::Skew;
 use crate::token::status::chain;
+use wire::clock::{self, Clock};
 
 /// A clock before this year has not been set (an RTC-less board boots in 1970 or at its
 /// image's build date); TLS certificates and every JWT timestamp fail then.
@@ -23,7 +24,7 @@ pub const MIN_YEAR: i64 = 2025;
 /// Beyond this, the clock is as wrong the other way.
 pub const MAX_YEAR: i64 = 2100;
 /// Skew up to this is Date-header noise and not reported.
-const SKEW_OK_SECS: i64 = clock::DEFAULT_SKEW_THRESHOLD_SECS;
+const SKEW_OK_SECS: i64 = crate::skew::DEFAULT_SKEW_THRESHOLD_SECS;
 /// Skew beyond this is an error: the agent corrects the timestamps it mints, but TLS
 /// certificate checks and anything else on the device still use the wrong time.
 const SKEW_ERROR_SECS: i64 = 300;
@@ -206,7 +207,7 @@ async fn tls(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Finding {
     };
     let host = sf.instance_url.host_str().unwrap_or("the instance");
     match upstream
-        .get_json::<serde_json::Value>(Step::Jwks, wire::JWKS_PATH)
+        .get_json::<serde_json::Value>(Step::Jwks, wire::oauth::JWKS_PATH)
         .await
     {
         Ok(_) | Err(salesforce::Error::Status { .. } | salesforce::Error::Malformed { .. }) => {

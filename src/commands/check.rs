@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::Error;
 use crate::check::{self, Options, Report, Severity};
 use crate::cli::CheckArgs;
-use crate::clock::Clock;
+use wire::clock::Clock;
 
 pub async fn run(config: Option<PathBuf>, args: CheckArgs) -> Result<(), Error> {
     let report = check::run(&Options {

@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::load_config;
-use crate::clock::{Clock, Skew};
 use crate::config::{AuthMethod, Config};
 use crate::salesforce::device::{self, Authorization, Client, Event};
 use crate::salesforce::{Upstream, http};
+use crate::skew::Skew;
 use crate::token::refresher::ENROLLMENT_POLL;
 use crate::{agent, fsutil};
+use wire::clock::Clock;
 
 /// EX_TEMPFAIL: the code expired or was not approved in time; running again helps.
 pub const EXIT_EXPIRED: u8 = 75;

@@ -3,10 +3,6 @@
 
 mod check;
 mod client;
-#[cfg(feature = "emulator")]
-mod demo;
-#[cfg(feature = "emulator")]
-mod emulator;
 pub mod enroll;
 mod key;
 mod refresh;
@@ -38,9 +34,6 @@ pub enum Error {
     Failed(String),
     #[error("could not set up signal handling")]
     Signals(#[source] std::io::Error),
-    #[cfg(feature = "emulator")]
-    #[error("the emulator failed")]
-    Emulator(#[source] crate::emulator::Error),
     #[error(transparent)]
     Enroll(#[from] enroll::Error),
     #[error("could not bind {addr}")]
@@ -69,8 +62,6 @@ impl Error {
 pub async fn dispatch(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Run => run::run(cli.config).await,
-        #[cfg(feature = "emulator")]
-        Command::Demo(args) => demo::run(args).await,
         Command::Token(args) => client::token(cli.config, args).await,
         Command::Status(args) => client::status(cli.config, args).await,
         Command::Watch(args) => watch::run(cli.config, args).await,
@@ -78,8 +69,6 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
-        #[cfg(feature = "emulator")]
-        Command::Emulator(args) => emulator::run(args).await,
     }
 }
 

@@ -5,15 +5,14 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use ring::signature::{self as sig, KeyPair as _};
 use rsa::pkcs1::der::Decode as _;
-use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
+use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
 
 use zeroize::Zeroizing;
 
 use super::{SignError, Signer};
 use crate::fsutil;
-use crate::jose::RsaPublicJwk;
+use wire::jose::{RsaKey, RsaPublicJwk};
 
 /// The rsaEncryption OID (PKCS#1), the only key algorithm we accept.
 const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
@@ -84,8 +83,7 @@ pub enum LoadError {
 
 /// A PKCS#8 RSA key loaded from a file, signing with ring.
 pub struct FileKey {
-    pair: sig::RsaKeyPair,
-    jwk: RsaPublicJwk,
+    key: RsaKey,
     path: PathBuf,
 }
 
@@ -195,15 +193,12 @@ impl FileKey {
         if bits > MAX_BITS {
             return Err(LoadError::TooLarge { path: p(), bits });
         }
-        let pair = sig::RsaKeyPair::from_pkcs8(&der).map_err(|e| LoadError::Malformed {
+        let key = RsaKey::from_pkcs8(&der).map_err(|e| LoadError::Malformed {
             path: p(),
             reason: e.to_string(),
         })?;
-        let c = sig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
-        let jwk = RsaPublicJwk::from_components(&c.n, &c.e);
         Ok(Self {
-            pair,
-            jwk,
+            key,
             path: path.to_owned(),
         })
     }
@@ -215,33 +210,15 @@ impl FileKey {
 
 impl Signer for FileKey {
     fn public_jwk(&self) -> &RsaPublicJwk {
-        &self.jwk
+        self.key.public_jwk()
     }
 
     fn sign_rs256(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
-        let mut out = vec![0; self.pair.public().modulus_len()];
-        self.pair
-            .sign(
-                &sig::RSA_PKCS1_SHA256,
-                &ring::rand::SystemRandom::new(),
-                message,
-                &mut out,
-            )
-            .map_err(|_| SignError)?;
-        Ok(out)
-    }
-
-    fn public_key_pem(&self) -> Result<String, SignError> {
-        let c = sig::RsaPublicKeyComponents::<Vec<u8>>::from(self.pair.public_key());
-        let key = rsa::RsaPublicKey::new_unchecked(
-            rsa::BigUint::from_bytes_be(&c.n),
-            rsa::BigUint::from_bytes_be(&c.e),
-        );
-        key.to_public_key_pem(LineEnding::LF).map_err(|_| SignError)
+        self.key.sign_rs256(message)
     }
 
     fn bits(&self) -> usize {
-        self.pair.public().modulus_len() * 8
+        self.key.bits()
     }
 }
 
@@ -249,7 +226,7 @@ impl std::fmt::Debug for FileKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileKey")
             .field("path", &self.path)
-            .field("kid", &self.jwk.kid)
+            .field("kid", &self.key.public_jwk().kid)
             .finish_non_exhaustive()
     }
 }

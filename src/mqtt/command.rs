@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 use super::stats::Stats;
 use super::topics::Topics;
 
-use crate::clock;
 use crate::token::AssetToken;
 use crate::token::refresher::Handle;
+use wire::clock;
 
 /// How long `refresh` waits for the new token before answering with a failure.
 pub const REFRESH_WAIT: Duration = Duration::from_secs(30);

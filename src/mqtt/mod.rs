@@ -41,9 +41,9 @@ use rumqttc::AsyncClient;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{self, Backoff, Jitter};
-use crate::clock::{self, Clock};
 use crate::config;
 use crate::token::refresher::Handle as Tokens;
+use wire::clock::{self, Clock};
 
 /// The uplink could not be set up (a configuration problem).
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@
 use serde::Serialize;
 
 use super::stats::Stats;
-use crate::clock::{self, Clock};
 use crate::token::refresher::Handle;
+use wire::clock::{self, Clock};
 
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";

@@ -22,7 +22,7 @@ use super::options::MAX_PAYLOAD;
 use super::topics::TopicError;
 use super::{Handle, Rejected};
 use crate::api::routes::error;
-use crate::http::{self, BodyError, Reply};
+use wire::http::{self, BodyError, Reply};
 
 /// The request body may hold a base64 or JSON-escaped payload of [`MAX_PAYLOAD`] bytes.
 const MAX_BODY: usize = MAX_PAYLOAD * 2 + 4096;

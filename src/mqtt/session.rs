@@ -45,10 +45,10 @@ use super::stats::{State, Stats};
 use super::topics::Topics;
 use super::{Detail, lock};
 use crate::backoff::{Backoff, Jitter};
-use crate::clock::Clock;
 use crate::token::AssetToken;
 use crate::token::refresher::Handle;
 use crate::token::status::chain;
+use wire::clock::Clock;
 
 /// How long a clean goodbye (DISCONNECT, or the final `offline`) may take.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);

@@ -18,8 +18,8 @@ use tokio::time::{Instant, sleep};
 
 use super::error::{Class, Error as UpstreamError, Step};
 use super::http::Upstream;
-use super::wire::{self, DeviceCodeResponse, OAuthTokenResponse};
-use crate::secret::Secret;
+use wire::Secret;
+use wire::oauth::{DeviceCodeResponse, OAuthTokenResponse};
 
 /// RFC 8628 §3.5: each `slow_down` adds this to the polling interval.
 pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
@@ -106,7 +106,7 @@ pub async fn start(
         form.push(("scope", scope));
     }
     let resp: DeviceCodeResponse = up
-        .post_form(Step::DeviceCode, wire::TOKEN_PATH, &form)
+        .post_form(Step::DeviceCode, wire::oauth::TOKEN_PATH, &form)
         .await
         .map_err(Error::Start)?;
     if resp.device_code.is_empty() {
@@ -186,7 +186,7 @@ impl Authorization {
 
     async fn poll(&self, up: &Upstream, client: &Client) -> Result<Poll, Error> {
         let mut form = vec![
-            ("grant_type", wire::GRANT_DEVICE),
+            ("grant_type", wire::oauth::GRANT_DEVICE),
             ("client_id", client.client_id.as_str()),
             ("code", self.device_code.expose()),
         ];
@@ -194,7 +194,7 @@ impl Authorization {
             form.push(("client_secret", secret.expose()));
         }
         match up
-            .post_form::<OAuthTokenResponse>(Step::DevicePoll, wire::TOKEN_PATH, &form)
+            .post_form::<OAuthTokenResponse>(Step::DevicePoll, wire::oauth::TOKEN_PATH, &form)
             .await
         {
             Ok(resp) => Ok(Poll::Done(resp)),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use super::wire::OAuthError;
+use wire::oauth::OAuthError;
 
 /// How the refresh loop should react to a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,8 @@
 
 use super::error::{Error, Step};
 use super::http::Upstream;
-use super::wire::{self, ExchangeResponse};
-use crate::secret::Secret;
+use wire::Secret;
+use wire::oauth::ExchangeResponse;
 
 /// Exchanges `subject` (the access token) and `actor` (the signed actor JWT) for an asset
 /// token. Sends exactly the five fields of the spec, and checks that what came back is a
@@ -17,22 +17,22 @@ pub async fn exchange(
     actor: &Secret,
 ) -> Result<ExchangeResponse, Error> {
     let form = [
-        ("grant_type", wire::GRANT_TOKEN_EXCHANGE),
-        ("subject_token_type", wire::TOKEN_TYPE_ACCESS_TOKEN),
+        ("grant_type", wire::oauth::GRANT_TOKEN_EXCHANGE),
+        ("subject_token_type", wire::oauth::TOKEN_TYPE_ACCESS_TOKEN),
         ("subject_token", subject.expose()),
-        ("actor_token_type", wire::TOKEN_TYPE_JWT),
+        ("actor_token_type", wire::oauth::TOKEN_TYPE_JWT),
         ("actor_token", actor.expose()),
     ];
     let resp: ExchangeResponse = up
-        .post_form(Step::Exchange, wire::TOKEN_PATH, &form)
+        .post_form(Step::Exchange, wire::oauth::TOKEN_PATH, &form)
         .await?;
-    if resp.issued_token_type != wire::TOKEN_TYPE_JWT {
+    if resp.issued_token_type != wire::oauth::TOKEN_TYPE_JWT {
         return Err(Error::Malformed {
             step: Step::Exchange,
             reason: format!(
                 "issued_token_type is {:?}, expected {:?}",
                 resp.issued_token_type,
-                wire::TOKEN_TYPE_JWT
+                wire::oauth::TOKEN_TYPE_JWT
             ),
         });
     }

@@ -14,8 +14,9 @@ use rustls::pki_types::pem::PemObject as _;
 use serde::de::DeserializeOwned;
 
 use super::error::{Error, Step};
-use super::wire::OAuthError;
-use crate::clock::{self, Skew};
+use crate::skew::Skew;
+use wire::clock;
+use wire::oauth::OAuthError;
 
 /// Responses larger than this are refused: token responses are a few kilobytes.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;

@@ -1,4 +1,4 @@
-//! The Salesforce side: wire types, the HTTPS client, subject-token grants, the device
+//! The Salesforce side (its wire types are in `wire::oauth`): the HTTPS client, subject-token grants, the device
 //! flow, the token exchange and asset-token verification.
 
 pub mod device;
@@ -7,7 +7,6 @@ pub mod exchange;
 pub mod http;
 pub mod subject;
 pub mod verify;
-pub mod wire;
 
 pub use error::{Class, Error, Step};
 pub use http::Upstream;

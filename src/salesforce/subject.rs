@@ -11,9 +11,9 @@ use std::sync::Mutex;
 
 use super::error::{Error as UpstreamError, Step};
 use super::http::Upstream;
-use super::wire::{self, OAuthTokenResponse};
 use crate::fsutil;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::oauth::OAuthTokenResponse;
 
 /// An access token for the connected app.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub enum Error {
     #[error("could not store the rotated refresh token; the old one is no longer valid")]
     PersistRotated(#[source] fsutil::Error),
     #[error("could not sign the JWT-bearer assertion")]
-    Assertion(#[source] crate::jose::jws::Error),
+    Assertion(#[source] wire::jose::jws::Error),
 }
 
 /// How the agent obtains its subject access token.
@@ -69,8 +69,8 @@ pub struct JwtBearer {
     pub audience: String,
     pub key: std::sync::Arc<dyn crate::keys::Signer>,
     /// Clock-skew correction for the assertion's timestamps.
-    pub skew: std::sync::Arc<crate::clock::Skew>,
-    pub clock: crate::clock::Clock,
+    pub skew: std::sync::Arc<crate::skew::Skew>,
+    pub clock: wire::clock::Clock,
 }
 
 /// How long a JWT-bearer assertion is valid (Salesforce accepts up to a few minutes).
@@ -94,23 +94,23 @@ impl Credentials {
             Credentials::RefreshToken(rt) => rt.obtain(up).await,
             Credentials::ClientCredentials { client_id, secret } => {
                 let form = [
-                    ("grant_type", wire::GRANT_CLIENT_CREDENTIALS),
+                    ("grant_type", wire::oauth::GRANT_CLIENT_CREDENTIALS),
                     ("client_id", client_id.as_str()),
                     ("client_secret", secret.expose()),
                 ];
                 let resp: OAuthTokenResponse = up
-                    .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+                    .post_form(Step::AccessToken, wire::oauth::TOKEN_PATH, &form)
                     .await?;
                 Ok(resp.into())
             }
             Credentials::JwtBearer(jb) => {
                 let assertion = jb.assertion()?;
                 let form = [
-                    ("grant_type", wire::GRANT_JWT_BEARER),
+                    ("grant_type", wire::oauth::GRANT_JWT_BEARER),
                     ("assertion", assertion.expose()),
                 ];
                 let resp: OAuthTokenResponse = up
-                    .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+                    .post_form(Step::AccessToken, wire::oauth::TOKEN_PATH, &form)
                     .await?;
                 Ok(resp.into())
             }
@@ -176,9 +176,9 @@ impl JwtBearer {
             aud: &self.audience,
             iat: now,
             exp: now + ASSERTION_LIFETIME_SECS,
-            jti: crate::actor::new_jti(),
+            jti: wire::jose::new_jti(),
         };
-        crate::jose::jws::sign(self.key.as_ref(), &claims)
+        wire::jose::jws::sign(self.key.as_ref(), &claims)
             .map(Secret::new)
             .map_err(Error::Assertion)
     }
@@ -276,7 +276,7 @@ impl RefreshToken {
     async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
         let refresh = self.current()?;
         let mut form = vec![
-            ("grant_type", wire::GRANT_REFRESH_TOKEN),
+            ("grant_type", wire::oauth::GRANT_REFRESH_TOKEN),
             ("refresh_token", refresh.expose()),
             ("client_id", self.client_id.as_str()),
         ];
@@ -284,7 +284,7 @@ impl RefreshToken {
             form.push(("client_secret", secret.expose()));
         }
         let resp: OAuthTokenResponse = up
-            .post_form(Step::AccessToken, wire::TOKEN_PATH, &form)
+            .post_form(Step::AccessToken, wire::oauth::TOKEN_PATH, &form)
             .await?;
         if let Some(rotated) = resp
             .refresh_token

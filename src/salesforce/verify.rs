@@ -20,9 +20,9 @@ use tokio::time::Instant;
 
 use super::error::{Error as UpstreamError, Step};
 use super::http::Upstream;
-use super::wire::{self, AssetTokenClaims, Jwks};
-use crate::jose::RsaPublicJwk;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::jose::RsaPublicJwk;
+use wire::oauth::{AssetTokenClaims, Jwks};
 
 /// An unknown `kid` triggers a JWKS re-fetch at most this often, so a stream of bad tokens
 /// cannot turn the agent into a JWKS hammer.
@@ -173,7 +173,7 @@ impl Verifier {
         token: &Secret,
         now: i64,
     ) -> Result<AssetTokenClaims, Error> {
-        crate::jose::provider::install();
+        crate::crypto::install();
         let mut validation = Validation::new(Algorithm::RS256);
         // Time is checked below against our clock (virtual in tests, skew-corrected on
         // devices), not jsonwebtoken's SystemTime.
@@ -231,7 +231,7 @@ impl Verifier {
             .is_some_and(|at| at.elapsed() < JWKS_REFETCH_MIN);
         if !recently {
             let jwks: Jwks = up
-                .get_json(Step::Jwks, wire::JWKS_PATH)
+                .get_json(Step::Jwks, wire::oauth::JWKS_PATH)
                 .await
                 .map_err(Error::Jwks)?;
             cache.keys = rsa_keys(jwks);
@@ -282,7 +282,7 @@ fn rsa_keys(jwks: Jwks) -> HashMap<String, RsaPublicJwk> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::salesforce::wire::JwksEntry;
+    use wire::oauth::JwksEntry;
 
     #[test]
     fn jwks_keeps_rsa_signing_keys_only() {

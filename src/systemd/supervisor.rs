@@ -27,10 +27,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Notifier;
-use crate::clock;
 use crate::token::refresher::Handle;
 use crate::token::status::{Snapshot, State};
 use crate::token::{AssetToken, live};
+use wire::clock;
 
 /// How often to report when systemd runs no watchdog: only `EXTEND_TIMEOUT_USEC` needs it.
 const TICK_WITHOUT_WATCHDOG: Duration = Duration::from_secs(10);
@@ -176,9 +176,9 @@ pub fn describe(snap: &Snapshot, token: Option<&AssetToken>, stalled: bool) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::salesforce::wire::AssetTokenClaims;
-    use crate::secret::Secret;
     use tokio::time::Instant;
+    use wire::Secret;
+    use wire::oauth::AssetTokenClaims;
 
     fn token() -> AssetToken {
         AssetToken {

@@ -18,9 +18,9 @@ use tokio::time::Instant;
 
 use super::AssetToken;
 use crate::fsutil;
-use crate::jose::jws;
-use crate::salesforce::wire::AssetTokenClaims;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::jose::jws;
+use wire::oauth::AssetTokenClaims;
 
 /// The cache file's name in the state directory.
 pub const FILE_NAME: &str = "token-cache.json";
@@ -183,7 +183,7 @@ fn restore(t: CachedToken, now: i64) -> Option<AssetToken> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jose::b64url;
+    use wire::jose::b64url;
 
     fn owner() -> Owner {
         Owner {

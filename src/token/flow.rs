@@ -12,14 +12,14 @@ use tokio::time::Instant;
 
 use super::AssetToken;
 use crate::actor::{self, Identity};
-use crate::clock::{self, Clock};
-use crate::jose::jws;
 use crate::keys::Signer;
 use crate::salesforce::error::Class;
 use crate::salesforce::subject::{self, AccessToken, Credentials};
 use crate::salesforce::verify::{self, Verifier};
-use crate::salesforce::wire::{ActorClaims, AssetTokenClaims};
 use crate::salesforce::{self, Upstream, exchange};
+use wire::clock::{self, Clock};
+use wire::jose::jws;
+use wire::oauth::{ActorClaims, AssetTokenClaims};
 
 /// The most upstream calls one [`Flow::fetch`] makes: access token and exchange, each
 /// possibly repeated once on corrected time, again after a re-authentication, plus a
@@ -222,13 +222,13 @@ impl Flow {
     }
 
     /// The access token in use, if any (for the token cache).
-    pub fn access_token(&self) -> Option<&crate::secret::Secret> {
+    pub fn access_token(&self) -> Option<&wire::Secret> {
         self.access.as_ref().map(|a| &a.token)
     }
 
     /// Reuses an access token from the token cache; if it has expired meanwhile, the first
     /// exchange says so and the flow gets a new one.
-    pub fn restore_access_token(&mut self, token: crate::secret::Secret) {
+    pub fn restore_access_token(&mut self, token: wire::Secret) {
         self.access = Some(AccessToken {
             token,
             instance_url: None,

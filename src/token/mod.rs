@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::salesforce::wire::AssetTokenClaims;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::oauth::AssetTokenClaims;
 
 /// A verified asset token.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use asset_agent::config::{Config, LoadOptions};
-use asset_agent::emulator::Emulator;
+use emulator::Emulator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 

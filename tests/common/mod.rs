@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use asset_agent::agent::{self, Options, Running};
 use asset_agent::client;
-use asset_agent::clock::Clock;
 use asset_agent::config::{Config, LoadOptions};
-use asset_agent::emulator::{self, Emulator};
+use emulator::{self, Emulator};
 use tokio_util::sync::CancellationToken;
+use wire::clock::Clock;
 
 pub const DEVICE_KEY: &str = include_str!("../data/device-key.pem");
 pub const OTHER_KEY: &str = include_str!("../data/other-key.pem");
@@ -169,7 +169,7 @@ pub async fn wait_for_failure(socket: &Path) -> serde_json::Value {
 
 /// Verifies `jwt` against the emulator's JWKS (independently of the agent's verifier).
 pub fn verify_with_jwks(emu: &Emulator, jwt: &str) -> serde_json::Value {
-    asset_agent::jose::provider::install();
+    asset_agent::crypto::install();
     let header = jsonwebtoken::decode_header(jwt).unwrap();
     let kid = header.kid.unwrap();
     let jwks = emu.jwks();

@@ -14,11 +14,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use asset_agent::agent::{self, Options};
 use asset_agent::backoff::Jitter;
-use asset_agent::clock::Clock;
-use asset_agent::emulator::{self, Emulator};
 use asset_agent::token::refresher::Handle;
+use emulator::{self, Emulator};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
+use wire::clock::Clock;
 
 use crate::common::{Agent, Device, emulator, get, verify_with_jwks};
 

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use asset_agent::salesforce::wire::Jwks;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
@@ -19,6 +18,7 @@ use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch};
+use wire::oauth::Jwks;
 
 /// The observer's credentials (accepted without a JWT).
 pub const OBSERVER: &str = "observer";
@@ -87,7 +87,7 @@ impl MqttBroker {
     /// Starts a broker whose logins must carry a live asset token signed by a key in `jwks`
     /// (or be the observer).
     pub fn start(jwks: Jwks) -> Self {
-        asset_agent::jose::provider::install();
+        asset_agent::crypto::install();
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = Arc::new(Mutex::new(AuthLog::default()));

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::device::DeviceAuth;
-use crate::jose::RsaPublicJwk;
-use crate::salesforce::wire::AssetFields;
+use wire::jose::RsaPublicJwk;
+use wire::oauth::AssetFields;
 
 /// The user every emulated session belongs to (Salesforce user ids start with `005`).
 pub const USER_ID: &str = "005EM0000000001AAA";

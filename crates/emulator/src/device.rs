@@ -11,9 +11,9 @@ use hyper::StatusCode;
 use super::common::{Form, Rejection, lock, random_b64url, random_below};
 use super::oauth::{self, DEFAULT_USERNAME};
 use super::{Error, Shared};
-use crate::http::{self, Reply};
-use crate::salesforce::wire::DeviceCodeResponse;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::http::{self, Reply};
+use wire::oauth::DeviceCodeResponse;
 
 /// Letters that cannot be mistaken for digits or each other.
 const USER_CODE_LETTERS: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";

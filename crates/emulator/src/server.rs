@@ -26,8 +26,8 @@ use super::armed::Spoiled;
 use super::common::{Form, Rejection, lock};
 use super::stats::{Endpoint, FaultKind, Grant};
 use super::{CONTROL_PREFIX, Error, Shared, inspect, oauth};
-use crate::http::{self, BodyError, Reply};
-use crate::salesforce::wire::{JWKS_PATH, TOKEN_PATH};
+use wire::http::{self, BodyError, Reply};
+use wire::oauth::{JWKS_PATH, TOKEN_PATH};
 
 /// Token requests are small forms; anything bigger is refused.
 const MAX_BODY: usize = 64 * 1024;

@@ -73,13 +73,12 @@ pub struct Stats {
 impl Grant {
     /// Classifies a token-endpoint form by `grant_type` (or `response_type=device_code`).
     pub(crate) fn classify(grant_type: Option<&str>, response_type: Option<&str>) -> Self {
-        use crate::salesforce::wire;
         match grant_type {
-            Some(wire::GRANT_REFRESH_TOKEN) => Self::RefreshToken,
-            Some(wire::GRANT_CLIENT_CREDENTIALS) => Self::ClientCredentials,
-            Some(wire::GRANT_JWT_BEARER) => Self::JwtBearer,
-            Some(wire::GRANT_DEVICE) => Self::Device,
-            Some(wire::GRANT_TOKEN_EXCHANGE) => Self::TokenExchange,
+            Some(wire::oauth::GRANT_REFRESH_TOKEN) => Self::RefreshToken,
+            Some(wire::oauth::GRANT_CLIENT_CREDENTIALS) => Self::ClientCredentials,
+            Some(wire::oauth::GRANT_JWT_BEARER) => Self::JwtBearer,
+            Some(wire::oauth::GRANT_DEVICE) => Self::Device,
+            Some(wire::oauth::GRANT_TOKEN_EXCHANGE) => Self::TokenExchange,
             None if response_type == Some("device_code") => Self::DeviceCode,
             _ => Self::Unsupported,
         }
@@ -133,12 +132,11 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::salesforce::wire;
 
     #[test]
     fn classify_grants() {
         assert_eq!(
-            Grant::classify(Some(wire::GRANT_TOKEN_EXCHANGE), None),
+            Grant::classify(Some(wire::oauth::GRANT_TOKEN_EXCHANGE), None),
             Grant::TokenExchange
         );
         assert_eq!(Grant::classify(Some("device"), None), Grant::Device);

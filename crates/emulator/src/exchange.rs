@@ -13,13 +13,13 @@ use super::common::{Form, Rejection, lock, random_b64url};
 use super::state::{AssetTokenEvent, Registrant, SessionCheck};
 use super::stats::FaultKind;
 use super::{Shared, actor, signing};
-use crate::clock::rfc3339;
-use crate::http::{self, Reply};
-use crate::jose::jws;
-use crate::salesforce::wire::{
-    self, AssetTokenClaims, Confirmation, ExchangeResponse, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
+use wire::Secret;
+use wire::clock::rfc3339;
+use wire::http::{self, Reply};
+use wire::jose::jws;
+use wire::oauth::{
+    AssetTokenClaims, Confirmation, ExchangeResponse, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
 };
-use crate::secret::Secret;
 
 /// The only fields a token exchange may carry (spec §2).
 const FIELDS: [&str; 5] = [
@@ -178,7 +178,7 @@ fn check_fields(form: &Form) -> Result<(), Rejection> {
             "subject_token_type must be {TOKEN_TYPE_ACCESS_TOKEN}"
         )));
     }
-    if form.get("actor_token_type") != Some(wire::TOKEN_TYPE_JWT) {
+    if form.get("actor_token_type") != Some(wire::oauth::TOKEN_TYPE_JWT) {
         return Err(Rejection::invalid_request(format!(
             "actor_token_type must be {TOKEN_TYPE_JWT}"
         )));
@@ -197,10 +197,10 @@ fn subject_rejection(shared: &Shared, description: &str) -> Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::actor::tests::{NOW, claims};
-    use crate::emulator::{Config, Registration, testing};
-    use crate::salesforce::wire::GRANT_TOKEN_EXCHANGE;
+    use crate::actor::tests::{NOW, claims};
+    use crate::{Config, Registration, testing};
     use std::time::Duration;
+    use wire::oauth::GRANT_TOKEN_EXCHANGE;
 
     fn form(subject: &str, actor: &str) -> Vec<(String, String)> {
         vec![
@@ -274,7 +274,7 @@ mod tests {
         // Put the emulator clock on the actor tokens' NOW.
         shared.set_skew(NOW - shared.unix());
         let key = testing::device_key();
-        let at = crate::emulator::oauth::new_session(&shared, "u").unwrap();
+        let at = crate::oauth::new_session(&shared, "u").unwrap();
         let actor = jws::sign(&key, &claims(&key)).unwrap();
         let reply = exchange(&shared, &as_form(&form(at.expose(), &actor)))
             .await

@@ -16,9 +16,9 @@ use super::common::{Form, Rejection, lock, random_b64url, secrets_equal};
 use super::state::{ORG_ID, Session, USER_ID};
 use super::stats::Grant;
 use super::{Shared, bearer, device, exchange};
-use crate::http::{self, Reply};
-use crate::salesforce::wire::OAuthTokenResponse;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::http::{self, Reply};
+use wire::oauth::OAuthTokenResponse;
 
 /// Who sessions from the refresh-token and device flows run as.
 pub(crate) const DEFAULT_USERNAME: &str = "emulator.user@example.com";
@@ -235,7 +235,7 @@ pub(crate) fn new_refresh_token() -> Result<Secret, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::testing;
+    use crate::testing;
     use hyper::header::HeaderValue;
 
     fn form_headers() -> HeaderMap {
@@ -265,7 +265,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refresh_checks_client_and_rotates() {
-        let shared = testing::shared(crate::emulator::Config {
+        let shared = testing::shared(crate::Config {
             rotate_refresh_tokens: true,
             ..testing::config()
         })
@@ -277,7 +277,7 @@ mod tests {
             Form::from_pairs(&[
                 ("grant_type", "refresh_token"),
                 ("refresh_token", rt),
-                ("client_id", crate::emulator::DEFAULT_CLIENT_ID),
+                ("client_id", crate::DEFAULT_CLIENT_ID),
                 ("client_secret", secret),
             ])
         };
@@ -324,7 +324,7 @@ mod tests {
     async fn client_credentials_accepts_basic_and_rejects_wrong_secret() {
         let shared = testing::shared(testing::config()).await;
         let mut h = form_headers();
-        let basic = STANDARD.encode(format!("{}:s3cret", crate::emulator::DEFAULT_CLIENT_ID));
+        let basic = STANDARD.encode(format!("{}:s3cret", crate::DEFAULT_CLIENT_ID));
         h.insert(
             AUTHORIZATION,
             HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
@@ -338,7 +338,7 @@ mod tests {
         );
         let f = Form::from_pairs(&[
             ("grant_type", "client_credentials"),
-            ("client_id", crate::emulator::DEFAULT_CLIENT_ID),
+            ("client_id", crate::DEFAULT_CLIENT_ID),
             ("client_secret", "nope"),
         ]);
         let (s, e) = status_and_error(&shared, Grant::ClientCredentials, &f, &form_headers()).await;

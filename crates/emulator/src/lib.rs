@@ -39,6 +39,7 @@ mod testing;
 
 pub use armed::{ArmedDelay, ArmedFailure, ArmedMalformed, PendingFaults};
 pub use faults::{Fault, Faults, Scope};
+pub use signing::KeyError;
 pub use state::{Asset, AssetTokenEvent, Registration};
 pub use stats::{Endpoint, FaultKind, Grant, Stats};
 
@@ -53,11 +54,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::jose::RsaPublicJwk;
-use crate::salesforce::wire::Jwks;
-use crate::secret::Secret;
 use common::lock;
+use wire::Secret;
+use wire::clock::Clock;
+use wire::jose::RsaPublicJwk;
+use wire::oauth::Jwks;
 
 /// The consumer key the emulator's connected app has unless configured otherwise.
 pub const DEFAULT_CLIENT_ID: &str = "3MVG9EMULATOR.asset-agent";
@@ -116,7 +117,7 @@ pub enum Error {
     #[error("could not read the emulator's listening address")]
     LocalAddr(#[source] std::io::Error),
     #[error("could not load the emulator signing key")]
-    SigningKey(#[source] crate::keys::LoadError),
+    SigningKey(#[source] KeyError),
     #[error("could not generate an RSA key for the emulator")]
     GenerateKey,
     #[error("could not make the asset-signing certificate")]

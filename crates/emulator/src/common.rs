@@ -10,9 +10,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use hyper::StatusCode;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
-use crate::http::{self, Reply};
-use crate::jose::b64url;
-use crate::salesforce::wire;
+use wire::http::{self, Reply};
+use wire::jose::b64url;
 
 /// An OAuth error answer: status, RFC 6749 §5.2 code and a description for humans.
 ///
@@ -74,7 +73,7 @@ impl Rejection {
     pub fn into_reply(self) -> Reply {
         http::json(
             self.status,
-            &wire::OAuthError {
+            &wire::oauth::OAuthError {
                 error: self.error.to_owned(),
                 error_description: Some(self.description),
             },

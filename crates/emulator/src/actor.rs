@@ -12,9 +12,9 @@
 use serde::Deserialize;
 
 use super::common::Rejection;
-use crate::clock::rfc3339;
-use crate::jose::{RsaPublicJwk, jws};
-use crate::salesforce::wire::{AssetFields, Confirmation};
+use wire::clock::rfc3339;
+use wire::jose::{RsaPublicJwk, jws};
+use wire::oauth::{AssetFields, Confirmation};
 
 /// How far in the future an `iat` (or a JWT-bearer `exp` in the past) may be: the device
 /// clock and ours disagree a little.
@@ -159,15 +159,15 @@ fn bit_length(be: &[u8]) -> usize {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::emulator::testing;
-    use crate::jose::{b64url, b64url_decode};
-    use crate::keys::{FileKey, Signer as _};
+    use crate::testing;
     use serde_json::{Value, json};
+    use wire::jose::{RsaKey, Signer as _};
+    use wire::jose::{b64url, b64url_decode};
 
     pub(crate) const NOW: i64 = 1_800_000_000;
 
     /// Good actor claims for `key`, issued at `NOW`.
-    pub(crate) fn claims(key: &FileKey) -> Value {
+    pub(crate) fn claims(key: &RsaKey) -> Value {
         json!({
             "did": "a531798d-0001",
             "Name": "Asset Token: a531798d-0001",
@@ -179,11 +179,11 @@ pub(crate) mod tests {
         })
     }
 
-    fn sign(key: &FileKey, claims: &Value) -> String {
+    fn sign(key: &RsaKey, claims: &Value) -> String {
         jws::sign(key, claims).unwrap()
     }
 
-    fn with(key: &FileKey, edit: impl FnOnce(&mut Value)) -> String {
+    fn with(key: &RsaKey, edit: impl FnOnce(&mut Value)) -> String {
         let mut c = claims(key);
         edit(&mut c);
         sign(key, &c)

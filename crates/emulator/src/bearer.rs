@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::common::{Form, Rejection, lock};
 use super::{Shared, actor, oauth};
-use crate::http::{self, Reply};
-use crate::jose::jws;
+use wire::http::{self, Reply};
+use wire::jose::jws;
 
 /// Audiences Salesforce accepts in a JWT-bearer assertion, besides the instance URL.
 const BEARER_AUDIENCES: [&str; 2] = [
@@ -94,8 +94,8 @@ pub(crate) fn grant(shared: &Shared, form: &Form) -> Result<Reply, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::testing;
-    use crate::keys::Signer as _;
+    use crate::testing;
+    use wire::jose::Signer as _;
 
     #[tokio::test(start_paused = true)]
     async fn jwt_bearer_rules() {
@@ -109,7 +109,7 @@ mod tests {
         };
         let run = |a: String| {
             let f = Form::from_pairs(&[
-                ("grant_type", crate::salesforce::wire::GRANT_JWT_BEARER),
+                ("grant_type", wire::oauth::GRANT_JWT_BEARER),
                 ("assertion", &a),
             ]);
             match grant(&shared, &f) {
@@ -117,7 +117,7 @@ mod tests {
                 Err(e) => (e.status, e.error.to_owned()),
             }
         };
-        let cid = crate::emulator::DEFAULT_CLIENT_ID;
+        let cid = crate::DEFAULT_CLIENT_ID;
         let good = assertion(cid, "https://login.salesforce.com", now + 300);
         // Key not registered yet.
         assert_eq!(run(good.clone()).1, "invalid_grant");

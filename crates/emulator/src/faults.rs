@@ -16,7 +16,7 @@ use super::armed::{Armed, ArmedDelay, ArmedFailure, ArmedMalformed, PendingFault
 use super::common::lock;
 use super::stats::{Endpoint, Grant};
 use super::{Error, Shared};
-use crate::secret::Secret;
+use wire::Secret;
 
 /// Which requests a counted fault applies to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,7 +296,7 @@ impl Faults {
     }
 
     /// Skews the emulator clock by `seconds` (replacing any earlier skew). The configured
-    /// [`crate::clock::Clock`] is left alone: it may be shared with the agent under test.
+    /// [`wire::clock::Clock`] is left alone: it may be shared with the agent under test.
     pub fn skew_clock(&self, seconds: i64) {
         self.shared.set_skew(seconds);
     }

@@ -27,9 +27,9 @@ use super::common::{Rejection, lock};
 use super::faults::{Fault, Faults};
 use super::oauth::{self, DEFAULT_USERNAME};
 use super::{CONTROL_PREFIX, Error, Shared};
-use crate::http::{self, Reply};
-use crate::jose::RsaPublicJwk;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::http::{self, Reply};
+use wire::jose::RsaPublicJwk;
 
 /// Control bodies are small JSON documents.
 const MAX_BODY: usize = 64 * 1024;

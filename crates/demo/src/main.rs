@@ -1,26 +1,93 @@
-//! `asset-agent demo`: the whole flow, live, with no org needed.
+//! `asset-agent-demo`: the whole flow, live, with no org needed.
 //!
 //! Starts the built-in emulator on a free loopback port and a real agent against it in a
 //! private temp directory, then narrates each step as the agent takes it, from the progress
-//! events the flow publishes (the same code path as `run`).
+//! events the flow publishes (the same code path as `asset-agent run`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
+use asset_agent::agent::{self, Options};
+use asset_agent::config::{self, Config, LoadOptions};
+use asset_agent::token::flow::Progress;
+use clap::Parser as _;
+use emulator::{Emulator, Registration};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
+use wire::clock;
 
-use super::{Error, shutdown_signal};
-use crate::agent::{self, Options};
-use crate::cli::DemoArgs;
-use crate::clock;
-use crate::config::{Config, LoadOptions};
-use crate::emulator::{self, Emulator, Registration};
-use crate::token::flow::Progress;
+/// Start the built-in Salesforce emulator and an agent against it in a temp dir, and show
+/// the token flow live.
+#[derive(Debug, clap::Parser)]
+#[command(name = "asset-agent-demo", version)]
+struct DemoArgs {
+    /// Stop after this many seconds (headless runs, tests); default: until Ctrl-C.
+    #[arg(long = "for", value_name = "SECS")]
+    for_secs: Option<u64>,
+    /// Asset token lifetime the emulator issues.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    token_lifetime: u64,
+}
 
-pub async fn run(args: DemoArgs) -> Result<(), Error> {
-    crate::logging::init("warn", crate::config::LogFormat::Text);
+/// Why the demo stopped early.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("could not start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("could not bind {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the emulator failed")]
+    Emulator(#[source] emulator::Error),
+    #[error("invalid demo configuration")]
+    Config(#[source] Box<config::Error>),
+    #[error("could not start the agent")]
+    Agent(#[source] agent::Error),
+    #[error("could not set up signal handling")]
+    Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn main() -> ExitCode {
+    let args = DemoArgs::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn shutdown_signal() -> Result<&'static str, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+async fn run(args: DemoArgs) -> Result<(), Error> {
+    asset_agent::logging::init("warn", config::LogFormat::Text);
     let dir = TempDir::create()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -39,8 +106,11 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
     say(&format!("emulator listening at {}", emu.base_url()));
 
     let refresh = emu.mint_refresh_token().map_err(Error::Emulator)?;
-    crate::fsutil::write_secret_atomic(&dir.0.join("refresh-token"), refresh.expose().as_bytes())
-        .map_err(|e| Error::Failed(format!("could not write the demo refresh token: {e}")))?;
+    asset_agent::fsutil::write_secret_atomic(
+        &dir.0.join("refresh-token"),
+        refresh.expose().as_bytes(),
+    )
+    .map_err(|e| Error::Failed(format!("could not write the demo refresh token: {e}")))?;
     let config = demo_config(&dir.0, emu.base_url())?;
     say(&format!(
         "agent config written to {} (refresh-token grant, JWKS verification)",
@@ -90,7 +160,7 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn refresh_summary(tokens: &crate::token::refresher::Handle) -> String {
+fn refresh_summary(tokens: &asset_agent::token::refresher::Handle) -> String {
     let s = tokens.snapshot();
     format!(
         "{} refreshes succeeded, {} failed",
@@ -180,7 +250,7 @@ fn say(line: &str) {
 
 fn demo_config(dir: &Path, instance_url: &str) -> Result<Config, Error> {
     let toml = format!(
-        r#"# Written by `asset-agent demo`.
+        r#"# Written by `asset-agent-demo`.
 [salesforce]
 instance_url = "{instance_url}"
 client_id = "{client_id}"
@@ -225,7 +295,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn create() -> Result<Self, Error> {
         use std::os::unix::fs::DirBuilderExt as _;
-        let suffix = crate::actor::new_jti();
+        let suffix = wire::jose::new_jti();
         let dir = std::env::temp_dir().join(format!(
             "asset-agent-demo-{}",
             suffix.get(..8).unwrap_or(&suffix)

@@ -2,40 +2,59 @@
 //! at `/id/keys` and a self-signed X.509 certificate (what an admin would download from
 //! Setup and hand to a device backend).
 //!
-//! The key is a PKCS#8 PEM loaded through [`FileKey::from_pem`], so the emulator signs with
-//! the same ring code as the agent. Without a configured key a fresh 2048-bit one is
+//! The key is a PKCS#8 PEM parsed into a [`RsaKey`], so the emulator signs with the same
+//! ring code as the agent. Without a configured key a fresh 2048-bit one is
 //! generated on a blocking thread (slow in debug builds, hence tests pass a fixture key).
 //! A second "impostor" key backs the bad-signature fault; it is only generated if that
 //! fault is used without one configured.
-
-use std::path::Path;
 
 use rsa::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _, LineEnding};
 use tokio::sync::OnceCell;
 
 use super::Error;
-use crate::jose::RsaPublicJwk;
-use crate::keys::{FileKey, SignError, Signer};
-use crate::salesforce::wire::{Jwks, JwksEntry};
-use crate::secret::Secret;
+use wire::Secret;
+use wire::jose::RsaPublicJwk;
+use wire::jose::{RsaKey, SignError, Signer};
+use wire::oauth::{Jwks, JwksEntry};
+
+/// Why a configured signing key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not a PKCS#8 PEM ('-----BEGIN PRIVATE KEY-----')")]
+    Pem,
+    #[error("not a usable RSA key: {0}")]
+    Rejected(String),
+}
+
+/// Parses a PKCS#8 PEM RSA private key.
+///
+/// # Errors
+/// [`KeyError`] when it is not PEM, not PKCS#8 or not an RSA key ring can sign with.
+pub fn key_from_pem(pem: &[u8]) -> Result<RsaKey, KeyError> {
+    let (label, der) = rsa::pkcs8::der::pem::decode_vec(pem).map_err(|_| KeyError::Pem)?;
+    if label != "PRIVATE KEY" {
+        return Err(KeyError::Pem);
+    }
+    RsaKey::from_pkcs8(&der).map_err(|e| KeyError::Rejected(e.to_string()))
+}
 
 /// Size of generated keys.
 const GENERATED_BITS: usize = 2048;
 
 /// The signing key with its published forms, and the impostor key for faults.
 pub(crate) struct Keys {
-    key: FileKey,
+    key: RsaKey,
     jwks: Jwks,
     certificate_pem: String,
     impostor_pem: Option<Secret>,
-    impostor: OnceCell<FileKey>,
+    impostor: OnceCell<RsaKey>,
 }
 
 /// Signs with another key while claiming the emulator's `kid`, so verifiers pick the right
 /// JWK and then find the signature wrong: what a botched key rotation looks like.
 pub(crate) struct Impostor<'a> {
     jwk: &'a RsaPublicJwk,
-    key: &'a FileKey,
+    key: &'a RsaKey,
 }
 
 // === impl Keys ===
@@ -51,8 +70,8 @@ impl Keys {
             Some(pem) => pem,
             None => generate_pem().await?,
         };
-        let key = FileKey::from_pem(Path::new("<emulator signing key>"), pem.expose().as_bytes())
-            .map_err(Error::SigningKey)?;
+        let key =
+            crate::signing::key_from_pem(pem.expose().as_bytes()).map_err(Error::SigningKey)?;
         let certificate_pem = certificate(&pem)?;
         let jwk = key.public_jwk();
         let jwks = Jwks {
@@ -74,7 +93,7 @@ impl Keys {
         })
     }
 
-    pub fn signer(&self) -> &FileKey {
+    pub fn signer(&self) -> &RsaKey {
         &self.key
     }
 
@@ -98,11 +117,7 @@ impl Keys {
                     Some(pem) => pem,
                     None => generate_pem().await?,
                 };
-                FileKey::from_pem(
-                    Path::new("<emulator impostor key>"),
-                    pem.expose().as_bytes(),
-                )
-                .map_err(Error::SigningKey)
+                crate::signing::key_from_pem(pem.expose().as_bytes()).map_err(Error::SigningKey)
             })
             .await?;
         Ok(Impostor {
@@ -178,8 +193,8 @@ pub(crate) fn jwk_to_pem(jwk: &RsaPublicJwk) -> Option<String> {
 mod tests {
     use super::*;
 
-    const EMULATOR_KEY: &str = include_str!("../../tests/data/emulator-key.pem");
-    const OTHER_KEY: &str = include_str!("../../tests/data/other-key.pem");
+    const EMULATOR_KEY: &str = include_str!("../../../tests/data/emulator-key.pem");
+    const OTHER_KEY: &str = include_str!("../../../tests/data/other-key.pem");
 
     #[tokio::test]
     async fn jwks_and_certificate_describe_the_key() {

@@ -7,8 +7,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::{SignError, Signer};
 use super::{b64url, b64url_decode};
-use crate::keys::{self, Signer};
 
 /// A JWS that could not be produced or parsed.
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +16,7 @@ pub enum Error {
     #[error("could not serialise the JWT {0}")]
     Serialize(&'static str, #[source] serde_json::Error),
     #[error("could not sign the JWT")]
-    Sign(#[source] keys::SignError),
+    Sign(#[source] SignError),
     #[error("not a compact JWS: expected three dot-separated parts")]
     Shape,
     #[error("JWT {0} is not valid base64url JSON")]

@@ -2,18 +2,17 @@
 //! paused time, and the checked-in keys.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 
 use super::state::State;
 use super::{Config, Shared, signing};
-use crate::clock::Clock;
-use crate::keys::FileKey;
-use crate::secret::Secret;
+use wire::Secret;
+use wire::clock::Clock;
+use wire::jose::RsaKey;
 
-pub const EMULATOR_KEY: &str = include_str!("../../tests/data/emulator-key.pem");
-pub const OTHER_KEY: &str = include_str!("../../tests/data/other-key.pem");
-pub const DEVICE_KEY: &str = include_str!("../../tests/data/device-key.pem");
+pub const EMULATOR_KEY: &str = include_str!("../../../tests/data/emulator-key.pem");
+pub const OTHER_KEY: &str = include_str!("../../../tests/data/other-key.pem");
+pub const DEVICE_KEY: &str = include_str!("../../../tests/data/device-key.pem");
 
 pub fn config() -> Config {
     Config {
@@ -42,10 +41,10 @@ pub async fn shared(config: Config) -> Arc<Shared> {
     ))
 }
 
-pub fn device_key() -> FileKey {
-    FileKey::from_pem(Path::new("device"), DEVICE_KEY.as_bytes()).unwrap()
+pub fn device_key() -> RsaKey {
+    crate::signing::key_from_pem(DEVICE_KEY.as_bytes()).unwrap()
 }
 
-pub fn other_key() -> FileKey {
-    FileKey::from_pem(Path::new("other"), OTHER_KEY.as_bytes()).unwrap()
+pub fn other_key() -> RsaKey {
+    crate::signing::key_from_pem(OTHER_KEY.as_bytes()).unwrap()
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::task::TaskTracker;
 
 use super::{Config, Stats, armed, server, signing, state};
-use crate::clock;
+use wire::clock;
 
 /// What every handler shares: configuration, keys, tables, faults and counters.
 pub(crate) struct Shared {
