@@ -155,6 +155,8 @@ pub async fn start(
         refresh_at: config.token.refresh_at,
         backoff_cap: config.token.backoff_max,
         attempt_budget: Policy::budget_for(sf.timeout),
+        mode: config.token.refresh,
+        demand_window: config.token.demand_window,
     };
     let cache = Cache::new(
         &config.state.dir,

@@ -3,7 +3,9 @@
 //! sends exactly as many upstream requests as the backoff schedule allows.
 //!
 //! Virtual time, fixed jitter: see `common/rig.rs` for the schedule. The first token is
-//! received at second 0, refreshed at 42, expires at 60; failures back off 1, 2, 4, 8 s...
+//! received at second 0, refreshed at 42, expires at 60; a failure is retried 26 s later
+//! (the retry budget: at most 2 attempts per 39 s refresh interval, scaled to the token
+//! lifetime rather than starting at 1 s), so an outage longer than 18 s costs the token.
 
 #![allow(clippy::unwrap_used)]
 
@@ -40,17 +42,20 @@ async fn status_failure(count: u32, status: u16, scope: Scope) {
         .fail_next_with(count, status, None, scope)
         .await
         .unwrap();
-    rig.run_to(95).await;
-    // Failures at 42, 43, 45 (backoff 1, 2, 4 s), success at 49, next refresh 49 + 42.
-    let (mut requests, mut outcomes) = failing_then_ok(&[42, 43, 45, 49]);
-    requests.push((91, 1));
-    outcomes.push((91, true));
+    rig.run_to(170).await;
+    // Failures at 42, 68, 94 (26 s apart), success at 120, next refresh 120 + 42.
+    let (mut requests, mut outcomes) = failing_then_ok(&[42, 68, 94, 120]);
+    requests.push((162, 1));
+    outcomes.push((162, true));
     assert_eq!(rig.requests, requests, "{status}");
     assert_eq!(rig.outcomes, outcomes, "{status}");
     assert_eq!(rig.state_at(41), "ready");
     assert_eq!(rig.state_at(44), "degraded");
-    assert_eq!(rig.state_at(49), "ready");
-    assert!((1..=95).all(|s| rig.served_at(s)), "served throughout");
+    assert_eq!(rig.state_at(60), "failing");
+    assert_eq!(rig.state_at(120), "ready");
+    assert!((1..=59).all(|s| rig.served_at(s)), "served until expiry");
+    assert!((60..=119).all(|s| !rig.served_at(s)), "nothing expired served");
+    assert!((120..=170).all(|s| rig.served_at(s)), "served again");
     rig.stop().await;
 }
 
@@ -73,16 +78,16 @@ async fn http_429_with_retry_after_is_a_floor() {
         .fail_next_with(
             2,
             429,
-            Some(Duration::from_secs(7)),
+            Some(Duration::from_secs(40)),
             Scope::Grant(Grant::TokenExchange),
         )
         .await
         .unwrap();
-    rig.run_to(100).await;
-    // Retry-After 7 s lifts both backoff delays (1 s, 2 s) to 7 s.
-    let (mut requests, mut outcomes) = failing_then_ok(&[42, 49, 56]);
-    requests.push((98, 1));
-    outcomes.push((98, true));
+    rig.run_to(170).await;
+    // Retry-After 40 s lifts both retry delays (26 s) to 40 s.
+    let (mut requests, mut outcomes) = failing_then_ok(&[42, 82, 122]);
+    requests.push((164, 1));
+    outcomes.push((164, true));
     assert_eq!(rig.requests, requests);
     assert_eq!(rig.outcomes, outcomes);
     assert_eq!(rig.state_at(50), "degraded");
@@ -102,19 +107,20 @@ async fn responses_delayed_beyond_the_timeout() {
         )
         .await
         .unwrap();
-    rig.run_to(100).await;
-    // Sent at 42, timed out at 47 (5 s timeout), backoff 1 s: sent at 48, timed out at
-    // 53, backoff 2 s: sent at 55 and answered.
-    assert_eq!(rig.requests, [(42, 1), (48, 1), (55, 1), (97, 1)]);
+    rig.run_to(150).await;
+    // Sent at 42, timed out at 47 (5 s timeout), retried 26 s later: sent at 73, timed
+    // out at 78, sent at 104 and answered.
+    assert_eq!(rig.requests, [(42, 1), (73, 1), (104, 1), (146, 1)]);
     assert_eq!(
         rig.outcomes,
-        [(47, false), (53, false), (55, true), (97, true)]
+        [(47, false), (78, false), (104, true), (146, true)]
     );
     assert_eq!(
         rig.handle().snapshot().last_error_reason.as_deref(),
         Some("timeout")
     );
-    assert!((1..=100).all(|s| rig.served_at(s)));
+    assert!((1..=59).all(|s| rig.served_at(s)) && !rig.served_at(60));
+    assert!((104..=150).all(|s| rig.served_at(s)));
     rig.stop().await;
 }
 
@@ -123,10 +129,10 @@ async fn spoilt_answers(spoil: impl FnOnce(&emulator::Faults), reason: &str) {
     let mut rig = Rig::start(|_| {}, "", None).await;
     rig.run_to(30).await;
     spoil(&rig.emu.faults());
-    rig.run_to(90).await;
-    let (mut requests, mut outcomes) = failing_then_ok(&[42, 43, 45]);
-    requests.push((87, 1));
-    outcomes.push((87, true));
+    rig.run_to(140).await;
+    let (mut requests, mut outcomes) = failing_then_ok(&[42, 68, 94]);
+    requests.push((136, 1));
+    outcomes.push((136, true));
     assert_eq!(rig.requests, requests, "{reason}");
     assert_eq!(rig.outcomes, outcomes, "{reason}");
     let snap = rig.handle().snapshot();
@@ -244,10 +250,10 @@ async fn stopped_listener_then_recovery() {
     rig.run_to(10).await;
     rig.emu.faults().stop_accepting().await;
     rig.run_to(80).await;
-    // Connections refused: nothing reaches the emulator; attempts at 42, 43, 45, 49, 57,
-    // 73 (backoff 1, 2, 4, 8, 16 s), the token expires at 60.
+    // Connections refused: nothing reaches the emulator; attempts at 42 and 68, the
+    // token expires at 60.
     assert_eq!(rig.requests, []);
-    let failed = [42, 43, 45, 49, 57, 73];
+    let failed = [42, 68];
     assert_eq!(
         rig.outcomes,
         failed.iter().map(|s| (*s, false)).collect::<Vec<_>>()
@@ -261,9 +267,9 @@ async fn stopped_listener_then_recovery() {
     );
     rig.emu.faults().resume_accepting().await.unwrap();
     rig.run_to(150).await;
-    // Next attempt after a 32 s backoff: 105, one exchange; then the normal schedule.
-    assert_eq!(rig.requests, [(105, 1), (147, 1)]);
-    assert_eq!(rig.outcomes[6..], [(105, true), (147, true)]);
-    assert!(rig.served_at(105));
+    // Next attempt 26 s after the last: 94, one exchange; then the normal schedule.
+    assert_eq!(rig.requests, [(94, 1), (136, 1)]);
+    assert_eq!(rig.outcomes[2..], [(94, true), (136, true)]);
+    assert!(rig.served_at(94));
     rig.stop().await;
 }

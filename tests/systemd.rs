@@ -370,6 +370,8 @@ impl Loop {
             refresh_at: 0.5,
             backoff_cap: Duration::from_secs(1),
             attempt_budget: Policy::budget_for(upstream_timeout),
+            mode: asset_agent::config::RefreshPolicy::Eager,
+            demand_window: asset_agent::config::DEFAULT_DEMAND_WINDOW,
         };
         let (refresher, handle) = Refresher::new(flow, policy, Box::new(OsJitter), None);
         let cancel = CancellationToken::new();

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use hyper::StatusCode;
 
 use super::Shared;
+use crate::config::RefreshPolicy;
 use crate::token::status::State;
 use wire::http::{self, Reply};
 
@@ -52,6 +53,45 @@ pub fn render(shared: &Shared) -> String {
         let on = u8::from(snap.state == state);
         w.sample("asset_agent_state", &[("state", state.as_str())], on);
     }
+
+    let demand = shared.tokens.demand();
+    w.family(
+        "asset_agent_refresh_policy",
+        "gauge",
+        "The refresh policy (token.refresh): 1 for the one in use.",
+    );
+    for policy in [RefreshPolicy::Eager, RefreshPolicy::OnDemand] {
+        let on = u8::from(snap.policy == policy);
+        w.sample(
+            "asset_agent_refresh_policy",
+            &[("policy", policy.as_str())],
+            on,
+        );
+    }
+    w.family(
+        "asset_agent_token_demand",
+        "gauge",
+        "1 while something uses the token (a recent request, a watch stream, MQTT).",
+    );
+    w.sample("asset_agent_token_demand", &[], u8::from(demand.active));
+    w.family(
+        "asset_agent_token_demand_holders",
+        "gauge",
+        "Open watch streams and MQTT sessions.",
+    );
+    w.sample("asset_agent_token_demand_holders", &[], demand.holders);
+    w.family(
+        "asset_agent_token_exchanges_total",
+        "counter",
+        "Token exchanges made by this agent since it started (successful refreshes).",
+    );
+    w.sample("asset_agent_token_exchanges_total", &[], snap.refreshes_ok);
+    w.family(
+        "asset_agent_upstream_attempts_total",
+        "counter",
+        "Refresh attempts sent upstream since start, failed ones included.",
+    );
+    w.sample("asset_agent_upstream_attempts_total", &[], snap.attempts);
 
     let token = crate::token::live(&shared.tokens.current);
     w.family(

@@ -4,12 +4,15 @@
 //! the connected app, say) needs to know it worked and until when, and a token in the
 //! output of an admin script ends up in its logs. `GET /v1/token` is one call away.
 //!
-//! The refresher's rules stand: the request only wakes the single refresh loop, and
-//! concurrent calls queue behind one another so they share one exchange (a caller that
-//! finds a token obtained after it asked takes that one). It is refused with 503 +
-//! `Retry-After` while the loop is backing off after failures, and a token obtained less
-//! than [`MIN_INTERVAL`] before the call counts as fresh, so a looping script cannot turn
-//! into a stream of exchanges.
+//! An explicit refresh is a person (or their script) at the device: it makes one attempt
+//! now, even while the loop waits out failures, so an admin who fixed something does not
+//! wait for the next retry. Limits, so that a looping script cannot turn into a stream of
+//! exchanges: concurrent calls queue behind one another and share one attempt (a caller
+//! that finds a token obtained after it asked takes that one); a token obtained less than
+//! [`MIN_INTERVAL`] before the call counts as fresh; at most one attempt per
+//! [`ADMIN_INTERVAL`] (503 `rate_limited` + `Retry-After` otherwise); and the attempt takes
+//! a credit of the refresher's retry budget like any other (503 `retry_budget` when none is
+//! left), so the budget still bounds the device's upstream rate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::routes::{error, with_retry_after};
+use crate::token::refresher::{ADMIN_INTERVAL, BUDGET_PER_INTERVAL, Refused};
 use crate::token::{AssetToken, live};
 use wire::clock;
 use wire::http::{self, Reply};
@@ -66,32 +70,47 @@ pub async fn reply(shared: &Shared) -> Reply {
             return answer(shared, t, false);
         }
     }
-    let snap = shared.tokens.snapshot();
-    let now = Instant::now();
-    if let Some(next) = snap
-        .next_refresh
-        .filter(|n| snap.consecutive_failures > 0 && *n > now)
-    {
-        let reason = format!(
-            "refreshing is backing off after {} failed attempts; the next attempt is in {}s{}",
-            snap.consecutive_failures,
-            next.duration_since(now).as_secs(),
-            snap.last_error
-                .as_deref()
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        );
-        return with_retry_after(
-            error(StatusCode::SERVICE_UNAVAILABLE, "backing_off", &reason),
-            next.duration_since(now),
-        );
-    }
-
     let mut current = shared.tokens.current.clone();
     let mut status = shared.tokens.status.clone();
     current.borrow_and_update();
     let failed_before = status.borrow_and_update().refreshes_failed;
-    shared.tokens.refresh_now();
+    match shared.tokens.admin_refresh().await {
+        Ok(()) => {}
+        Err(Refused::RateLimited { retry_in }) => {
+            let reason = format!(
+                "an explicit refresh was attempted less than {}s ago; the next one is allowed in {}s",
+                ADMIN_INTERVAL.as_secs(),
+                retry_in.as_secs().max(1)
+            );
+            return with_retry_after(
+                error(StatusCode::SERVICE_UNAVAILABLE, "rate_limited", &reason),
+                retry_in,
+            );
+        }
+        Err(Refused::Budget { retry_in }) => {
+            let snap = shared.tokens.snapshot();
+            let reason = format!(
+                "the retry budget (at most {} upstream attempts per refresh interval) is spent; the next attempt is allowed in {}s{}",
+                BUDGET_PER_INTERVAL,
+                retry_in.as_secs().max(1),
+                snap.last_error
+                    .as_deref()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            );
+            return with_retry_after(
+                error(StatusCode::SERVICE_UNAVAILABLE, "retry_budget", &reason),
+                retry_in,
+            );
+        }
+        Err(Refused::Stopped) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the agent is shutting down",
+            );
+        }
+    }
     let wait = async {
         loop {
             tokio::select! {

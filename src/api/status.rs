@@ -25,6 +25,9 @@ pub struct Status {
     pub refreshes_ok: u64,
     pub refreshes_failed: u64,
     pub clock_skew_seconds: Option<i64>,
+    /// The refresh policy and what it sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshStatus>,
     /// The MQTT uplink, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::mqtt::Status>,
@@ -35,6 +38,29 @@ pub struct TokenStatus {
     pub issued_at: Option<String>,
     pub expires_at: String,
     pub expires_in: u64,
+}
+
+/// The `refresh` object: the policy, the demand it sees, and what it cost upstream.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct RefreshStatus {
+    /// `eager` or `on_demand` (`token.refresh`).
+    pub policy: String,
+    /// Whether anything uses the token now (always true for `eager`).
+    pub demand: bool,
+    /// Open watch streams and MQTT sessions.
+    pub demand_holders: usize,
+    /// Seconds since the last token request, if any.
+    pub last_request_s: Option<u64>,
+    /// True while nothing uses the token and it is left to lapse (on demand).
+    pub lapsed: bool,
+    /// Whether the held token is past this cycle's refresh point (absent with no token).
+    pub past_refresh_point: Option<bool>,
+    /// Token exchanges made (successful refreshes since start).
+    pub exchanges: u64,
+    /// Upstream attempts made, failed ones included.
+    pub attempts: u64,
+    /// The normal refresh interval in seconds, once a token's lifetime is known.
+    pub interval_s: Option<u64>,
 }
 
 /// Builds the status from the live state.
@@ -70,6 +96,20 @@ pub fn build(shared: &Shared) -> Status {
         refreshes_ok: snap.refreshes_ok,
         refreshes_failed: snap.refreshes_failed,
         clock_skew_seconds: shared.skew.measured(),
+        refresh: Some({
+            let demand = shared.tokens.demand();
+            RefreshStatus {
+                policy: snap.policy.as_str().to_owned(),
+                demand: demand.active,
+                demand_holders: demand.holders,
+                last_request_s: demand.last_request_s,
+                lapsed: snap.lapsed(),
+                past_refresh_point: token.as_ref().and(snap.past_refresh_point()),
+                exchanges: snap.refreshes_ok,
+                attempts: snap.attempts,
+                interval_s: snap.interval.map(|i| i.as_secs()),
+            }
+        }),
         mqtt: shared.mqtt.as_ref().map(crate::mqtt::Handle::status),
     }
 }

@@ -43,6 +43,8 @@ pub fn reply(shared: Arc<Shared>, shutdown: CancellationToken, busy: BusyGuard) 
 }
 
 async fn produce(shared: Arc<Shared>, shutdown: CancellationToken, tx: mpsc::Sender<Bytes>) {
+    // An open stream uses the token: an on-demand refresher keeps it fresh meanwhile.
+    let _demand = shared.tokens.hold();
     let mut current = shared.tokens.current.clone();
     // What the last line said: a token (by identity) or "none".
     let mut last: Option<Option<Arc<AssetToken>>> = None;

@@ -84,6 +84,18 @@ fn human(s: &Status) -> String {
     if let Some(n) = &s.next_refresh_at {
         let _ = writeln!(out, "next refresh: {n}");
     }
+    if let Some(r) = &s.refresh {
+        let demand = match (r.demand, r.lapsed) {
+            (true, _) => "in use",
+            (false, true) => "not in use; the token lapses",
+            (false, false) => "not in use",
+        };
+        let _ = writeln!(
+            out,
+            "refresh:      {} ({demand}); {} exchanges, {} attempts",
+            r.policy, r.exchanges, r.attempts
+        );
+    }
     if let Some(skew) = s.clock_skew_seconds {
         let _ = writeln!(out, "clock skew:   {skew}s (Salesforce minus this device)");
     }

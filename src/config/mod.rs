@@ -70,6 +70,10 @@ pub const MAX_REFRESH_AT: f64 = 0.95;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// Default for `token.backoff_max`: the ceiling of the retry backoff.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Default for `token.demand_window`: a token request within it keeps the token fresh.
+/// Shorter than the earliest refresh point of 60 s tokens (50 % = 30 s), so an app that asks
+/// once an hour costs one exchange an hour, not a chain of refreshes after each request.
+pub const DEFAULT_DEMAND_WINDOW: Duration = Duration::from_secs(30);
 /// Default for `token.min_ttl_wait`: how long a `?min_ttl=` request waits for its refresh.
 pub const DEFAULT_MIN_TTL_WAIT: Duration = Duration::from_secs(2);
 /// Default for `api.max_connections`.
@@ -198,6 +202,33 @@ pub struct Token {
     pub backoff_max: Duration,
     /// How long `GET /v1/token?min_ttl=` waits for its forced refresh before answering.
     pub min_ttl_wait: Duration,
+    /// `token.refresh`: refresh ahead of expiry always, or only while the token is used.
+    pub refresh: RefreshPolicy,
+    /// `token.demand_window`: a token request within it counts as demand.
+    pub demand_window: Duration,
+}
+
+/// `token.refresh`: when the agent refreshes a token ahead of its expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshPolicy {
+    /// Always, whether or not anything uses the token.
+    Eager,
+    /// Only while something uses it (a request within `token.demand_window`, an open
+    /// watch stream, the MQTT session); otherwise it lapses and the next request fetches one.
+    #[default]
+    OnDemand,
+}
+
+// === impl RefreshPolicy ===
+
+impl RefreshPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eager => "eager",
+            Self::OnDemand => "on_demand",
+        }
+    }
 }
 
 /// `token.verify`: how the agent checks the asset tokens it receives.

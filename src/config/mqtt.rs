@@ -54,6 +54,10 @@ pub struct Mqtt {
     pub client_cert: Option<ClientCert>,
     pub keep_alive: Duration,
     pub reconnect_margin: Duration,
+    /// `mqtt.reconnect_on_rotation`: end the session `reconnect_margin` before its token's
+    /// `exp` and log in again with the fresh token. Only brokers that cut sessions at `exp`
+    /// need it; otherwise a new token is used at the next (unplanned) reconnect.
+    pub reconnect_on_rotation: bool,
     pub heartbeat: Duration,
     /// Capacity of the local publish queue.
     pub queue: usize,
@@ -82,6 +86,7 @@ pub(crate) struct RawMqtt {
     pub client_key_file: Option<PathBuf>,
     pub keep_alive: Option<super::units::HumanDuration>,
     pub reconnect_margin: Option<super::units::HumanDuration>,
+    pub reconnect_on_rotation: Option<bool>,
     pub heartbeat: Option<super::units::HumanDuration>,
     pub queue: Option<usize>,
     pub backoff_max: Option<super::units::HumanDuration>,
@@ -212,6 +217,7 @@ impl Check<'_> {
             client_cert,
             keep_alive,
             reconnect_margin,
+            reconnect_on_rotation: raw.reconnect_on_rotation.unwrap_or(false),
             heartbeat,
             queue,
             backoff_max,

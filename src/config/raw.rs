@@ -97,6 +97,8 @@ pub(crate) struct RawToken {
     pub leeway: Option<HumanDuration>,
     pub backoff_max: Option<HumanDuration>,
     pub min_ttl_wait: Option<HumanDuration>,
+    pub refresh: Option<RefreshName>,
+    pub demand_window: Option<HumanDuration>,
 }
 
 /// `[state]`
@@ -144,6 +146,26 @@ pub(crate) enum VerifyName {
     Jwks,
     Certificate,
     None,
+}
+
+/// `token.refresh` as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefreshName {
+    Eager,
+    OnDemand,
+}
+
+// === impl RefreshName ===
+
+impl Named for RefreshName {
+    const NAMES: &'static [(&'static str, Self)] =
+        &[("eager", Self::Eager), ("on_demand", Self::OnDemand)];
+}
+
+impl<'de> Deserialize<'de> for RefreshName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        units::named(d)
+    }
 }
 
 // === impl MethodName ===

@@ -14,7 +14,7 @@ use super::error::Error;
 use super::paths;
 use super::raw::{
     MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawKey, RawLog, RawSalesforce, RawToken,
-    VerifyName,
+    RefreshName, VerifyName,
 };
 use super::units::{Named, percent};
 use super::{
@@ -23,6 +23,7 @@ use super::{
     DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log, LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT,
     Salesforce, State, Token, Verify,
 };
+use super::{DEFAULT_DEMAND_WINDOW, RefreshPolicy};
 use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, MAX_MAX_CONNECTIONS};
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
@@ -328,6 +329,16 @@ impl Check<'_> {
                 raw.min_ttl_wait,
                 DEFAULT_MIN_TTL_WAIT,
                 secs(0)..=secs(300),
+            ),
+            refresh: match raw.refresh {
+                Some(RefreshName::Eager) => RefreshPolicy::Eager,
+                Some(RefreshName::OnDemand) | None => RefreshPolicy::OnDemand,
+            },
+            demand_window: self.duration(
+                "token.demand_window",
+                raw.demand_window,
+                DEFAULT_DEMAND_WINDOW,
+                secs(1)..=secs(86_400),
             ),
         }
     }

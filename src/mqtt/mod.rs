@@ -129,6 +129,7 @@ impl Uplink {
             device_id: device_id.to_owned(),
             username: config.username.clone(),
             margin: config.reconnect_margin,
+            rotate: config.reconnect_on_rotation,
             heartbeat_every: config.heartbeat,
             backoff: Backoff::new(backoff::MIN, config.backoff_max),
             jitter,

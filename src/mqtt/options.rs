@@ -137,6 +137,7 @@ mod tests {
             client_cert: None,
             keep_alive: Duration::from_secs(30),
             reconnect_margin: Duration::from_secs(10),
+            reconnect_on_rotation: false,
             heartbeat: Duration::from_secs(60),
             queue: 8,
             backoff_max: Duration::from_secs(60),

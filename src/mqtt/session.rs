@@ -6,8 +6,10 @@
 //!
 //! - It connects only with a live asset token as the password, and writes every new token
 //!   into the options as it arrives, so any reconnect uses the freshest one.
-//! - **Rotation.** A broker that enforces `exp` cuts a session when its CONNECT token
-//!   expires. At `exp - reconnect_margin` of the session's token, the task ends the session
+//! - **Rotation** (`mqtt.reconnect_on_rotation`, off by default). Without it the session
+//!   stays up across token rotations and a new token is used at the next reconnect. A broker
+//!   that enforces `exp` cuts a session when its CONNECT token expires; for those, at
+//!   `exp - reconnect_margin` of the session's token, the task ends the session
 //!   cleanly (DISCONNECT, so the Last Will does not fire) and reconnects with the newer
 //!   token. Deferring the switch to that point (rather than reconnecting on every new
 //!   token) keeps forced refreshes by apps (`?min_ttl=`) from churning the session: it
@@ -46,7 +48,7 @@ use super::topics::Topics;
 use super::{Detail, lock};
 use crate::backoff::{Backoff, Jitter};
 use crate::token::AssetToken;
-use crate::token::refresher::Handle;
+use crate::token::refresher::{DemandGuard, Handle};
 use crate::token::status::chain;
 use wire::clock::Clock;
 
@@ -68,9 +70,13 @@ pub(super) struct Session {
     pub device_id: String,
     pub username: String,
     pub margin: Duration,
+    /// Reconnect before the session token's `exp` (`mqtt.reconnect_on_rotation`).
+    pub rotate: bool,
     pub heartbeat_every: Duration,
     pub backoff: Backoff,
     pub jitter: Box<dyn Jitter>,
+    /// The session is a user of the token: it keeps an on-demand refresher refreshing.
+    pub _demand: DemandGuard,
     /// The token whose JWT is in `eventloop.mqtt_options` (the next CONNECT uses it).
     pub creds: Option<Arc<AssetToken>>,
     /// The token the live session logged in with.
@@ -103,6 +109,7 @@ pub(super) struct Parts {
     pub device_id: String,
     pub username: String,
     pub margin: Duration,
+    pub rotate: bool,
     pub heartbeat_every: Duration,
     pub backoff: Backoff,
     pub jitter: Box<dyn Jitter>,
@@ -115,6 +122,7 @@ impl Session {
         Self {
             eventloop: p.eventloop,
             client: p.client,
+            _demand: p.tokens.hold(),
             tokens: p.tokens,
             commands: Dispatcher::new(p.topics.clone(), p.stats.clone()),
             topics: p.topics,
@@ -125,6 +133,7 @@ impl Session {
             device_id: p.device_id,
             username: p.username,
             margin: p.margin,
+            rotate: p.rotate,
             heartbeat_every: p.heartbeat_every,
             backoff: p.backoff,
             jitter: p.jitter,
@@ -201,7 +210,10 @@ impl Session {
 
     /// When the live session must switch to a fresher token.
     fn rotate_at(&self) -> Option<Instant> {
-        let t = self.session_token.as_ref().filter(|_| self.connected)?;
+        let t = self
+            .session_token
+            .as_ref()
+            .filter(|_| self.connected && self.rotate)?;
         Some(t.expires.checked_sub(self.margin).unwrap_or(t.received))
     }
 

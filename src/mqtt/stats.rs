@@ -76,6 +76,8 @@ pub struct Status {
     pub session_token_expires_at: Option<String>,
     pub last_error: Option<String>,
     pub connects: u64,
+    /// Sessions established after the first (planned rotations and recoveries).
+    pub reconnects: u64,
     pub connect_failures: u64,
     pub auth_refusals: u64,
     pub forced_refreshes: u64,
@@ -153,6 +155,7 @@ impl Stats {
             session_token_expires_at,
             last_error,
             connects: g(&self.connects),
+            reconnects: g(&self.connects).saturating_sub(1),
             connect_failures: g(&self.connect_failures),
             auth_refusals: g(&self.auth_refusals),
             forced_refreshes: g(&self.forced_refreshes),

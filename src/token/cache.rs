@@ -63,6 +63,9 @@ struct CachedToken {
 pub struct Restored {
     pub asset_token: Option<AssetToken>,
     pub access_token: Option<Secret>,
+    /// The lifetime of the cached asset token, even an expired one: it tells the refresh
+    /// loop that this is a restart and what refresh interval to scale its spread to.
+    pub lifetime: Option<Duration>,
 }
 
 /// Reads and writes the cache file of one agent.
@@ -117,12 +120,15 @@ impl Cache {
             return Restored {
                 asset_token: None,
                 access_token: file.access_token,
+                lifetime: None,
             };
         }
+        let lifetime = file.asset_token.as_ref().and_then(lifetime);
         let asset_token = file.asset_token.and_then(|t| restore(t, now));
         Restored {
             asset_token,
             access_token: file.access_token,
+            lifetime,
         }
     }
 
@@ -155,6 +161,17 @@ impl Cache {
     fn discard(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The whole validity period of a cached token (`exp - iat`), expired or not.
+fn lifetime(t: &CachedToken) -> Option<Duration> {
+    let parts: jws::Parts<serde_json::Value, AssetTokenClaims> =
+        jws::decode_unverified(t.jwt.expose()).ok()?;
+    let c = parts.claims;
+    u64::try_from(c.exp - c.iat?)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
 }
 
 /// Rebuilds a token from its JWT at wall time `now`: monotonic deadlines from `exp`/`iat`.

@@ -52,6 +52,14 @@ pub struct Snapshot {
     pub expect_by: Instant,
     pub refreshes_ok: u64,
     pub refreshes_failed: u64,
+    /// Upstream attempts made (each is one token exchange unless an earlier step failed).
+    pub attempts: u64,
+    /// The refresh policy.
+    pub policy: crate::token::refresher::Mode,
+    /// The held token's refresh point for this cycle; `None` when no token is held.
+    pub refresh_point: Option<Instant>,
+    /// The normal refresh interval, once a token's lifetime is known.
+    pub interval: Option<std::time::Duration>,
 }
 
 /// Grace added to every liveness promise.
@@ -76,7 +84,23 @@ impl Snapshot {
             expect_by: Instant::now() + LIVENESS_SLACK,
             refreshes_ok: 0,
             refreshes_failed: 0,
+            attempts: 0,
+            policy: crate::token::refresher::Mode::default(),
+            refresh_point: None,
+            interval: None,
         }
+    }
+
+    /// Whether the held token is past its refresh point (`None` when no token is held).
+    /// A token past it is still valid, but the loop wants (or, on demand with nothing
+    /// using it, would want) a new one.
+    pub fn past_refresh_point(&self) -> Option<bool> {
+        self.refresh_point.map(|p| Instant::now() >= p)
+    }
+
+    /// The loop plans no attempt: on demand, nothing uses the token, and it lapses.
+    pub fn lapsed(&self) -> bool {
+        self.next_refresh.is_none()
     }
 }
 

@@ -3,9 +3,11 @@
 //! recording when upstream requests arrived and when attempts ended, and checking at every
 //! sample that what the socket serves is valid.
 //!
-//! Timing with `FixedJitter(1.0)` and the emulator's 60 s tokens: a token received at `r0`
-//! is refreshed at `r0 + 42 s` (80 % of the lifetime minus the full 10 % jitter) and expires
-//! at `r0 + 60 s`; failed attempts back off 1, 2, 4, 8, ... s (the full-jitter ceiling).
+//! Timing with [`JITTER`] and the emulator's 60 s tokens: a token received at `r0` is
+//! refreshed at `r0 + 42 s` (80 % of the lifetime minus a third of the 30 % band) and
+//! expires at `r0 + 60 s`; a failed attempt is retried 26 s later (the retry budget: 2/3 of
+//! the 39 s refresh interval), while no token lifetime is known yet the backoff is 1, 2, 4,
+//! 8, ... s (the full-jitter ceiling at 1/3).
 //! Samples are taken half a second after each whole second since `r0`, when nothing is
 //! scheduled, so every event is attributed to its exact second.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -21,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;
 
 use crate::common::{Agent, Device, emulator, get, verify_with_jwks};
+
+/// The rig's jitter: refresh points at 42 s of 60 s tokens (80 % - 1/3 of the 30 % band),
+/// retries 26 s after a failure (1/2 + 1/6 of the 39 s refresh interval).
+pub const JITTER: f64 = 1.0 / 3.0;
 
 /// A jitter source that always answers the same value.
 pub struct FixedJitter(pub f64);
@@ -114,7 +120,7 @@ impl Rig {
             FAST_503
         };
         let config = dev.config(&emu, "", &format!("{fast}\n{token_extra}"));
-        let agent = start_agent(&config, agent_clock.clone(), 1.0).await;
+        let agent = start_agent(&config, agent_clock.clone(), JITTER).await;
         let handle = agent.running.tokens.clone();
         let mut current = handle.current.clone();
         let token =
