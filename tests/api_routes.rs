@@ -191,8 +191,10 @@ async fn refresh_is_admin_single_flight_and_answers_metadata_only() {
     agent.stop().await;
 }
 
+/// An explicit refresh is a person at the device: one attempt now even while the agent
+/// waits out failures, then at most one per 10 s.
 #[tokio::test]
-async fn refresh_while_backing_off_is_503_with_retry_after() {
+async fn refresh_while_backing_off_makes_one_attempt_then_is_rate_limited() {
     let emu = emulator(Clock::system(), |_| {}).await;
     emu.faults().fail_next(u32::MAX, 503).await.unwrap();
     let dev = Device::new(&emu);
@@ -209,9 +211,14 @@ async fn refresh_while_backing_off_is_503_with_retry_after() {
     let r = post(&dev.socket(), "/v1/refresh", "").await;
     let text = String::from_utf8_lossy(&r.body);
     assert_eq!(r.status, 503, "{text}");
-    assert!(text.contains("backing_off"), "{text}");
+    assert!(text.contains("refresh_failed"), "{text}");
+    assert_eq!(emu.stats().total, before + 1, "one attempt, now");
+    let r = post(&dev.socket(), "/v1/refresh", "").await;
+    let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(r.status, 503, "{text}");
+    assert!(text.contains("rate_limited"), "{text}");
     assert!(r.headers.contains_key("retry-after"));
-    assert_eq!(emu.stats().total, before, "no extra upstream call");
+    assert_eq!(emu.stats().total, before + 1, "no extra upstream call");
     agent.stop().await;
 }
 

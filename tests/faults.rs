@@ -54,7 +54,10 @@ async fn status_failure(count: u32, status: u16, scope: Scope) {
     assert_eq!(rig.state_at(60), "failing");
     assert_eq!(rig.state_at(120), "ready");
     assert!((1..=59).all(|s| rig.served_at(s)), "served until expiry");
-    assert!((60..=119).all(|s| !rig.served_at(s)), "nothing expired served");
+    assert!(
+        (60..=119).all(|s| !rig.served_at(s)),
+        "nothing expired served"
+    );
     assert!((120..=170).all(|s| rig.served_at(s)), "served again");
     rig.stop().await;
 }

@@ -49,6 +49,43 @@ fn connected(h: &mqtt::Handle) -> bool {
     h.stats().state() == mqtt::State::Connected
 }
 
+/// By default the session stays up across token rotations: the fresh token goes into the
+/// options for the next reconnect, and the broker sees one login (and the MQTT session
+/// keeps an on-demand refresher refreshing).
+#[tokio::test]
+async fn stays_connected_across_rotations_by_default() {
+    let emu = common::emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    let broker = MqttBroker::start(emu.jwks());
+    let dev = Device::new(&emu);
+    let cfg = config(
+        &dev,
+        &emu,
+        broker.addr,
+        "refresh_at = \"50%\"",
+        "heartbeat = \"1s\"",
+    );
+    let agent = Agent::start(&cfg, Clock::system()).await;
+    let h = handle(&agent);
+    let tokens = agent.running.tokens.clone();
+    let rotated = eventually(Duration::from_secs(30), || {
+        tokens.snapshot().refreshes_ok >= 4
+    })
+    .await;
+    assert!(rotated, "{:?}", tokens.snapshot());
+    assert_eq!(broker.accepted().len(), 1, "{:?}", broker.accepted());
+    let s = h.status();
+    assert_eq!(
+        (s.rotations, s.reconnects, s.disconnects),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert!(tokens.demand().active && tokens.demand().holders == 1);
+    agent.stop().await;
+}
+
 #[tokio::test]
 async fn connects_with_the_token_and_rotates_before_every_expiry() {
     let emu = emulator(Clock::system(), |c| {
@@ -63,7 +100,7 @@ async fn connects_with_the_token_and_rotates_before_every_expiry() {
         &emu,
         broker.addr,
         "refresh_at = \"50%\"",
-        "reconnect_margin = \"1500ms\"\nheartbeat = \"1s\"",
+        "reconnect_on_rotation = true\nreconnect_margin = \"1500ms\"\nheartbeat = \"1s\"",
     );
     let agent = Agent::start(&cfg, Clock::system()).await;
     let h = handle(&agent);
