@@ -29,6 +29,7 @@
 //! line (as under `cargo test --benches`) it does nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods)] // real processes on the real clock: measured, not scheduled
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
