@@ -22,8 +22,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Shared;
-use super::routes::{Caller, error};
+use crate::api::Shared;
+use crate::api::peer::Caller;
+use crate::api::reply::error;
 use wire::clock;
 use wire::http::{self, BodyError, Reply};
 use wire::jose::jws;
