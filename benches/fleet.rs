@@ -245,7 +245,7 @@ fn main() {
 }
 
 async fn simulate(args: &Args) -> Vec<Row> {
-    asset_agent::salesforce::http::install_tls_provider();
+    asset_agent::crypto::install();
     asset_agent::crypto::install();
     let clock = Clock::tokio_driven();
     let emu_cfg = emulator::Config {

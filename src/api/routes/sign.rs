@@ -202,7 +202,7 @@ pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incomin
     let jwt = match signed {
         Ok(Ok(jwt)) => jwt,
         Ok(Err(e)) => {
-            tracing::error!(error = %crate::token::status::chain(&e), "POST /v1/sign: signing failed");
+            tracing::error!(error = %crate::error::chain(&e), "POST /v1/sign: signing failed");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
