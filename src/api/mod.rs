@@ -2,31 +2,29 @@
 //! language's HTTP client can fetch the asset token (docs/api.md).
 //!
 //! Layers, outside in:
-//! - [`listen`]: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
+//! - `listen`: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
 //!   directory);
-//! - [`serve`]: the accept loop; [`conns`] caps connections and picks who gives way;
-//!   [`io`] bounds writes; hyper bounds the request head;
-//! - [`peer`]: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
-//!   only unsafe code) and their role; [`deny`] logs refusals without flooding;
-//! - [`routes`]: authorisation and dispatch; one module per larger handler ([`watch`],
-//!   [`refresh`], [`sign`], [`status`], [`prometheus`]).
+//! - `serve`: the accept loop; `conns` caps connections and picks who gives way;
+//!   `io` bounds writes; hyper bounds the request head;
+//! - `peer`: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
+//!   only unsafe code) and their role; `deny` logs refusals without flooding;
+//! - [`router`]: authorisation and dispatch; [`routes`]: one module per route;
+//!   `reply`: the reply helpers they share.
 
 pub mod activation;
-pub mod body;
-pub mod conns;
-pub mod deny;
-pub mod io;
-pub mod listen;
-pub mod peer;
-pub mod prometheus;
-pub mod refresh;
+pub(crate) mod body;
+pub(crate) mod conns;
+pub(crate) mod deny;
+pub(crate) mod io;
+pub(crate) mod listen;
+mod metrics;
+pub(crate) mod peer;
+pub(crate) mod reply;
+pub mod router;
 pub mod routes;
-pub mod serve;
-pub mod sign;
-pub mod stats;
-pub mod status;
+pub(crate) mod serve;
+pub(crate) mod stats;
 mod sys;
-pub mod watch;
 
 pub use listen::Server;
 
@@ -128,7 +126,7 @@ pub struct State {
     pub denials: deny::DenialLog,
     /// The open connections, once the server runs.
     pub conns: OnceLock<Arc<conns::Registry>>,
-    /// Forced refreshes run one at a time; see [`refresh`].
+    /// Forced refreshes run one at a time; see [`routes::refresh`].
     pub refresh_gate: tokio::sync::Mutex<()>,
 }
 
@@ -144,7 +142,10 @@ pub struct Shared {
     /// The device key, for `POST /v1/sign`.
     pub signer: Arc<dyn Signer>,
     pub limits: Limits,
-    pub state: State,
+    /// The server's own bookkeeping (also exported as metrics).
+    pub state: Arc<State>,
+    /// Every series `GET /metrics` exports.
+    pub metrics: Arc<crate::metrics::Registry>,
     /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
     pub mqtt: Option<crate::mqtt::Handle>,
 }

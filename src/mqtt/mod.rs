@@ -12,7 +12,7 @@
 //!
 //! Files: `session.rs` (the task: connect, rotate, back off), `failure.rs` (refused
 //! login or not), `options.rs`
-//! (`MqttOptions` and TLS), `queue.rs` (local publishes), `publish.rs` (the socket route),
+//! (`MqttOptions` and TLS), `queue.rs` (local publishes; the socket route is `api::routes::mqtt_publish`),
 //! `command.rs` (`.../agent/cmd`), `presence.rs` (status and heartbeat), `topics.rs`,
 //! `stats.rs` (counters for status and `/metrics`).
 //!
@@ -23,11 +23,10 @@ mod command;
 mod failure;
 mod options;
 mod presence;
-pub mod publish;
 mod queue;
 mod session;
-pub mod stats;
-pub mod topics;
+pub(crate) mod stats;
+pub(crate) mod topics;
 
 pub use options::{MAX_INFLIGHT, MAX_PAYLOAD};
 pub use queue::{Queue, Rejected};
@@ -160,7 +159,7 @@ impl Uplink {
 // === impl Handle ===
 
 impl Handle {
-    /// The counters (for `/metrics`: see [`Stats::render_prometheus`]).
+    /// The counters (registered with the metrics registry, and read by status).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
     }

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod flow;
+pub(crate) mod metrics;
 pub mod refresher;
 pub mod status;
 

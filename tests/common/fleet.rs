@@ -270,7 +270,6 @@ struct Served {
 
 /// Runs `sc` on the current (paused-clock) runtime.
 pub async fn simulate(sc: &Scenario) -> Outcome {
-    asset_agent::salesforce::http::install_tls_provider();
     asset_agent::crypto::install();
     let clock = Clock::tokio_driven();
     let emu_cfg = emulator::Config {
