@@ -56,8 +56,13 @@ async fn min_ttl_never_waits_for_an_upstream_timeout() {
     assert_eq!(took, Duration::from_secs(2));
     assert!(r.headers.contains_key("retry-after"));
     assert_eq!(rig.emu.grant_count(Grant::TokenExchange), 2);
-    // The attempt times out at +5 s, the retry 1 s later succeeds.
+    // The attempt times out at +5 s; the retry budget puts the next attempt 26 s later,
+    // and a min_ttl request meanwhile is answered 503 at once, without an exchange.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let (r, took) = timed(&rig, "/v1/token?min_ttl=45").await;
+    assert_eq!((r.status.as_u16(), took), (503, Duration::ZERO));
+    assert_eq!(rig.emu.grant_count(Grant::TokenExchange), 2);
+    tokio::time::sleep(Duration::from_secs(26)).await;
     let (r, _) = timed(&rig, "/v1/token?min_ttl=45").await;
     assert_eq!(r.status, 200);
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();

@@ -22,9 +22,9 @@
 //!   ~1.3x its steady rate, and every device retries within one interval once Salesforce is
 //!   back); `Retry-After` is a floor.
 //! - **Boot spread.** A refresh that is overdue, or due within the spread, when the agent
-//!   starts with a cached token (a reboot) is drawn uniformly over [`BOOT_SPREAD`] refresh intervals, with fresh
-//!   randomness per boot, instead of all devices of a rebooted fleet calling at once. A request that finds
-//!   no live token does not wait for that slot.
+//!   starts with a cached token (a reboot) is drawn uniformly over [`BOOT_SPREAD`] refresh
+//!   intervals, with fresh randomness per boot, instead of all devices of a rebooted fleet
+//!   calling at once. A request that finds no live token does not wait for that slot.
 //! - **Admin refresh** ([`Handle::admin_refresh`]): one attempt now, even while retrying
 //!   after failures, at most one per [`ADMIN_INTERVAL`], and only with a budget credit.
 
@@ -130,7 +130,7 @@ struct Inner {
 /// Whether anything uses the token now, for status and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct DemandView {
-    /// Anything at all (always true for the eager policy's purposes is *not* implied).
+    /// Whether anything uses the token now (always true under the eager policy).
     pub active: bool,
     /// Open watch streams and MQTT sessions.
     pub holders: usize,
