@@ -76,6 +76,9 @@ pub struct Options {
     pub jitter: Box<dyn Jitter>,
     /// Receives the flow's step-by-step [`Progress`] (the demo narrates it).
     pub progress: broadcast::Sender<Progress>,
+    /// Where `POST /v1/reload` sends its requests: only the daemon (`run`) owns a
+    /// configuration to reload; without it the route answers 503.
+    pub reload: crate::reload::Requests,
 }
 
 impl Default for Options {
@@ -84,6 +87,7 @@ impl Default for Options {
             clock: Clock::system(),
             jitter: Box::new(OsJitter),
             progress: broadcast::channel(64).0,
+            reload: crate::reload::Requests::default(),
         }
     }
 }
@@ -205,6 +209,7 @@ pub async fn start(
         limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
         state: api::State::default(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
+        reload: options.reload,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = TaskTracker::new();

@@ -18,6 +18,16 @@
 //!   re-bind (none with socket activation).
 //! - Secret *files* (refresh token, client secret, keys) are read when needed or at start;
 //!   replacing one's contents is not a config change and needs a restart to take effect.
+//!
+//! Two ways in: `SIGHUP`, which can only log the outcome, and `POST /v1/reload` (what
+//! `asset-agent reload`, the unit's `ExecReload=`, calls), which waits for it, so a refused
+//! reload makes `systemctl reload` fail with the reason. The daemon owns the running
+//! configuration, so the API hands it a [`Pending`] request and waits for the [`Report`].
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
@@ -42,9 +52,70 @@ pub enum Outcome {
     Invalid(Box<config::Error>),
 }
 
+/// A reload's outcome as the API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// False when the new configuration was refused (the running one is kept).
+    pub accepted: bool,
+    /// `unchanged`, `applied`, `needs_restart` or `invalid`.
+    pub outcome: &'static str,
+    /// The one-line summary the log shows.
+    pub summary: String,
+}
+
+/// A reload asked for over the socket: the daemon answers on it.
+pub type Pending = oneshot::Sender<Report>;
+
+/// How the socket API asks the daemon for a reload. `None` where no daemon serves
+/// requests (an agent embedded in tests or the demo): the API then answers 503.
+#[derive(Debug, Clone, Default)]
+pub struct Requests(Option<mpsc::Sender<Pending>>);
+
+/// The daemon will not reload now (nobody serves requests, or it did not answer in time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unavailable;
+
+/// Requests and the daemon's end of them. A few may queue; more are refused as busy.
+pub fn channel() -> (Requests, mpsc::Receiver<Pending>) {
+    let (tx, rx) = mpsc::channel(4);
+    (Requests(Some(tx)), rx)
+}
+
+impl Requests {
+    /// Asks for a reload and waits up to `wait` for its report.
+    ///
+    /// # Errors
+    /// [`Unavailable`] when no daemon takes requests, the queue is full, or it did not
+    /// answer within `wait`.
+    pub async fn reload(&self, wait: Duration) -> Result<Report, Unavailable> {
+        let tx = self.0.as_ref().ok_or(Unavailable)?;
+        let (reply, answer) = oneshot::channel();
+        tx.try_send(reply).map_err(|_| Unavailable)?;
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(report)) => Ok(report),
+            _ => Err(Unavailable),
+        }
+    }
+}
+
 // === impl Outcome ===
 
 impl Outcome {
+    /// What the API answers.
+    pub fn report(&self) -> Report {
+        let (accepted, outcome) = match self {
+            Outcome::Unchanged => (true, "unchanged"),
+            Outcome::Applied { .. } => (true, "applied"),
+            Outcome::NeedsRestart { .. } => (false, "needs_restart"),
+            Outcome::Invalid(_) => (false, "invalid"),
+        };
+        Report {
+            accepted,
+            outcome,
+            summary: self.summary(),
+        }
+    }
+
     /// One line for the log and for systemd's `STATUS=`.
     pub fn summary(&self) -> String {
         match self {
@@ -111,7 +182,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 30] = [
+    let rows: [(&'static str, bool); 31] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -147,6 +218,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("token.leeway", ta.leeway != tb.leeway),
         ("token.backoff_max", ta.backoff_max != tb.backoff_max),
         ("token.min_ttl_wait", ta.min_ttl_wait != tb.min_ttl_wait),
+        ("token.ready_timeout", ta.ready_timeout != tb.ready_timeout),
         ("state.dir", a.state.dir != b.state.dir),
         ("api.socket", a.api.socket != b.api.socket),
         ("api.allow_uids", a.api.allow_uids != b.api.allow_uids),

@@ -20,6 +20,7 @@ pub mod listen;
 pub mod peer;
 pub mod prometheus;
 pub mod refresh;
+pub mod reload;
 pub mod routes;
 pub mod serve;
 pub mod sign;
@@ -147,6 +148,8 @@ pub struct Shared {
     pub state: State,
     /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
     pub mqtt: Option<crate::mqtt::Handle>,
+    /// Where `POST /v1/reload` asks the daemon to reload.
+    pub reload: crate::reload::Requests,
 }
 
 impl std::fmt::Debug for Shared {

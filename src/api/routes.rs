@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Peer, Role};
-use super::{Shared, prometheus, refresh, sign, status, watch};
+use super::{Shared, prometheus, refresh, reload, sign, status, watch};
 use crate::token::AssetToken;
 use wire::clock;
 use wire::http::{self, Reply};
@@ -33,6 +33,8 @@ pub enum Route {
     Metrics,
     Sign,
     Refresh,
+    /// `POST /v1/reload` (src/api/reload.rs).
+    Reload,
     /// `POST /v1/mqtt/publish` (src/mqtt/publish.rs).
     MqttPublish,
 }
@@ -49,7 +51,7 @@ pub struct Caller {
 // === impl Route ===
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Token,
         Route::Watch,
         Route::Status,
@@ -58,6 +60,7 @@ impl Route {
         Route::Metrics,
         Route::Sign,
         Route::Refresh,
+        Route::Reload,
         Route::MqttPublish,
     ];
 
@@ -71,13 +74,14 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Sign => "/v1/sign",
             Route::Refresh => "/v1/refresh",
+            Route::Reload => "/v1/reload",
             Route::MqttPublish => "/v1/mqtt/publish",
         }
     }
 
     pub fn method(self) -> Method {
         match self {
-            Route::Sign | Route::Refresh | Route::MqttPublish => Method::POST,
+            Route::Sign | Route::Refresh | Route::Reload | Route::MqttPublish => Method::POST,
             _ => Method::GET,
         }
     }
@@ -86,7 +90,7 @@ impl Route {
     pub fn role(self) -> Role {
         match self {
             Route::Sign => Role::Signer,
-            Route::Refresh => Role::Admin,
+            Route::Refresh | Route::Reload => Role::Admin,
             _ => Role::Token,
         }
     }
@@ -154,6 +158,7 @@ async fn dispatch(
         Route::Metrics => full(prometheus::reply(shared)),
         Route::Sign => full(sign::reply(shared, caller, req).await),
         Route::Refresh => full(refresh::reply(shared).await),
+        Route::Reload => full(reload::reply(shared).await),
         // Token role: whoever may read the token could log in to the broker with it anyway.
         Route::MqttPublish => full(crate::mqtt::publish::handle(shared.mqtt.as_ref(), req).await),
     }

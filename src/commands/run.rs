@@ -2,8 +2,9 @@
 //!
 //! Signals: SIGTERM and SIGINT drain (stop accepting, let in-flight requests finish for
 //! up to [`GRACE`], stop the refresh loop) and exit 0, telling systemd `STOPPING=1` first.
-//! SIGHUP reloads the configuration all-or-nothing (`crate::reload`). The handlers are
-//! installed before anything else, because SIGHUP's default action would kill us.
+//! SIGHUP and `POST /v1/reload` reload the configuration all-or-nothing (`crate::reload`);
+//! a socket request gets the outcome back. The handlers are installed before anything
+//! else, because SIGHUP's default action would kill us.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Error, load_config};
 use crate::agent::{self, Options};
 use crate::config::Config;
-use crate::systemd::{self, Notifier, Supervisor};
+use crate::systemd::{self, Notifier, Readiness, Supervisor};
 use crate::token::status::chain;
 
 /// In-flight requests get this long to finish after SIGTERM.
@@ -48,7 +49,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
     }
     let cancel = CancellationToken::new();
-    let running = match agent::start(&config, Options::default(), cancel.clone()).await {
+    let (requests, mut reloads) = crate::reload::channel();
+    let options = Options {
+        reload: requests,
+        ..Options::default()
+    };
+    let running = match agent::start(&config, options, cancel.clone()).await {
         Ok(r) => r,
         Err(e) => {
             tell(
@@ -58,18 +64,48 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
             return Err(Error::Agent(e));
         }
     };
+    let readiness = Readiness {
+        timeout: config.token.ready_timeout,
+        refresh_at: config.token.refresh_at,
+    };
+    let mut resync = None;
     let supervisor = notifier.clone().map(|n| {
         let watchdog = systemd::watchdog_timeout_from_env();
         if let Some(w) = watchdog {
             tracing::info!(timeout_ms = w.as_millis(), "systemd watchdog enabled");
         }
-        tokio::spawn(Supervisor::new(n, running.tokens.clone(), watchdog).run(cancel.child_token()))
+        let supervisor = Supervisor::new(n, running.tokens.clone(), watchdog, readiness);
+        resync = Some(supervisor.resync());
+        tokio::spawn(supervisor.run(cancel.child_token()))
     });
 
     let signal = loop {
-        match signals.next().await {
-            Received::Reload => reload(&mut config, config_path.clone(), notifier.as_deref()),
-            Received::Stop(name) => break name,
+        tokio::select! {
+            received = signals.next() => match received {
+                Received::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // systemd learns of a reload it did not start (a manual `kill -HUP`).
+                    if let Some(n) = &notifier {
+                        let _ = n.reloading();
+                    }
+                    reload(&mut config, config_path.clone());
+                    if let Some(n) = &notifier {
+                        let _ = n.reloaded();
+                    }
+                }
+                Received::Stop(name) => break name,
+            },
+            Some(pending) = reloads.recv() => {
+                // `asset-agent reload` (the unit's ExecReload=): systemd is already in its
+                // reload state and waits for that command, which reports the outcome.
+                tracing::info!("reload requested over the socket");
+                let report = reload(&mut config, config_path.clone());
+                let _ = pending.send(report);
+            }
+        }
+        // STATUS= goes back to the agent's state, whatever the reload set.
+        if let Some(r) = &resync {
+            r.now();
         }
     };
     tracing::info!(signal, "shutting down");
@@ -108,11 +144,8 @@ fn tell(notifier: Option<&Notifier>, status: &str) {
     }
 }
 
-fn reload(config: &mut Config, path: Option<PathBuf>, notifier: Option<&Notifier>) {
-    tracing::info!("SIGHUP: reloading the configuration");
-    if let Some(n) = notifier {
-        let _ = n.reloading();
-    }
+/// Reloads and logs the outcome; see `crate::reload`.
+fn reload(config: &mut Config, path: Option<PathBuf>) -> crate::reload::Report {
     let outcome = crate::reload::reload(config, || {
         Config::load(&crate::config::LoadOptions::from_process(path))
     });
@@ -123,9 +156,7 @@ fn reload(config: &mut Config, path: Option<PathBuf>, notifier: Option<&Notifier
         }
         _ => tracing::info!("{summary}"),
     }
-    if let Some(n) = notifier {
-        let _ = n.reloaded(&summary);
-    }
+    outcome.report()
 }
 
 /// The signals `run` reacts to.
