@@ -51,8 +51,10 @@ rmdir "$dev" 2>/dev/null || true
 mount -o remount,bind,ro /sys
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
-mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
-mount -o remount,bind,ro /proc/sysrq-trigger
+if [ -e /proc/sysrq-trigger ]; then
+  mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
+  mount -o remount,bind,ro /proc/sysrq-trigger
+fi
 
 # Our cgroup subtree (stage one put us in a cgroup of our own before unshare --cgroup).
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
@@ -60,4 +62,4 @@ mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 hostname asset-agent-boot
 
 exec env -i container=asset-agent-boot-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-  /lib/systemd/systemd --system --unit="$target" --log-target=console --show-status=no
+  /lib/systemd/systemd --system --unit="$target" --show-status=no

@@ -530,6 +530,7 @@ impl Loop {
         let notifier =
             Arc::new(Notifier::connect(dev.path("notify.sock").to_str().unwrap()).unwrap());
         let readiness = Readiness {
+            started: Instant::now(),
             timeout: Duration::from_secs(3600),
             refresh_at: 0.5,
         };

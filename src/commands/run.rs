@@ -23,6 +23,7 @@ use crate::token::status::chain;
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
     let mut signals = Signals::install()?;
     let notifier = notifier();
     let mut config = match load_config(config_path.clone()) {
@@ -65,6 +66,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         }
     };
     let readiness = Readiness {
+        started,
         timeout: config.token.ready_timeout,
         refresh_at: config.token.refresh_at,
     };

@@ -59,6 +59,9 @@ pub struct Supervisor {
 /// When start-up counts as complete; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct Readiness {
+    /// When the process started: the bounded wait counts from here, so slow start-up
+    /// work (generating the device key on first start) is part of it.
+    pub started: Instant,
     /// `token.ready_timeout`: `READY=1` goes out at the latest this long after start.
     pub timeout: Duration,
     /// `token.refresh_at`: a token past this fraction of its lifetime is due for refresh
@@ -86,11 +89,11 @@ pub enum Why {
 }
 
 impl Readiness {
-    /// Whether start-up is complete at `now`, for a start at `started` holding `token`.
-    pub fn check(&self, token: Option<&AssetToken>, started: Instant, now: Instant) -> Option<Why> {
-        if token.is_some_and(|t| t.is_live() && !self.due(t, now)) {
+    /// Whether start-up is complete at `now`, holding `token`.
+    pub fn check(&self, token: Option<&AssetToken>, now: Instant) -> Option<Why> {
+        if token.is_some_and(|t| now < t.expires && !self.due(t, now)) {
             Some(Why::Token)
-        } else if now >= started + self.timeout {
+        } else if now >= self.started + self.timeout {
             Some(Why::Timeout)
         } else {
             None
@@ -141,8 +144,7 @@ impl Supervisor {
         let mut reporter = Reporter::default();
         let mut loop_gone = false;
         let mut stalled = false;
-        let started = Instant::now();
-        let ready_by = started + self.readiness.timeout;
+        let ready_by = self.readiness.started + self.readiness.timeout;
         loop {
             let token = live(&current_rx);
             let snap = self.tokens.snapshot();
@@ -152,10 +154,7 @@ impl Supervisor {
             }
             let text = describe(&snap, token.as_deref(), stalled);
             let why = (!self.notifier.is_ready())
-                .then(|| {
-                    self.readiness
-                        .check(token.as_deref(), started, Instant::now())
-                })
+                .then(|| self.readiness.check(token.as_deref(), Instant::now()))
                 .flatten();
             if let Some(why) = why {
                 match why {
@@ -289,6 +288,32 @@ mod tests {
             },
             received: Instant::now(),
             expires: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_on_a_token_not_yet_due_or_when_the_wait_is_over() {
+        let t = token(); // 60 s lifetime from now: due for refresh at 48 s with 80 %
+        let r = Readiness {
+            started: Instant::now(),
+            timeout: Duration::from_secs(100),
+            refresh_at: 0.8,
+        };
+        let at = |s: u64| r.started + Duration::from_secs(s);
+        let rows = [
+            (Some(&t), at(0), Some(Why::Token)),
+            (Some(&t), at(47), Some(Why::Token)),
+            (None, at(47), None),
+            // A restored token past its refresh point does not count ...
+            (Some(&t), at(48), None),
+            (Some(&t), at(59), None),
+            // ... until the wait is over.
+            (Some(&t), at(100), Some(Why::Timeout)),
+            (None, at(99), None),
+            (None, at(100), Some(Why::Timeout)),
+        ];
+        for (token, now, want) in rows {
+            assert_eq!(r.check(token, now), want, "{:?}", now - r.started);
         }
     }
 

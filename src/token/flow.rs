@@ -53,8 +53,10 @@ pub enum Progress {
 /// A failed pass, sorted for the refresh loop.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not obtain an access token")]
-    Subject(#[source] subject::Error),
+    /// Each variant says what failed ("obtaining the access token failed: ...", "could not
+    /// read the refresh token file ..."); a prefix here only repeated it.
+    #[error(transparent)]
+    Subject(subject::Error),
     #[error("could not mint the actor token")]
     Mint(#[source] jws::Error),
     /// The upstream error names the step ("the token exchange failed: ..."): saying it
