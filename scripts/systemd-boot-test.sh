@@ -99,6 +99,7 @@ if [ -z "${ASSET_AGENT_BOOT_CGROUP:-}" ]; then
     exit $rc
   }
   trap cleanup_outer EXIT
+  trap 'exit 130' INT TERM HUP
   echo $$ >"$cg/outer/cgroup.procs"
   ASSET_AGENT_BOOT_CGROUP=$cg unshare --mount --propagation private -- "$0" "$deb" "$emu"
   exit $?
@@ -127,6 +128,7 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 in_ns() { nsenter -t "$pid1" -m -p -u -i -C -- "$@"; }
 

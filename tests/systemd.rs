@@ -391,12 +391,13 @@ async fn a_cached_token_past_its_refresh_point_is_refreshed_before_ready() {
     let manager = Manager::bind(dev.dir.path());
     let child = spawn_agent(&config, dev.dir.path());
     let seen = manager.until(Duration::from_secs(30), is_ready).await;
-    assert!(
-        emu.events().len() > issued,
-        "READY=1 on the cached token, before refreshing it: {seen:#?}"
-    );
+    let refreshed_first = emu.events().len() > issued;
     signal(&child, rustix::process::Signal::TERM);
     let (code, stderr) = finish(child).await;
+    assert!(
+        refreshed_first,
+        "READY=1 on the cached token, before refreshing it: {seen:#?}"
+    );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("serving the cached asset token"),
