@@ -16,7 +16,7 @@ use crate::config::{self, AuthMethod, Config};
 use crate::keys::{FileKey, LoadError, Signer};
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
-use crate::salesforce::{Upstream, http};
+use crate::salesforce::{Upstream, upstream};
 use crate::skew::Skew;
 use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
@@ -48,7 +48,7 @@ pub enum Error {
     #[error("the client secret file {} is empty", path.display())]
     ClientSecretEmpty { path: PathBuf },
     #[error("could not set up the HTTPS client")]
-    Http(#[source] http::BuildError),
+    Http(#[source] upstream::BuildError),
     #[error("the asset-signing certificate is unusable")]
     Certificate(#[source] verify::CertError),
     #[error("could not open the socket")]
@@ -65,7 +65,7 @@ impl Error {
     pub fn is_config(&self) -> bool {
         !matches!(
             self,
-            Error::Http(http::BuildError::Client(_)) | Error::Socket(_)
+            Error::Http(upstream::BuildError::Client(_)) | Error::Socket(_)
         )
     }
 }
@@ -120,7 +120,7 @@ pub async fn start(
     options: Options,
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
-    http::install_tls_provider();
+    crate::crypto::install();
     crate::crypto::install();
     let (key, key_created) =
         FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
@@ -333,7 +333,7 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 /// # Errors
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
 pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
-    http::install_tls_provider();
+    crate::crypto::install();
     crate::crypto::install();
     let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
     let skew = Arc::new(Skew::default());

@@ -18,16 +18,12 @@ pub mod deny;
 pub mod io;
 pub mod listen;
 pub mod peer;
-pub mod prometheus;
-pub mod refresh;
-pub mod reload;
+pub mod reply;
+pub mod router;
 pub mod routes;
 pub mod serve;
-pub mod sign;
 pub mod stats;
-pub mod status;
 mod sys;
-pub mod watch;
 
 pub use listen::Server;
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hyper::{Method, StatusCode};
 
 use super::{Error, load_config};
-use crate::api::status::Status;
+use crate::api::routes::status::Status;
 use crate::cli::{SocketArg, StatusArgs, TokenArgs};
 use crate::client;
 
@@ -28,7 +28,7 @@ pub(super) fn socket(config: Option<PathBuf>, arg: SocketArg) -> Result<PathBuf,
         Ok(c) => pick(Some(c.api.socket), present),
         Err(e) if explicit && !present(Path::new(SYSTEM_SOCKET)) => return Err(e),
         Err(e) => {
-            tracing::debug!(error = %crate::token::status::chain(&e), "no socket from the config");
+            tracing::debug!(error = %crate::error::chain(&e), "no socket from the config");
             pick(None, present)
         }
     })
@@ -181,7 +181,8 @@ mod tests {
         let system = PathBuf::from(SYSTEM_SOCKET);
         let mine = PathBuf::from("/run/user/1000/asset-agent/agent.sock");
         let only = |p: &'static str| move |q: &Path| q == Path::new(p);
-        let rows: [(Option<PathBuf>, &dyn Fn(&Path) -> bool, &PathBuf); 5] = [
+        type Present<'a> = &'a dyn Fn(&Path) -> bool;
+        let rows: [(Option<PathBuf>, Present<'_>, &PathBuf); 5] = [
             // A user's own agent is running: it wins.
             (
                 Some(mine.clone()),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::error::{Error as UpstreamError, Step};
-use super::http::Upstream;
+use super::upstream::Upstream;
 use crate::fsutil;
 use wire::Secret;
 use wire::oauth::OAuthTokenResponse;

@@ -148,7 +148,7 @@ impl Cache {
             }
         };
         if let Err(e) = fsutil::write_secret_atomic(&self.path, &bytes) {
-            tracing::warn!(error = %crate::token::status::chain(&e), "could not save the token cache");
+            tracing::warn!(error = %crate::error::chain(&e), "could not save the token cache");
         }
     }
 

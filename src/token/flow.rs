@@ -372,12 +372,12 @@ mod tests {
                     assert!(!later.starts_with(earlier.as_str()), "{msgs:?}");
                 }
             }
-            let line = super::super::status::chain(&err);
+            let line = crate::error::chain(&err);
             let parts: Vec<&str> = line.split(": ").collect();
             assert!(parts.windows(2).all(|w| w[0] != w[1]), "{line}");
         }
         assert_eq!(
-            super::super::status::chain(&Error::Exchange(timeout(Step::Exchange))),
+            crate::error::chain(&Error::Exchange(timeout(Step::Exchange))),
             "the token exchange failed: Salesforce timed out after 30s"
         );
     }

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
-use super::status::{LIVENESS_SLACK, Snapshot, State, chain};
+use super::status::{LIVENESS_SLACK, Snapshot, State};
 use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
+use crate::error::chain;
 use crate::salesforce::Class;
 
 /// How often to look for a refresh token while waiting for enrollment, and for a changed

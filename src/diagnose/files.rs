@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use super::Finding;
 use crate::config::{AuthMethod, Config};
+use crate::error::chain;
 use crate::keys::{FileKey, LoadError, Signer as _};
 use crate::salesforce::subject::{self, read_refresh_token};
-use crate::token::status::chain;
 
 /// Where an installed socket unit may live, in systemd's order of precedence.
 const SOCKET_UNITS: [&str; 3] = [

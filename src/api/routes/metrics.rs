@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use hyper::StatusCode;
 
-use super::Shared;
+use crate::api::Shared;
 use crate::token::status::State;
 use wire::http::{self, Reply};
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde::Serialize;
 
-use super::Shared;
-use super::routes::error;
+use crate::api::Shared;
+use crate::api::reply::error;
 use wire::http::{self, Reply};
 
 /// Loading and validating a configuration takes milliseconds; this bounds a daemon that
