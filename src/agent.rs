@@ -14,12 +14,14 @@ use crate::api::{self, Info, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
 use crate::keys::{FileKey, LoadError, Signer};
+use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
 use crate::salesforce::{Upstream, upstream};
 use crate::skew::Skew;
 use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
+use crate::token::metrics::TokenMetrics;
 use crate::token::refresher::{Handle, Policy, Refresher};
 use wire::Secret;
 use wire::clock::Clock;
@@ -121,7 +123,6 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
     crate::crypto::install();
-    crate::crypto::install();
     let (key, key_created) =
         FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
     if key_created {
@@ -133,6 +134,7 @@ pub async fn start(
     }
     let key: Arc<dyn Signer> = Arc::new(key);
     let skew = Arc::new(Skew::default());
+    let metrics = Arc::new(Registry::default());
     let sf = &config.salesforce;
     let upstream = Upstream::new(
         &sf.instance_url,
@@ -141,7 +143,8 @@ pub async fn start(
         options.clock.clone(),
         skew.clone(),
     )
-    .map_err(Error::Http)?;
+    .map_err(Error::Http)?
+    .with_metrics(metrics.clone());
     let credentials = credentials(config, &options.clock, &skew)?;
     let verifier = verifier(config)?;
     let verification = verifier.fingerprint();
@@ -194,6 +197,15 @@ pub async fn start(
         rustix::process::geteuid().as_raw(),
         server.socket_gid(),
     );
+    let state = Arc::new(api::State::default());
+    metrics.register(Arc::new(TokenMetrics {
+        tokens: tokens.clone(),
+        skew: skew.clone(),
+    }));
+    metrics.register(state.clone());
+    if let Some((_, handle)) = &mqtt {
+        metrics.register(handle.stats().clone());
+    }
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
         info: Info {
@@ -207,7 +219,8 @@ pub async fn start(
         min_ttl_wait: config.token.min_ttl_wait,
         signer: key.clone(),
         limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
-        state: api::State::default(),
+        state: state.clone(),
+        metrics: metrics.clone(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
         reload: options.reload,
     });
@@ -333,7 +346,6 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 /// # Errors
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
 pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
-    crate::crypto::install();
     crate::crypto::install();
     let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
     let skew = Arc::new(Skew::default());

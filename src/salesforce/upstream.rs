@@ -11,6 +11,7 @@ use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 
 use super::error::{Error, Step};
+use crate::metrics::Registry;
 use crate::skew::Skew;
 use crate::tls::{RootsError, root_store};
 use wire::clock;
@@ -40,6 +41,9 @@ pub struct Upstream {
     timeout: Duration,
     clock: clock::Clock,
     skew: Arc<Skew>,
+    /// Where call latencies are counted: the agent's registry once [`Upstream::with_metrics`]
+    /// names it, else one of this client's own.
+    metrics: Arc<Registry>,
 }
 
 // === impl Upstream ===
@@ -82,6 +86,7 @@ impl Upstream {
             timeout,
             clock,
             skew,
+            metrics: Arc::default(),
         })
     }
 
@@ -91,6 +96,18 @@ impl Upstream {
     }
 
     /// The clock-skew estimate fed by every response's `Date` header.
+    /// Counts this client's calls in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Registry>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The registry this client counts in.
+    pub fn metrics(&self) -> &Arc<Registry> {
+        &self.metrics
+    }
+
     pub fn skew(&self) -> &Arc<Skew> {
         &self.skew
     }
@@ -140,7 +157,9 @@ impl Upstream {
         };
         let started = tokio::time::Instant::now();
         let outcome = tokio::time::timeout(self.timeout, call).await;
-        crate::metrics::upstream_call(step, started.elapsed());
+        self.metrics
+            .counters()
+            .upstream_call(step, started.elapsed());
         let (status, headers, body) = outcome.map_err(|_| Error::Timeout {
             step,
             timeout: self.timeout,

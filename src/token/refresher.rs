@@ -193,7 +193,7 @@ impl Refresher {
             }
             match result {
                 Ok(token) => {
-                    crate::metrics::refresh_succeeded();
+                    self.flow.upstream.metrics().counters().refresh_succeeded();
                     backoff.reset();
                     backing_off = false;
                     recheck = None;
@@ -233,7 +233,11 @@ impl Refresher {
                         .then(|| Instant::now() + ENROLLMENT_POLL);
                     let message = chain(&err);
                     let reason = err.reason();
-                    crate::metrics::refresh_failed(&reason);
+                    self.flow
+                        .upstream
+                        .metrics()
+                        .counters()
+                        .refresh_failed(&reason);
                     let has_token = live(&self.current.subscribe()).is_some();
                     let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
                     if enrolling && was_enrolling {
