@@ -25,5 +25,6 @@ pub mod reload;
 pub mod salesforce;
 pub mod skew;
 pub mod systemd;
+pub mod tasks;
 pub mod tls;
 pub mod token;

@@ -71,17 +71,19 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         refresh_at: config.token.refresh_at,
     };
     let mut resync = None;
-    let supervisor = notifier.clone().map(|n| {
+    if let Some(n) = notifier.clone() {
         let watchdog = systemd::watchdog_timeout_from_env();
         if let Some(w) = watchdog {
             tracing::info!(timeout_ms = w.as_millis(), "systemd watchdog enabled");
         }
         let supervisor = Supervisor::new(n, running.tokens.clone(), watchdog, readiness);
         resync = Some(supervisor.resync());
-        tokio::spawn(supervisor.run(cancel.child_token()))
-    });
+        running
+            .tasks()
+            .spawn("systemd notifier", supervisor.run(cancel.child_token()));
+    }
 
-    let signal = loop {
+    let stop = loop {
         tokio::select! {
             received = signals.next() => match received {
                 Received::Reload => {
@@ -95,7 +97,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                         let _ = n.reloaded();
                     }
                 }
-                Received::Stop(name) => break name,
+                Received::Stop(name) => break Ok(name),
             },
             Some(pending) = reloads.recv() => {
                 // `asset-agent reload` (the unit's ExecReload=): systemd is already in its
@@ -104,10 +106,21 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                 let report = reload(&mut config, config_path.clone());
                 let _ = pending.send(report);
             }
+            exit = running.failed() => break Err(exit),
         }
         // STATUS= goes back to the agent's state, whatever the reload set.
         if let Some(r) = &resync {
             r.now();
+        }
+    };
+    let signal = match &stop {
+        Ok(name) => *name,
+        Err(exit) => {
+            tell(
+                notifier.as_deref(),
+                &format!("failed: {}", chain(exit.as_ref())),
+            );
+            "a failed task"
         }
     };
     tracing::info!(signal, "shutting down");
@@ -120,11 +133,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     if tokio::time::timeout(GRACE, running.wait()).await.is_err() {
         tracing::warn!(grace_s = GRACE.as_secs(), "some tasks did not stop in time");
     }
-    if let Some(task) = supervisor {
-        let _ = task.await;
-    }
     tracing::info!("stopped");
-    Ok(())
+    // A task that died takes the process down with it, non-zero, so systemd restarts us.
+    stop.map(|_| ()).map_err(Error::Task)
 }
 
 /// The systemd notifier, if started by systemd with `Type=notify`.
