@@ -80,7 +80,7 @@ pub struct Options {
     pub progress: broadcast::Sender<Progress>,
     /// Where `POST /v1/reload` sends its requests: only the daemon (`run`) owns a
     /// configuration to reload; without it the route answers 503.
-    pub reload: crate::reload::Requests,
+    pub reload: crate::api::routes::reload::Requests,
 }
 
 impl Default for Options {
@@ -89,7 +89,7 @@ impl Default for Options {
             clock: Clock::system(),
             jitter: Box::new(OsJitter),
             progress: broadcast::channel(64).0,
-            reload: crate::reload::Requests::default(),
+            reload: crate::api::routes::reload::Requests::default(),
         }
     }
 }

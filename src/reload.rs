@@ -22,12 +22,10 @@
 //! Two ways in: `SIGHUP`, which can only log the outcome, and `POST /v1/reload` (what
 //! `asset-agent reload`, the unit's `ExecReload=`, calls), which waits for it, so a refused
 //! reload makes `systemctl reload` fail with the reason. The daemon owns the running
-//! configuration, so the API hands it a [`Pending`] request and waits for the [`Report`].
+//! configuration, so the API (`api::routes::reload`) hands it a request and waits for the
+//! report.
 
-use std::time::Duration;
-
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use crate::api::routes::reload::Report;
 
 use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
@@ -50,52 +48,6 @@ pub enum Outcome {
     NeedsRestart { keys: Vec<&'static str> },
     /// The new configuration is invalid; nothing was applied.
     Invalid(Box<config::Error>),
-}
-
-/// A reload's outcome as the API reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Report {
-    /// False when the new configuration was refused (the running one is kept).
-    pub accepted: bool,
-    /// `unchanged`, `applied`, `needs_restart` or `invalid`.
-    pub outcome: &'static str,
-    /// The one-line summary the log shows.
-    pub summary: String,
-}
-
-/// A reload asked for over the socket: the daemon answers on it.
-pub type Pending = oneshot::Sender<Report>;
-
-/// How the socket API asks the daemon for a reload. `None` where no daemon serves
-/// requests (an agent embedded in tests or the demo): the API then answers 503.
-#[derive(Debug, Clone, Default)]
-pub struct Requests(Option<mpsc::Sender<Pending>>);
-
-/// The daemon will not reload now (nobody serves requests, or it did not answer in time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
-/// Requests and the daemon's end of them. A few may queue; more are refused as busy.
-pub fn channel() -> (Requests, mpsc::Receiver<Pending>) {
-    let (tx, rx) = mpsc::channel(4);
-    (Requests(Some(tx)), rx)
-}
-
-impl Requests {
-    /// Asks for a reload and waits up to `wait` for its report.
-    ///
-    /// # Errors
-    /// [`Unavailable`] when no daemon takes requests, the queue is full, or it did not
-    /// answer within `wait`.
-    pub async fn reload(&self, wait: Duration) -> Result<Report, Unavailable> {
-        let tx = self.0.as_ref().ok_or(Unavailable)?;
-        let (reply, answer) = oneshot::channel();
-        tx.try_send(reply).map_err(|_| Unavailable)?;
-        match tokio::time::timeout(wait, answer).await {
-            Ok(Ok(report)) => Ok(report),
-            _ => Err(Unavailable),
-        }
-    }
 }
 
 // === impl Outcome ===

@@ -149,7 +149,7 @@ pub struct Shared {
     /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
     pub mqtt: Option<crate::mqtt::Handle>,
     /// Where `POST /v1/reload` asks the daemon to reload.
-    pub reload: crate::reload::Requests,
+    pub reload: routes::reload::Requests,
 }
 
 impl std::fmt::Debug for Shared {

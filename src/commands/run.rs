@@ -50,7 +50,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
     }
     let cancel = CancellationToken::new();
-    let (requests, mut reloads) = crate::reload::channel();
+    let (requests, mut reloads) = crate::api::routes::reload::channel();
     let options = Options {
         reload: requests,
         ..Options::default()
@@ -158,7 +158,7 @@ fn tell(notifier: Option<&Notifier>, status: &str) {
 }
 
 /// Reloads and logs the outcome; see `crate::reload`.
-fn reload(config: &mut Config, path: Option<PathBuf>) -> crate::reload::Report {
+fn reload(config: &mut Config, path: Option<PathBuf>) -> crate::api::routes::reload::Report {
     let outcome = crate::reload::reload(config, || {
         Config::load(&crate::config::LoadOptions::from_process(path))
     });
