@@ -78,6 +78,9 @@ pub struct Options {
     pub jitter: Box<dyn Jitter>,
     /// Receives the flow's step-by-step [`Progress`] (the demo narrates it).
     pub progress: broadcast::Sender<Progress>,
+    /// Where `POST /v1/reload` sends its requests: only the daemon (`run`) owns a
+    /// configuration to reload; without it the route answers 503.
+    pub reload: crate::api::routes::reload::Requests,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             clock: Clock::system(),
             jitter: Box::new(OsJitter),
             progress: broadcast::channel(64).0,
+            reload: crate::api::routes::reload::Requests::default(),
         }
     }
 }
@@ -213,6 +217,7 @@ pub async fn start(
         state: state.clone(),
         metrics: metrics.clone(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
+        reload: options.reload,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = Tasks::new(cancel.clone());

@@ -143,6 +143,7 @@ fn agent_toml_defaults_are_true() {
         ("token", "leeway"),
         ("token", "backoff_max"),
         ("token", "min_ttl_wait"),
+        ("token", "ready_timeout"),
         ("state", "dir"),
         ("api", "socket"),
         ("api", "max_connections"),

@@ -10,12 +10,51 @@ use crate::api::routes::status::Status;
 use crate::cli::{SocketArg, StatusArgs, TokenArgs};
 use crate::client;
 
-/// The socket: `--socket`/`ASSET_AGENT_SOCKET`, else the config's, else the default.
+/// The socket: `--socket`/`ASSET_AGENT_SOCKET`; else the config's `api.socket` when
+/// something is there; else the system agent's socket ([`SYSTEM_SOCKET`]).
+///
+/// A client needs nothing from the config but the socket's path, and whoever runs it may
+/// have no usable config at all: a member of the agent's group has no `RUNTIME_DIRECTORY`
+/// and often no `XDG_RUNTIME_DIR`, and `/etc/asset-agent/agent.toml` may be one it cannot
+/// read or (for `asset-agent reload`) one the agent is about to refuse. Only an explicit
+/// `--config` whose socket cannot be worked out, with no system socket present either,
+/// is an error.
 pub(super) fn socket(config: Option<PathBuf>, arg: SocketArg) -> Result<PathBuf, Error> {
     if let Some(s) = arg.socket {
         return Ok(s);
     }
-    Ok(load_config(config)?.api.socket)
+    let explicit = config.is_some();
+    Ok(match load_config(config) {
+        Ok(c) => pick(Some(c.api.socket), present),
+        Err(e) if explicit && !present(Path::new(SYSTEM_SOCKET)) => return Err(e),
+        Err(e) => {
+            tracing::debug!(error = %crate::error::chain(&e), "no socket from the config");
+            pick(None, present)
+        }
+    })
+}
+
+/// The system agent's socket (the unit's `RuntimeDirectory=`, the socket unit's
+/// `ListenStream=`).
+pub const SYSTEM_SOCKET: &str = "/run/asset-agent/agent.sock";
+
+/// The configured socket if something is there, else the system socket if something is
+/// there, else the configured one (so "not running" names the path the config gave).
+fn pick(configured: Option<PathBuf>, present: impl Fn(&Path) -> bool) -> PathBuf {
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    match configured {
+        Some(c) if present(&c) || !present(&system) => c,
+        _ => system,
+    }
+}
+
+/// Whether something is at `path`: a socket we may not be allowed to see into still
+/// counts (connecting then says "permission denied" and how to join the group).
+fn present(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
 }
 
 pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error> {
@@ -136,6 +175,32 @@ pub(super) fn refused(socket: &Path, resp: &client::Response) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_socket_is_the_fallback() {
+        let system = PathBuf::from(SYSTEM_SOCKET);
+        let mine = PathBuf::from("/run/user/1000/asset-agent/agent.sock");
+        let only = |p: &'static str| move |q: &Path| q == Path::new(p);
+        type Present<'a> = &'a dyn Fn(&Path) -> bool;
+        let rows: [(Option<PathBuf>, Present<'_>, &PathBuf); 5] = [
+            // A user's own agent is running: it wins.
+            (
+                Some(mine.clone()),
+                &only("/run/user/1000/asset-agent/agent.sock"),
+                &mine,
+            ),
+            // Nothing at the user's path, the system agent is there.
+            (Some(mine.clone()), &only(SYSTEM_SOCKET), &system),
+            // Neither: report the configured path as not running.
+            (Some(mine.clone()), &|_: &Path| false, &mine),
+            // No usable config (a group member without XDG_RUNTIME_DIR).
+            (None, &only(SYSTEM_SOCKET), &system),
+            (None, &|_: &Path| false, &system),
+        ];
+        for (configured, present, want) in rows {
+            assert_eq!(&pick(configured.clone(), present), want, "{configured:?}");
+        }
+    }
 
     #[test]
     fn countdowns() {

@@ -6,6 +6,7 @@ mod client;
 pub mod enroll;
 mod key;
 mod refresh;
+mod reload;
 mod run;
 mod watch;
 
@@ -68,6 +69,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => client::status(cli.config, args).await,
         Command::Watch(args) => watch::run(cli.config, args).await,
         Command::Refresh(args) => refresh::run(cli.config, args).await,
+        Command::Reload(args) => reload::run(cli.config, args).await,
         Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,

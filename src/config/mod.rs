@@ -73,6 +73,9 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Default for `token.min_ttl_wait`: how long a `?min_ttl=` request waits for its refresh.
 pub const DEFAULT_MIN_TTL_WAIT: Duration = Duration::from_secs(2);
+/// Default for `token.ready_timeout`: how long start-up waits for a usable token before
+/// telling systemd the agent is ready anyway (boot must not wait for the network).
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `api.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default for `api.max_connections_per_uid`.
@@ -199,6 +202,9 @@ pub struct Token {
     pub backoff_max: Duration,
     /// How long `GET /v1/token?min_ttl=` waits for its forced refresh before answering.
     pub min_ttl_wait: Duration,
+    /// How long start-up waits for a token not yet due for refresh before `READY=1` goes
+    /// out anyway (with a `STATUS=` saying no usable token is held).
+    pub ready_timeout: Duration,
 }
 
 /// `token.verify`: how the agent checks the asset tokens it receives.

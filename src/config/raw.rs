@@ -97,6 +97,7 @@ pub(crate) struct RawToken {
     pub leeway: Option<HumanDuration>,
     pub backoff_max: Option<HumanDuration>,
     pub min_ttl_wait: Option<HumanDuration>,
+    pub ready_timeout: Option<HumanDuration>,
 }
 
 /// `[state]`

@@ -34,13 +34,14 @@ const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 /// An asset token that must not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not fetch the org's signing keys")]
-    Jwks(#[source] UpstreamError),
+    /// The upstream error names the step ("fetching the asset-token signing keys failed").
+    #[error(transparent)]
+    Jwks(UpstreamError),
     #[error("the asset token is signed with key {kid:?}, which {instance}/id/keys does not list")]
     UnknownKid { kid: String, instance: String },
     #[error("the asset token header has no kid, so its signing key cannot be chosen")]
     NoKid,
-    #[error("the asset token failed verification: {0}")]
+    #[error("the asset token failed verification")]
     Invalid(#[source] jsonwebtoken::errors::Error),
     #[error("the asset token expired at {exp} (now {now})")]
     Expired { exp: i64, now: i64 },

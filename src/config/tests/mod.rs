@@ -121,6 +121,7 @@ fn defaults() {
     assert_eq!(c.token.leeway, Duration::from_secs(30));
     assert_eq!(c.token.backoff_max, Duration::from_secs(300));
     assert_eq!(c.token.min_ttl_wait, Duration::from_secs(2));
+    assert_eq!(c.token.ready_timeout, Duration::from_secs(10));
     assert_eq!(c.state.dir, data);
     assert_eq!(c.api.socket, f.path("run/asset-agent/agent.sock"));
     assert!(c.api.allow_uids.is_empty() && c.api.allow_gids.is_empty());
