@@ -139,7 +139,7 @@ pub async fn start(
     )
     .map_err(Error::Http)?;
     let credentials = credentials(config, &options.clock, &skew)?;
-    let verifier = verifier(config)?;
+    let verifier = verifier(config)?.bound_to(key.public_jwk().kid.clone());
     let verification = verifier.fingerprint();
     let identity = identity(&config.asset);
     let flow = Flow::new(
@@ -165,6 +165,7 @@ pub async fn start(
             key_thumbprint: key.public_jwk().kid.clone(),
             verification,
         },
+        key.clone(),
     );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
     let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
@@ -342,7 +343,7 @@ pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
     )
     .map_err(Error::Http)?;
     let credentials = credentials(config, &clock, &skew)?;
-    let verifier = verifier(config)?;
+    let verifier = verifier(config)?.bound_to(key.public_jwk().kid.clone());
     Ok(Flow::new(
         upstream,
         credentials,

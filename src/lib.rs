@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod reload;
 pub mod salesforce;
+pub mod secure_path;
 pub mod skew;
 pub mod systemd;
 pub mod token;

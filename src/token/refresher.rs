@@ -87,7 +87,7 @@ impl Refresher {
     ) -> (Self, Handle) {
         let restored = cache
             .as_ref()
-            .map(|c| c.load(flow.now()))
+            .map(|c| c.load(flow.now(), &flow.verifier))
             .unwrap_or_default();
         if let Some(access) = restored.access_token {
             flow.restore_access_token(access);
@@ -202,7 +202,12 @@ impl Refresher {
                     self.flow.emit(Progress::RefreshScheduled { in_ });
                     let token = Arc::new(token);
                     if let Some(cache) = &self.cache {
-                        cache.save(Some(&token), self.flow.access_token(), self.flow.now());
+                        cache.save(
+                            Some(&token),
+                            self.flow.access_token(),
+                            self.flow.verifier.known_keys(),
+                            self.flow.now(),
+                        );
                     }
                     self.current.send_replace(Some(token));
                     self.status.send_modify(|s| {
