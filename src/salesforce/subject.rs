@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use super::error::{Error as UpstreamError, Step};
 use super::http::Upstream;
 use crate::fsutil;
+use crate::secure_path::{self, Trust};
 use wire::Secret;
 use wire::oauth::OAuthTokenResponse;
 
@@ -44,6 +45,8 @@ pub enum Error {
         path.display(), path.display()
     )]
     RefreshTokenPermissions { path: PathBuf, mode: u32 },
+    #[error("the refresh token file is not safe to use")]
+    UnsafeRefreshToken(#[source] secure_path::Error),
     #[error("could not store the rotated refresh token; the old one is no longer valid")]
     PersistRotated(#[source] fsutil::Error),
     #[error("could not sign the JWT-bearer assertion")]
@@ -308,33 +311,31 @@ impl RefreshToken {
 /// # Errors
 /// [`Error::NoRefreshToken`] when missing or empty, else the read or permission error.
 pub fn read_refresh_token(path: &Path) -> Result<Secret, Error> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::NoRefreshToken {
-                path: path.to_owned(),
-            });
-        }
-        Err(source) => {
-            return Err(Error::ReadRefreshToken {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-    if mode & 0o077 != 0 {
-        return Err(Error::RefreshTokenPermissions {
+    read_refresh_token_trusting(path, &Trust::process())
+}
+
+/// As [`read_refresh_token`], judging the file by [`secure_path`]'s rule for `trust`.
+///
+/// # Errors
+/// As [`read_refresh_token`]; [`Error::UnsafeRefreshToken`] when another user could read or
+/// replace it (a symlink, an open directory, a foreign owner).
+pub fn read_refresh_token_trusting(path: &Path, trust: &Trust) -> Result<Secret, Error> {
+    let raw = secure_path::read("refresh token file", path, trust).map_err(|e| match e {
+        e if e.is_not_found() => Error::NoRefreshToken {
             path: path.to_owned(),
-            mode: mode & 0o7777,
-        });
-    }
-    let raw = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-        Error::ReadRefreshToken {
-            path: path.to_owned(),
-            source,
+        },
+        secure_path::Error::Mode { path, mode, .. } => {
+            Error::RefreshTokenPermissions { path, mode }
         }
-    })?);
+        secure_path::Error::Inspect { path, source, .. } => {
+            Error::ReadRefreshToken { path, source }
+        }
+        other => Error::UnsafeRefreshToken(other),
+    })?;
+    let raw = std::str::from_utf8(&raw).map_err(|_| Error::ReadRefreshToken {
+        path: path.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"),
+    })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(Error::NoRefreshToken {
