@@ -15,6 +15,7 @@
 //! Without `--bench` on its command line (as under `cargo test --benches`) it does nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods)] // real processes on the real clock: measured, not scheduled
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::{UnixDatagram, UnixStream};

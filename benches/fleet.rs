@@ -29,6 +29,7 @@
 //! line (as under `cargo test --benches`) it does nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods)] // real processes on the real clock: measured, not scheduled
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -245,7 +246,7 @@ fn main() {
 }
 
 async fn simulate(args: &Args) -> Vec<Row> {
-    asset_agent::salesforce::http::install_tls_provider();
+    asset_agent::crypto::install();
     asset_agent::crypto::install();
     let clock = Clock::tokio_driven();
     let emu_cfg = emulator::Config {

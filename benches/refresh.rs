@@ -66,7 +66,7 @@ fn setup() -> Setup {
         .enable_all()
         .build()
         .unwrap();
-    asset_agent::salesforce::http::install_tls_provider();
+    asset_agent::crypto::install();
     asset_agent::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::system();

@@ -14,13 +14,15 @@ use crate::api::{self, Info, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
 use crate::keys::{FileKey, LoadError, Signer};
+use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
-use crate::salesforce::{Upstream, http};
+use crate::salesforce::{Upstream, upstream};
 use crate::secure_path::{self, Trust};
 use crate::skew::Skew;
 use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
+use crate::token::metrics::TokenMetrics;
 use crate::token::refresher::{Handle, Policy, Refresher};
 use wire::Secret;
 use wire::clock::Clock;
@@ -49,7 +51,7 @@ pub enum Error {
     #[error("the client secret file {} is empty", path.display())]
     ClientSecretEmpty { path: PathBuf },
     #[error("could not set up the HTTPS client")]
-    Http(#[source] http::BuildError),
+    Http(#[source] upstream::BuildError),
     #[error("the asset-signing certificate is unusable")]
     Certificate(#[source] verify::CertError),
     #[error("could not open the socket")]
@@ -68,7 +70,7 @@ impl Error {
     pub fn is_config(&self) -> bool {
         !matches!(
             self,
-            Error::Http(http::BuildError::Client(_)) | Error::Socket(_)
+            Error::Http(upstream::BuildError::Client(_)) | Error::Socket(_)
         )
     }
 }
@@ -119,7 +121,6 @@ pub async fn start(
     options: Options,
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
-    http::install_tls_provider();
     crate::crypto::install();
     if let Some(e) = unsafe_paths(config, &Trust::process()).into_iter().next() {
         return Err(Error::UnsafePath(e));
@@ -135,6 +136,7 @@ pub async fn start(
     }
     let key: Arc<dyn Signer> = Arc::new(key);
     let skew = Arc::new(Skew::default());
+    let metrics = Arc::new(Registry::default());
     let sf = &config.salesforce;
     let upstream = Upstream::new(
         &sf.instance_url,
@@ -143,7 +145,8 @@ pub async fn start(
         options.clock.clone(),
         skew.clone(),
     )
-    .map_err(Error::Http)?;
+    .map_err(Error::Http)?
+    .with_metrics(metrics.clone());
     let credentials = credentials(config, &options.clock, &skew)?;
     let verifier = verifier(config)?.bound_to(key.public_jwk().kid.clone());
     let verification = verifier.fingerprint();
@@ -197,6 +200,15 @@ pub async fn start(
         rustix::process::geteuid().as_raw(),
         server.socket_gid(),
     );
+    let state = Arc::new(api::State::default());
+    metrics.register(Arc::new(TokenMetrics {
+        tokens: tokens.clone(),
+        skew: skew.clone(),
+    }));
+    metrics.register(state.clone());
+    if let Some((_, handle)) = &mqtt {
+        metrics.register(handle.stats().clone());
+    }
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
         info: Info {
@@ -210,7 +222,8 @@ pub async fn start(
         min_ttl_wait: config.token.min_ttl_wait,
         signer: key.clone(),
         limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
-        state: api::State::default(),
+        state: state.clone(),
+        metrics: metrics.clone(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
@@ -366,7 +379,6 @@ pub fn unsafe_paths(config: &Config, trust: &Trust) -> Vec<secure_path::Error> {
 /// # Errors
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
 pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
-    http::install_tls_provider();
     crate::crypto::install();
     let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
     let skew = Arc::new(Skew::default());

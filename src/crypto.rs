@@ -1,4 +1,5 @@
-//! A ring-backed `jsonwebtoken` crypto provider: RS256 only.
+//! The one crypto backend, ring: installed for rustls, and a ring-backed `jsonwebtoken`
+//! crypto provider (RS256 only).
 //!
 //! `jsonwebtoken` 12 dropped its ring backend; its remaining backends are aws-lc and
 //! RustCrypto, and with neither enabled the first `encode`/`decode` panics. We keep a single
@@ -26,13 +27,16 @@ static PROVIDER: CryptoProvider = CryptoProvider {
     },
 };
 
-/// Installs the ring provider as `jsonwebtoken`'s process default. Idempotent: a second call
-/// (or a provider installed earlier by us) is fine.
+/// Installs ring as `jsonwebtoken`'s and rustls's process default (reqwest needs a default
+/// rustls provider even though our client configs name ring explicitly). Idempotent: a
+/// second call, or a provider installed earlier by us, is fine.
 pub fn install() {
     if CryptoProvider::try_get_default().is_none() {
         // Losing the race to another thread installing the same provider is harmless.
         let _ = PROVIDER.install_default();
     }
+    // Err means a provider is already installed: ours, since ring is the only one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn new_signer(alg: &Algorithm, key: &EncodingKey) -> Result<Box<dyn JwtSigner>, Error> {

@@ -62,7 +62,7 @@ impl Outcome {
             ),
             Outcome::Invalid(e) => format!(
                 "reload refused, running configuration kept: the new configuration is invalid: {}",
-                crate::token::status::chain(e.as_ref())
+                crate::error::chain(e.as_ref())
             ),
         }
     }
@@ -97,7 +97,7 @@ pub fn reload(
             Ok(LevelChange::OverriddenBy(var)) => {
                 note = Some(format!("{var} is set and still decides the log filter"));
             }
-            Err(e) => note = Some(crate::token::status::chain(&e)),
+            Err(e) => note = Some(crate::error::chain(&e)),
         }
     }
     *running = new;

@@ -12,7 +12,7 @@ use api_common::{
     NOBODY, as_user, config_with_api, curl_as, has_jwt, open_to_everyone, public_binary,
     root_or_skip,
 };
-use asset_agent::api::routes::Route;
+use asset_agent::api::router::Route;
 use common::{Agent, Device, emulator, wait_for_token};
 use wire::clock::Clock;
 

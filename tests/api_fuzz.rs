@@ -15,8 +15,8 @@ mod common;
 use std::time::Duration;
 
 use asset_agent::api::activation::{self, Env};
-use asset_agent::api::routes::parse_min_ttl;
-use asset_agent::api::sign::{self, MAX_LIFETIME, RESERVED};
+use asset_agent::api::routes::sign::{self, MAX_LIFETIME, RESERVED};
+use asset_agent::api::routes::token::parse_min_ttl;
 use asset_agent::client;
 use common::{Agent, Device, emulator, wait_for_token};
 use proptest::prelude::*;

@@ -3,6 +3,8 @@
 //! connections are capped per uid without touching other uids; shutdown drains in-flight
 //! requests. Bounds are generous: this checks behaviour, the benchmarks measure speed.
 
+#![allow(clippy::disallowed_methods)]
+// real processes on the real clock: measured, not scheduled
 // Helpers outside #[test] functions: unwrap and panic are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -10,7 +10,7 @@ mod prometheus_text;
 
 use std::time::Duration;
 
-use asset_agent::api::sign::{MAX_BODY, RESERVED, Signed};
+use asset_agent::api::routes::sign::{MAX_BODY, RESERVED, Signed};
 use asset_agent::client;
 use asset_agent::keys::{FileKey, Signer as _};
 use common::{Agent, Device, emulator, get, wait_for_token};
@@ -150,7 +150,10 @@ async fn refresh_is_admin_single_flight_and_answers_metadata_only() {
     assert_eq!(emu.grant_count(Grant::TokenExchange), exchanges);
 
     // Later, five at once: one exchange, all get the new token's metadata, none the token.
-    tokio::time::sleep(asset_agent::api::refresh::MIN_INTERVAL + Duration::from_millis(200)).await;
+    tokio::time::sleep(
+        asset_agent::api::routes::refresh::MIN_INTERVAL + Duration::from_millis(200),
+    )
+    .await;
     let calls = (0..5).map(|_| {
         let s = s.clone();
         async move { post(&s, "/v1/refresh", "").await }

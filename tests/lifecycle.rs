@@ -554,7 +554,7 @@ async fn rotated_refresh_token_survives_a_failed_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rt");
     write_0600(&path, emu.mint_refresh_token().unwrap().expose().as_bytes());
-    asset_agent::salesforce::http::install_tls_provider();
+    asset_agent::crypto::install();
     let up = Upstream::new(
         &emu.base_url().parse().unwrap(),
         None,

@@ -321,7 +321,7 @@ struct Loop {
 
 impl Loop {
     fn start(emu: &Emulator, upstream_timeout: Duration) -> Self {
-        asset_agent::salesforce::http::install_tls_provider();
+        asset_agent::crypto::install();
         asset_agent::crypto::install();
         let dev = Device::new(emu);
         let key = Arc::new(HangingKey {

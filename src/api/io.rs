@@ -119,7 +119,7 @@ mod tests {
         let (a, _b) = UnixStream::pair().unwrap();
         let mut io = TimedIo::new(a, Duration::from_millis(200));
         let chunk = vec![0u8; 64 * 1024];
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = loop {
             if let Err(e) = io.write_all(&chunk).await {
                 break e;

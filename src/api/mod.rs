@@ -17,16 +17,14 @@ pub mod conns;
 pub mod deny;
 pub mod io;
 pub mod listen;
+mod metrics;
 pub mod peer;
-pub mod prometheus;
-pub mod refresh;
+pub mod reply;
+pub mod router;
 pub mod routes;
 pub mod serve;
-pub mod sign;
 pub mod stats;
-pub mod status;
 mod sys;
-pub mod watch;
 
 pub use listen::Server;
 
@@ -144,7 +142,10 @@ pub struct Shared {
     /// The device key, for `POST /v1/sign`.
     pub signer: Arc<dyn Signer>,
     pub limits: Limits,
-    pub state: State,
+    /// The server's own bookkeeping (also exported as metrics).
+    pub state: Arc<State>,
+    /// Every series `GET /metrics` exports.
+    pub metrics: Arc<crate::metrics::Registry>,
     /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
     pub mqtt: Option<crate::mqtt::Handle>,
 }

@@ -13,10 +13,20 @@
 //! Anyone else has no role and gets 403 on every route (deny by default).
 
 use std::os::fd::AsFd;
+use tokio_util::sync::CancellationToken;
 
 use serde::Serialize;
 
 use crate::config;
+
+/// Who is on the other end of a connection, and how the server is doing.
+#[derive(Debug)]
+pub struct Caller {
+    pub peer: Peer,
+    pub role: Option<Role>,
+    /// Fires when the server shuts down (streams end then).
+    pub shutdown: CancellationToken,
+}
 
 /// The credentials of a connected client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

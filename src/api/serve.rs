@@ -23,8 +23,9 @@ use tokio_util::task::TaskTracker;
 use super::conns::{Caps, Full, Registry, Slot};
 use super::io::TimedIo;
 use super::listen::{Server, ensure_fd_headroom};
+use super::peer::Caller;
 use super::peer::Peer;
-use super::routes::{self, Caller};
+use super::router;
 use super::{Limits, Shared};
 
 /// Descriptors kept free besides the API's connections (upstream HTTPS, files, logging).
@@ -106,7 +107,7 @@ async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared:
             let shared = shared.clone();
             let caller = caller.clone();
             async move {
-                Ok::<_, std::convert::Infallible>(routes::handle(shared, caller, req, busy).await)
+                Ok::<_, std::convert::Infallible>(router::handle(shared, caller, req, busy).await)
             }
         })
     };

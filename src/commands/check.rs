@@ -1,15 +1,15 @@
-//! `asset-agent check [--json] [--exchange]`: prints the findings of `crate::check`, and
+//! `asset-agent check [--json] [--exchange]`: prints the findings of `crate::diagnose`, and
 //! fails (exit 1) when any is an error. Warnings alone exit 0.
 
 use std::path::PathBuf;
 
 use super::Error;
-use crate::check::{self, Options, Report, Severity};
 use crate::cli::CheckArgs;
+use crate::diagnose::{self, Options, Report, Severity};
 use wire::clock::Clock;
 
 pub async fn run(config: Option<PathBuf>, args: CheckArgs) -> Result<(), Error> {
-    let report = check::run(&Options {
+    let report = diagnose::run(&Options {
         config,
         exchange: args.exchange,
         clock: Clock::system(),

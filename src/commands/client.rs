@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hyper::{Method, StatusCode};
 
 use super::{Error, load_config};
-use crate::api::status::Status;
+use crate::api::routes::status::Status;
 use crate::cli::{SocketArg, StatusArgs, TokenArgs};
 use crate::client;
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::load_config;
 use crate::config::{AuthMethod, Config};
 use crate::salesforce::device::{self, Authorization, Client, Event};
-use crate::salesforce::{Upstream, http};
+use crate::salesforce::{Upstream, upstream};
 use crate::skew::Skew;
 use crate::token::refresher::ENROLLMENT_POLL;
 use crate::{agent, fsutil};
@@ -38,7 +38,7 @@ pub enum Error {
     )]
     WrongMethod { method: &'static str },
     #[error("could not set up the HTTPS client")]
-    Http(#[source] http::BuildError),
+    Http(#[source] upstream::BuildError),
     #[error("could not read the client secret")]
     ClientSecret(#[source] agent::Error),
     #[error("enrollment did not complete; run 'asset-agent enroll' again for a new code")]
@@ -89,7 +89,7 @@ impl Error {
             Error::Incomplete(device::Error::Denied { .. }) => EXIT_DENIED,
             Error::Incomplete(_) => EXIT_EXPIRED,
             Error::WrongMethod { .. } | Error::ClientSecret(_) => super::EXIT_CONFIG,
-            Error::Http(e) if !matches!(e, http::BuildError::Client(_)) => super::EXIT_CONFIG,
+            Error::Http(e) if !matches!(e, upstream::BuildError::Client(_)) => super::EXIT_CONFIG,
             Error::Device(e) if e.is_config() => super::EXIT_CONFIG,
             _ => super::EXIT_FAILURE,
         }
@@ -149,7 +149,7 @@ pub async fn enroll(
             });
         }
     };
-    http::install_tls_provider();
+    crate::crypto::install();
     let sf = &config.salesforce;
     let up = Upstream::new(
         &sf.instance_url,

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Error, load_config};
 use crate::agent::{self, Options};
 use crate::config::Config;
+use crate::error::chain;
 use crate::systemd::{self, Notifier, Supervisor};
-use crate::token::status::chain;
 
 /// In-flight requests get this long to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(5);

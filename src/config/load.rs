@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 use config::{FileFormat, Format, Map, Value};
 
 use super::Config;
-use super::check::Context;
 use super::error::Error;
+use super::origin::{ENV_PREFIX, ENV_SEPARATOR, Origins};
 use super::paths::{self, DROP_IN_DIR};
 use super::raw::{RawConfig, SECTIONS};
+use super::rules::Context;
 use super::units;
 use super::validate;
 
@@ -32,11 +33,6 @@ pub const NON_CONFIG_VARS: [&str; 3] = [
     "ASSET_AGENT_SOCKET",
 ];
 
-const ENV_PREFIX: &str = "ASSET_AGENT_";
-/// Separates the section from the key in a variable name (`SALESFORCE__INSTANCE_URL`).
-const ENV_SEPARATOR: &str = "__";
-/// The origin the `config` crate gives every environment value.
-const CONFIG_CRATE_ENV_ORIGIN: &str = "the environment";
 const MERGED: &str = "the merged configuration";
 
 /// What [`Config::load`] needs from the outside world, passed in so tests can fake it.
@@ -73,10 +69,6 @@ struct EnvKeys {
     /// See [`Config::ignored_env`].
     ignored: Vec<String>,
 }
-
-/// Which source each merged leaf value came from, for naming it in validation errors.
-#[derive(Debug, Default)]
-pub(crate) struct Origins(HashMap<String, String>);
 
 // === impl LoadOptions ===
 
@@ -174,7 +166,7 @@ impl Config {
             .add_source(env_source(env.keys))
             .build()
             .map_err(|e| Error::from_config(e, MERGED))?;
-        let origins = Origins::of(&merged);
+        let origins = Origins::of(&merged, &SECTIONS);
         let raw: RawConfig = merged
             .try_deserialize()
             .map_err(|e| Error::from_config(e, MERGED))?;
@@ -192,14 +184,6 @@ impl Config {
         config.ignored_env = env.ignored;
         Ok(config)
     }
-}
-
-/// The variable that overrides dotted `key`: `token.refresh_at` → `ASSET_AGENT_TOKEN__REFRESH_AT`.
-pub(crate) fn env_var_for(key: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        key.to_uppercase().replace('.', ENV_SEPARATOR)
-    )
 }
 
 /// An environment source over `vars` only. `try_parsing` stays off: it would turn a serial
@@ -383,33 +367,5 @@ impl EnvKeys {
         }
         ignored.sort();
         Ok(Self { keys, ignored })
-    }
-}
-
-// === impl Origins ===
-
-impl Origins {
-    fn of(merged: &config::Config) -> Self {
-        let mut map = HashMap::new();
-        for section in SECTIONS {
-            let Ok(table) = merged.get_table(section) else {
-                continue;
-            };
-            for (key, value) in table {
-                let dotted = format!("{section}.{key}");
-                let origin = match value.origin() {
-                    Some(CONFIG_CRATE_ENV_ORIGIN) => env_var_for(&dotted),
-                    Some(o) => o.to_owned(),
-                    None => continue,
-                };
-                map.insert(dotted, origin);
-            }
-        }
-        Self(map)
-    }
-
-    /// The file or variable that set dotted `key`, if any did.
-    pub(crate) fn get(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
     }
 }

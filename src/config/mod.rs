@@ -21,15 +21,16 @@
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
 //! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section) and
-//! `check.rs` (shared rules), `units.rs` (durations, fractions, lists), `paths.rs` (default
+//! `rules.rs` (shared rules), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
-mod check;
 mod error;
 mod load;
 mod mqtt;
+mod origin;
 mod paths;
 mod raw;
+mod rules;
 mod units;
 mod validate;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use super::check::Check;
+use super::rules::Check;
 
 /// Default for `mqtt.topic_prefix`.
 pub const DEFAULT_MQTT_TOPIC_PREFIX: &str = "devices";

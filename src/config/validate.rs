@@ -9,13 +9,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::check::{Check, Context, instance_url};
 use super::error::Error;
 use super::paths;
 use super::raw::{
     MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawKey, RawLog, RawSalesforce, RawToken,
     VerifyName,
 };
+use super::rules::{Check, Context, instance_url};
 use super::units::{Named, percent};
 use super::{
     Api, Asset, Auth, AuthMethod, Config, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE,

@@ -12,7 +12,7 @@
 //!
 //! Files: `session.rs` (the task: connect, rotate, back off), `failure.rs` (refused
 //! login or not), `options.rs`
-//! (`MqttOptions` and TLS), `queue.rs` (local publishes), `publish.rs` (the socket route),
+//! (`MqttOptions` and TLS), `queue.rs` (local publishes; the socket route is `api::routes::mqtt_publish`),
 //! `command.rs` (`.../agent/cmd`), `presence.rs` (status and heartbeat), `topics.rs`,
 //! `stats.rs` (counters for status and `/metrics`).
 //!
@@ -23,7 +23,6 @@ mod command;
 mod failure;
 mod options;
 mod presence;
-pub mod publish;
 mod queue;
 mod session;
 pub mod stats;

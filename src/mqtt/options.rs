@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use super::presence;
 use super::topics::Topics;
 use crate::config;
-use crate::salesforce::http::{BuildError, root_store};
+use crate::tls::{RootsError, root_store};
 
 /// The largest payload a local app may publish.
 pub const MAX_PAYLOAD: usize = 128 * 1024;
@@ -32,7 +32,7 @@ pub const REQUEST_CHANNEL: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("could not load the broker's trust anchors")]
-    Roots(#[source] BuildError),
+    Roots(#[source] RootsError),
     #[error("could not set up TLS for the broker")]
     Tls(#[source] rustls::Error),
     #[error("could not read the MQTT client certificate {}", path.display())]

@@ -45,9 +45,9 @@ use super::stats::{State, Stats};
 use super::topics::Topics;
 use super::{Detail, lock};
 use crate::backoff::{Backoff, Jitter};
+use crate::error::chain;
 use crate::token::AssetToken;
 use crate::token::refresher::Handle;
-use crate::token::status::chain;
 use wire::clock::Clock;
 
 /// How long a clean goodbye (DISCONNECT, or the final `offline`) may take.

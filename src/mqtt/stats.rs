@@ -3,10 +3,11 @@
 //! [`Stats`] is plain atomics so any task (the session, API handlers, a metrics renderer)
 //! reads or bumps them without a lock or an await.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+
+use crate::metrics::{Collect, Writer};
 
 /// Where the session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,10 +170,10 @@ impl Stats {
             queued: g(&self.queued),
         }
     }
+}
 
-    /// Appends the counters in Prometheus text format (`asset_agent_mqtt_*`), for the
-    /// `/metrics` route to include.
-    pub fn render_prometheus(&self, out: &mut String) {
+impl Collect for Stats {
+    fn collect(&self, w: &mut Writer) {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let counters: [(&str, &AtomicU64, &str); 14] = [
             ("connects", &self.connects, "MQTT sessions established"),
@@ -227,35 +228,37 @@ impl Stats {
             ("commands", &self.commands, "commands received over MQTT"),
         ];
         for (name, counter, help) in counters {
-            let _ = writeln!(out, "# HELP asset_agent_mqtt_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE asset_agent_mqtt_{name}_total counter");
-            let _ = writeln!(out, "asset_agent_mqtt_{name}_total {}", g(counter));
+            let metric = format!("asset_agent_mqtt_{name}_total");
+            w.family(&metric, "counter", help);
+            w.sample(&metric, &[], g(counter));
         }
-        let _ = writeln!(
-            out,
-            "# HELP asset_agent_mqtt_queued local MQTT messages waiting"
+        w.family(
+            "asset_agent_mqtt_queued",
+            "gauge",
+            "local MQTT messages waiting",
         );
-        let _ = writeln!(out, "# TYPE asset_agent_mqtt_queued gauge");
-        let _ = writeln!(out, "asset_agent_mqtt_queued {}", g(&self.queued));
-        let _ = writeln!(
-            out,
-            "# HELP asset_agent_mqtt_connected 1 while the MQTT session is up"
+        w.sample("asset_agent_mqtt_queued", &[], g(&self.queued));
+        w.family(
+            "asset_agent_mqtt_connected",
+            "gauge",
+            "1 while the MQTT session is up",
         );
-        let _ = writeln!(out, "# TYPE asset_agent_mqtt_connected gauge");
-        let up = u8::from(self.state() == State::Connected);
-        let _ = writeln!(out, "asset_agent_mqtt_connected {up}");
-        let _ = writeln!(
-            out,
-            "# HELP asset_agent_mqtt_state the MQTT session state (1 = current)"
-        );
-        let _ = writeln!(out, "# TYPE asset_agent_mqtt_state gauge");
         let now = self.state();
+        w.sample(
+            "asset_agent_mqtt_connected",
+            &[],
+            u8::from(now == State::Connected),
+        );
+        w.family(
+            "asset_agent_mqtt_state",
+            "gauge",
+            "the MQTT session state (1 = current)",
+        );
         for s in State::ALL {
-            let v = u8::from(s == now);
-            let _ = writeln!(
-                out,
-                "asset_agent_mqtt_state{{state=\"{}\"}} {v}",
-                s.as_str()
+            w.sample(
+                "asset_agent_mqtt_state",
+                &[("state", s.as_str())],
+                u8::from(s == now),
             );
         }
     }
@@ -275,8 +278,9 @@ mod tests {
         }
         s.set_state(State::Connected);
         Stats::bump(&s.connects);
-        let mut out = String::new();
-        s.render_prometheus(&mut out);
+        let mut w = Writer::default();
+        s.collect(&mut w);
+        let out = w.finish();
         assert!(out.contains("asset_agent_mqtt_connects_total 1\n"), "{out}");
         assert!(out.contains("asset_agent_mqtt_connected 1\n"));
         assert!(out.contains("asset_agent_mqtt_state{state=\"connected\"} 1\n"));

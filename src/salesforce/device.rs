@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::error::{Class, Error as UpstreamError, Step};
-use super::http::Upstream;
+use super::upstream::Upstream;
 use wire::Secret;
 use wire::oauth::{DeviceCodeResponse, OAuthTokenResponse};
 

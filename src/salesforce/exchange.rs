@@ -1,7 +1,7 @@
 //! The RFC 8693 token exchange (spec §2): access token + actor token → asset token.
 
 use super::error::{Error, Step};
-use super::http::Upstream;
+use super::upstream::Upstream;
 use wire::Secret;
 use wire::oauth::ExchangeResponse;
 

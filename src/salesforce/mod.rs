@@ -4,9 +4,9 @@
 pub mod device;
 pub mod error;
 pub mod exchange;
-pub mod http;
 pub mod subject;
+pub mod upstream;
 pub mod verify;
 
 pub use error::{Class, Error, Step};
-pub use http::Upstream;
+pub use upstream::Upstream;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::error::{Error as UpstreamError, Step};
-use super::http::Upstream;
+use super::upstream::Upstream;
 use crate::fsutil;
 use crate::secure_path::{self, Trust};
 use wire::Secret;

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::error::{Error as UpstreamError, Step};
-use super::http::Upstream;
+use super::upstream::Upstream;
 use wire::Secret;
 use wire::jose::RsaPublicJwk;
 use wire::oauth::{AssetTokenClaims, Jwks};

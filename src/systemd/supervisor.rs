@@ -117,7 +117,7 @@ impl Reporter {
     fn check(&mut self, result: Result<(), super::Error>) {
         if let Err(e) = result {
             if !self.warned {
-                tracing::warn!(error = %crate::token::status::chain(&e), "could not notify systemd; carrying on");
+                tracing::warn!(error = %crate::error::chain(&e), "could not notify systemd; carrying on");
                 self.warned = true;
             }
         } else {

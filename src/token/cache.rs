@@ -133,7 +133,7 @@ impl Cache {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Restored::default(),
             Err(e) => {
-                tracing::warn!(file = %self.path.display(), error = %crate::token::status::chain(&e),
+                tracing::warn!(file = %self.path.display(), error = %crate::error::chain(&e),
                     "not using the token cache; fetching a fresh token");
                 return Restored::default();
             }
@@ -141,7 +141,7 @@ impl Cache {
         let body = match self.open(&bytes) {
             Ok(body) => body,
             Err(e) => {
-                tracing::warn!(file = %self.path.display(), error = %crate::token::status::chain(&e),
+                tracing::warn!(file = %self.path.display(), error = %crate::error::chain(&e),
                     "discarding the token cache; fetching a fresh token");
                 self.discard();
                 return Restored::default();
@@ -162,7 +162,7 @@ impl Cache {
                 Err(verify::Error::Expired { .. }) => None,
                 Err(e) => {
                     let e = Rejected::Token(e);
-                    tracing::warn!(file = %self.path.display(), error = %crate::token::status::chain(&e),
+                    tracing::warn!(file = %self.path.display(), error = %crate::error::chain(&e),
                         "not serving the cached asset token; fetching a fresh one");
                     None
                 }
@@ -218,12 +218,12 @@ impl Cache {
         let signed = match jws::sign(self.signer.as_ref(), &body) {
             Ok(s) => zeroize::Zeroizing::new(s),
             Err(e) => {
-                tracing::warn!(error = %crate::token::status::chain(&e), "could not sign the token cache; not saving it");
+                tracing::warn!(error = %crate::error::chain(&e), "could not sign the token cache; not saving it");
                 return;
             }
         };
         if let Err(e) = fsutil::write_secret_atomic(&self.path, signed.as_bytes()) {
-            tracing::warn!(error = %crate::token::status::chain(&e), "could not save the token cache");
+            tracing::warn!(error = %crate::error::chain(&e), "could not save the token cache");
         }
     }
 

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
-use super::status::{LIVENESS_SLACK, Snapshot, State, chain};
+use super::status::{LIVENESS_SLACK, Snapshot, State};
 use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
+use crate::error::chain;
 use crate::salesforce::Class;
 
 /// How often to look for a refresh token while waiting for enrollment, and for a changed
@@ -192,7 +193,7 @@ impl Refresher {
             }
             match result {
                 Ok(token) => {
-                    crate::metrics::refresh_succeeded();
+                    self.flow.upstream.metrics().counters().refresh_succeeded();
                     backoff.reset();
                     backing_off = false;
                     recheck = None;
@@ -237,7 +238,11 @@ impl Refresher {
                         .then(|| Instant::now() + ENROLLMENT_POLL);
                     let message = chain(&err);
                     let reason = err.reason();
-                    crate::metrics::refresh_failed(&reason);
+                    self.flow
+                        .upstream
+                        .metrics()
+                        .counters()
+                        .refresh_failed(&reason);
                     let has_token = live(&self.current.subscribe()).is_some();
                     let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
                     if enrolling && was_enrolling {

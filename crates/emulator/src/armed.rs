@@ -8,8 +8,20 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::faults::Scope;
 use super::stats::{Endpoint, Grant};
+
+/// Which requests a counted fault applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Every Salesforce-facing request (token endpoint, JWKS, unknown paths).
+    #[default]
+    Any,
+    /// Only `POST /services/oauth2/token`.
+    TokenEndpoint,
+    /// Only token requests of this grant, e.g. `{"grant": "token_exchange"}`.
+    Grant(Grant),
+}
 
 /// An armed status failure.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +73,19 @@ pub(crate) struct Armed {
 /// Marks a 200 response whose content a fault spoilt, so it is not counted a success.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Spoiled;
+
+// === impl Scope ===
+
+impl Scope {
+    /// Whether a request to `endpoint` (of `grant`, for token requests) is in scope.
+    pub(crate) fn matches(self, endpoint: Endpoint, grant: Option<Grant>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::TokenEndpoint => endpoint == Endpoint::Token,
+            Self::Grant(g) => grant == Some(g),
+        }
+    }
+}
 
 // === impl Armed ===
 

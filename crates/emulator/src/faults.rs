@@ -12,24 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::armed::Scope;
 use super::armed::{Armed, ArmedDelay, ArmedFailure, ArmedMalformed, PendingFaults};
 use super::common::lock;
-use super::stats::{Endpoint, Grant};
 use super::{Error, Shared};
 use wire::Secret;
-
-/// Which requests a counted fault applies to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// Every Salesforce-facing request (token endpoint, JWKS, unknown paths).
-    #[default]
-    Any,
-    /// Only `POST /services/oauth2/token`.
-    TokenEndpoint,
-    /// Only token requests of this grant, e.g. `{"grant": "token_exchange"}`.
-    Grant(Grant),
-}
 
 /// One fault-injection instruction. JSON: `{"kind": "fail", "count": 2, "status": 503}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,19 +74,6 @@ pub enum Fault {
 #[derive(Clone)]
 pub struct Faults {
     shared: Arc<Shared>,
-}
-
-// === impl Scope ===
-
-impl Scope {
-    /// Whether a request to `endpoint` (of `grant`, for token requests) is in scope.
-    pub(crate) fn matches(self, endpoint: Endpoint, grant: Option<Grant>) -> bool {
-        match self {
-            Self::Any => true,
-            Self::TokenEndpoint => endpoint == Endpoint::Token,
-            Self::Grant(g) => grant == Some(g),
-        }
-    }
 }
 
 // === impl Faults ===
@@ -366,6 +340,7 @@ impl Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Grant;
 
     #[test]
     fn fault_json_shapes() {

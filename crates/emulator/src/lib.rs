@@ -15,7 +15,8 @@
 //! run it on tokio's paused clock.
 //!
 //! Layout: `shared` (what handlers share, the emulator clock), `server` (accept loop,
-//! routing, `Date`), `oauth` + `bearer` (subject-token grants),
+//! routing, `Date`), `token_endpoint` (the token endpoint's dispatch), `oauth` + `bearer`
+//! (subject-token grants),
 //! `device` (device flow), `exchange` + `actor` (token exchange), `state` (tables),
 //! `signing` (key, JWKS, certificate), `faults` + `armed`, `stats`, `inspect` (control routes),
 //! `common` (error bodies, forms, randomness).
@@ -25,6 +26,7 @@ mod armed;
 mod bearer;
 mod common;
 mod device;
+mod device_auth;
 mod exchange;
 mod faults;
 mod inspect;
@@ -36,6 +38,7 @@ mod state;
 mod stats;
 #[cfg(test)]
 mod testing;
+mod token_endpoint;
 
 pub use armed::{ArmedDelay, ArmedFailure, ArmedMalformed, PendingFaults};
 pub use faults::{Fault, Faults, Scope};

@@ -1,4 +1,4 @@
-//! The token endpoint's dispatcher and the grants that yield a subject access token
+//! The grants that yield a subject access token
 //! (spec §5): refresh token (with optional rotation) and client credentials, plus the
 //! session issuing every grant shares. JWT bearer lives in `bearer`, the device flow in
 //! `device`, the token exchange in `exchange`.
@@ -10,12 +10,11 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hyper::StatusCode;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use hyper::header::{AUTHORIZATION, HeaderMap};
 
+use super::Shared;
 use super::common::{Form, Rejection, lock, random_b64url, secrets_equal};
 use super::state::{ORG_ID, Session, USER_ID};
-use super::stats::Grant;
-use super::{Shared, bearer, device, exchange};
 use wire::Secret;
 use wire::http::{self, Reply};
 use wire::oauth::OAuthTokenResponse;
@@ -34,58 +33,11 @@ enum SecretRule {
     Required,
 }
 
-/// Answers one token-endpoint request of kind `grant`.
-pub(crate) async fn token(
+pub(crate) fn refresh(
     shared: &Shared,
-    grant: Grant,
     form: &Form,
     headers: &HeaderMap,
-) -> Reply {
-    let result = match check_content_type(headers) {
-        Err(e) => Err(e),
-        Ok(()) => match grant {
-            Grant::RefreshToken => refresh(shared, form, headers),
-            Grant::ClientCredentials => client_credentials(shared, form, headers),
-            Grant::JwtBearer => bearer::grant(shared, form),
-            Grant::DeviceCode => device::start(shared, form),
-            Grant::Device => device::poll(shared, form),
-            Grant::TokenExchange => exchange::exchange(shared, form).await,
-            Grant::Unsupported => Err(match form.get("grant_type") {
-                None | Some("") => Rejection::invalid_request("grant_type is missing"),
-                Some(_) => Rejection::unsupported_grant_type("grant type not supported"),
-            }),
-        },
-    };
-    match result {
-        Ok(reply) => {
-            tracing::debug!(?grant, "emulator token request granted");
-            reply
-        }
-        Err(rej) => {
-            tracing::debug!(?grant, error = rej.error, description = %rej.description, "emulator token request refused");
-            rej.into_reply()
-        }
-    }
-}
-
-fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
-    let ok = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(Rejection::invalid_request(
-            "Content-Type must be application/x-www-form-urlencoded",
-        ))
-    }
-}
-
-fn refresh(shared: &Shared, form: &Form, headers: &HeaderMap) -> Result<Reply, Rejection> {
+) -> Result<Reply, Rejection> {
     check_client(shared, form, headers, SecretRule::IfConfigured)?;
     let presented = form.require("refresh_token")?;
     let rotated = if shared.config.rotate_refresh_tokens {
@@ -110,7 +62,7 @@ fn refresh(shared: &Shared, form: &Form, headers: &HeaderMap) -> Result<Reply, R
     Ok(http::json(StatusCode::OK, &resp))
 }
 
-fn client_credentials(
+pub(crate) fn client_credentials(
     shared: &Shared,
     form: &Form,
     headers: &HeaderMap,
@@ -235,8 +187,9 @@ pub(crate) fn new_refresh_token() -> Result<Secret, Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::Grant;
     use crate::testing;
-    use hyper::header::HeaderValue;
+    use hyper::header::{CONTENT_TYPE, HeaderValue};
 
     fn form_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -253,7 +206,7 @@ mod tests {
         form: &Form,
         headers: &HeaderMap,
     ) -> (StatusCode, String) {
-        let reply = token(shared, grant, form, headers).await;
+        let reply = crate::token_endpoint::answer(shared, grant, form, headers).await;
         let status = reply.status();
         let body = http_body_util::BodyExt::collect(reply.into_body())
             .await

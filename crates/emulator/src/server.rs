@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::armed::Spoiled;
 use super::common::{Form, Rejection, lock};
 use super::stats::{Endpoint, FaultKind, Grant};
-use super::{CONTROL_PREFIX, Error, Shared, inspect, oauth};
+use super::{CONTROL_PREFIX, Error, Shared, inspect, token_endpoint};
 use wire::http::{self, BodyError, Reply};
 use wire::oauth::{JWKS_PATH, TOKEN_PATH};
 
@@ -267,7 +267,7 @@ async fn salesforce(shared: &Shared, req: Request<Incoming>) -> Reply {
 
     match (endpoint, parsed) {
         (Endpoint::Token, Some((form, grant))) => {
-            let reply = oauth::token(shared, grant, &form, &headers).await;
+            let reply = token_endpoint::answer(shared, grant, &form, &headers).await;
             spoil_or_count(shared, grant, reply)
         }
         (Endpoint::Jwks, _) if method == Method::GET => {

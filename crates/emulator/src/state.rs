@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::device::DeviceAuth;
+use super::device_auth::DeviceAuth;
 use wire::jose::RsaPublicJwk;
 use wire::oauth::AssetFields;
 

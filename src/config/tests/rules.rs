@@ -234,7 +234,7 @@ fn instance_urls() {
         ("http://[::1]:8080", "http://[::1]:8080/"),
     ];
     for (input, want) in ok {
-        let got = check::instance_url(input).map(|u| u.to_string());
+        let got = rules::instance_url(input).map(|u| u.to_string());
         assert_eq!(got.as_deref(), Ok(want), "{input}");
     }
     let bad = [
@@ -248,7 +248,7 @@ fn instance_urls() {
         "",
     ];
     for input in bad {
-        assert!(check::instance_url(input).is_err(), "{input}");
+        assert!(rules::instance_url(input).is_err(), "{input}");
     }
 }
 

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use super::Finding;
 use crate::agent;
 use crate::config::{AuthMethod, Config};
+use crate::error::chain;
 use crate::keys::{FileKey, LoadError, Signer as _};
 use crate::salesforce::subject::{self, read_refresh_token_trusting};
 use crate::secure_path::{self, Trust};
-use crate::token::status::chain;
 
 /// Where an installed socket unit may live, in systemd's order of precedence.
 const SOCKET_UNITS: [&str; 3] = [

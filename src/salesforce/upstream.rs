@@ -1,20 +1,19 @@
 //! The HTTPS client for Salesforce: rustls with ring, trust anchors that work on devices
 //! without a CA store, a timeout on every call, and the server's clock read from `Date`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Url;
 use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
-use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject as _;
 use serde::de::DeserializeOwned;
 
 use super::error::{Error, Step};
+use crate::metrics::Registry;
 use crate::skew::Skew;
+use crate::tls::{RootsError, root_store};
 use wire::clock;
 use wire::oauth::OAuthError;
 
@@ -24,66 +23,14 @@ const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// The client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("could not read the CA file {}", path.display())]
-    CaFile {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("the CA file {} holds a certificate rustls cannot use", path.display())]
-    CaCert {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("the CA file {} holds no certificate", path.display())]
-    CaEmpty { path: PathBuf },
+    #[error(transparent)]
+    Roots(#[from] RootsError),
     #[error("could not set up TLS")]
     Tls(#[source] rustls::Error),
     #[error("could not build the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("{url} cannot be a base URL")]
     BadBase { url: String },
-}
-
-/// Installs ring as rustls's process-wide provider. Idempotent; reqwest needs a default
-/// provider even though our client config names ring explicitly.
-pub fn install_tls_provider() {
-    // Err means a provider is already installed: ours, since ring is the only one built in.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Where TLS trust comes from.
-pub fn root_store(ca_file: Option<&Path>) -> Result<(RootCertStore, &'static str), BuildError> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    let mut source = "system CA store";
-    if added == 0 {
-        // Many device images ship without ca-certificates: fall back to Mozilla's roots.
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        source = "bundled webpki roots";
-    }
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect())
-            .map_err(|source| BuildError::CaFile {
-                path: path.to_owned(),
-                source,
-            })?;
-        if certs.is_empty() {
-            return Err(BuildError::CaEmpty {
-                path: path.to_owned(),
-            });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|source| BuildError::CaCert {
-                path: path.to_owned(),
-                source,
-            })?;
-        }
-    }
-    Ok((roots, source))
 }
 
 /// An HTTP client bound to one Salesforce instance (My Domain or site URL).
@@ -94,6 +41,9 @@ pub struct Upstream {
     timeout: Duration,
     clock: clock::Clock,
     skew: Arc<Skew>,
+    /// Where call latencies are counted: the agent's registry once [`Upstream::with_metrics`]
+    /// names it, else one of this client's own.
+    metrics: Arc<Registry>,
 }
 
 // === impl Upstream ===
@@ -136,6 +86,7 @@ impl Upstream {
             timeout,
             clock,
             skew,
+            metrics: Arc::default(),
         })
     }
 
@@ -145,6 +96,18 @@ impl Upstream {
     }
 
     /// The clock-skew estimate fed by every response's `Date` header.
+    /// Counts this client's calls in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Registry>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The registry this client counts in.
+    pub fn metrics(&self) -> &Arc<Registry> {
+        &self.metrics
+    }
+
     pub fn skew(&self) -> &Arc<Skew> {
         &self.skew
     }
@@ -194,7 +157,9 @@ impl Upstream {
         };
         let started = tokio::time::Instant::now();
         let outcome = tokio::time::timeout(self.timeout, call).await;
-        crate::metrics::upstream_call(step, started.elapsed());
+        self.metrics
+            .counters()
+            .upstream_call(step, started.elapsed());
         let (status, headers, body) = outcome.map_err(|_| Error::Timeout {
             step,
             timeout: self.timeout,
@@ -267,7 +232,7 @@ mod tests {
 
     #[test]
     fn site_prefix_is_kept() {
-        install_tls_provider();
+        crate::crypto::install();
         let url = Url::parse("https://acme.my.site.com/support/").unwrap();
         let up = Upstream::new(
             &url,

@@ -13,9 +13,9 @@ use tokio::time::timeout;
 
 use super::Finding;
 use crate::config::Config;
+use crate::error::chain;
 use crate::salesforce::{self, Step, Upstream};
 use crate::skew::Skew;
-use crate::token::status::chain;
 use wire::clock::{self, Clock};
 
 /// A clock before this year has not been set (an RTC-less board boots in 1970 or at its
@@ -188,7 +188,7 @@ async fn connect(url: &Url, addrs: &[SocketAddr], limit: Duration, out: &mut Vec
 async fn tls(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Finding {
     let sf = &config.salesforce;
     let https = sf.instance_url.scheme() == "https";
-    salesforce::http::install_tls_provider();
+    crate::crypto::install();
     let upstream = match Upstream::new(
         &sf.instance_url,
         sf.ca_file.as_deref(),

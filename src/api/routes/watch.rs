@@ -18,10 +18,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::body::{ApiBody, ApiReply};
-use super::conns::BusyGuard;
-use super::routes::{TokenBody, unavailable_reason};
+use super::token::{TokenBody, unavailable_reason};
+use crate::api::Shared;
+use crate::api::body::{ApiBody, ApiReply};
+use crate::api::conns::BusyGuard;
 use crate::token::AssetToken;
 
 /// Lines buffered for a slow reader before the producer waits.

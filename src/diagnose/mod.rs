@@ -189,7 +189,7 @@ fn config_problems(err: &crate::config::Error) -> Vec<Finding> {
         .map(|p| {
             Finding::error(
                 "config",
-                crate::token::status::chain(p),
+                crate::error::chain(p),
                 "edit the key in the file or environment variable named above (config/agent.toml documents every key), then run `asset-agent check` again",
             )
         })

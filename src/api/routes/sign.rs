@@ -22,8 +22,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::Shared;
-use super::routes::{Caller, error};
+use crate::api::Shared;
+use crate::api::peer::Caller;
+use crate::api::reply::error;
 use wire::clock;
 use wire::http::{self, BodyError, Reply};
 use wire::jose::jws;
@@ -201,7 +202,7 @@ pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incomin
     let jwt = match signed {
         Ok(Ok(jwt)) => jwt,
         Ok(Err(e)) => {
-            tracing::error!(error = %crate::token::status::chain(&e), "POST /v1/sign: signing failed");
+            tracing::error!(error = %crate::error::chain(&e), "POST /v1/sign: signing failed");
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

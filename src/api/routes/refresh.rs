@@ -18,8 +18,8 @@ use hyper::StatusCode;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Shared;
-use super::routes::{error, with_retry_after};
+use crate::api::Shared;
+use crate::api::reply::{error, with_retry_after};
 use crate::token::{AssetToken, live};
 use wire::clock;
 use wire::http::{self, Reply};

@@ -1,12 +1,7 @@
-//! Process-wide counters that the token code bumps and `GET /metrics` reads.
-//!
-//! Why globals rather than a registry passed around: a daemon process runs exactly one
-//! agent, and the refresh loop and the HTTPS client should not need a new constructor
-//! argument to be counted (one line at the point of interest is enough). The price is that
-//! several agents in one test process share these numbers, so tests assert "at least".
-//!
-//! Why no metrics crate: a few atomics and a text writer cover what the agent exports, and
-//! a device binary should not carry a registry framework for a dozen series.
+//! The counters the refresh loop and the HTTPS client bump: refreshes by outcome and the
+//! latency of every call to Salesforce. They live in the [`super::Registry`] the agent
+//! builds and passes to the parts that count, so two agents in one process (tests, a
+//! gateway) never share numbers.
 //!
 //! Label values that come from outside (OAuth error codes in failure reasons) are
 //! sanitised and their number capped, so a misbehaving server cannot grow the series set
@@ -26,9 +21,13 @@ const MAX_REASONS: usize = 32;
 /// A reason label is cut to this many characters.
 const MAX_REASON_LEN: usize = 48;
 
-static REFRESH_OK: AtomicU64 = AtomicU64::new(0);
-static REFRESH_FAILED: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
-static UPSTREAM: Mutex<Vec<(String, Histogram)>> = Mutex::new(Vec::new());
+/// Refresh outcomes and upstream latencies.
+#[derive(Debug, Default)]
+pub struct Counters {
+    refresh_ok: AtomicU64,
+    refresh_failed: Mutex<Vec<(String, u64)>>,
+    upstream: Mutex<Vec<(String, Histogram)>>,
+}
 
 /// A latency histogram: cumulative counts are computed when read.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -74,45 +73,6 @@ impl Histogram {
     }
 }
 
-/// A refresh attempt succeeded.
-pub fn refresh_succeeded() {
-    REFRESH_OK.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A refresh attempt failed for `reason` (the short reason shown in status).
-pub fn refresh_failed(reason: &str) {
-    let reason = sanitize(reason);
-    let mut map = lock(&REFRESH_FAILED);
-    if let Some(entry) = map.iter_mut().find(|(r, _)| *r == reason) {
-        entry.1 += 1;
-        return;
-    }
-    let key = if map.len() < MAX_REASONS {
-        reason
-    } else {
-        "other".to_owned()
-    };
-    match map.iter_mut().find(|(r, _)| *r == key) {
-        Some(entry) => entry.1 += 1,
-        None => map.push((key, 1)),
-    }
-}
-
-/// One call to Salesforce took `elapsed` (whatever its outcome, timeouts included).
-pub fn upstream_call(step: Step, elapsed: Duration) {
-    let label = step_label(step);
-    let mut map = lock(&UPSTREAM);
-    let seconds = elapsed.as_secs_f64();
-    match map.iter_mut().find(|(l, _)| *l == label) {
-        Some((_, h)) => h.observe(seconds),
-        None => {
-            let mut h = Histogram::default();
-            h.observe(seconds);
-            map.push((label, h));
-        }
-    }
-}
-
 /// What the refresh loop and the HTTPS client have counted so far.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -123,12 +83,55 @@ pub struct Snapshot {
     pub upstream: Vec<(String, Histogram)>,
 }
 
-/// Reads every counter.
-pub fn snapshot() -> Snapshot {
-    Snapshot {
-        refreshes_ok: REFRESH_OK.load(Ordering::Relaxed),
-        refreshes_failed: lock(&REFRESH_FAILED).clone(),
-        upstream: lock(&UPSTREAM).clone(),
+// === impl Counters ===
+
+impl Counters {
+    /// A refresh attempt succeeded.
+    pub fn refresh_succeeded(&self) {
+        self.refresh_ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A refresh attempt failed for `reason` (the short reason shown in status).
+    pub fn refresh_failed(&self, reason: &str) {
+        let reason = sanitize(reason);
+        let mut map = lock(&self.refresh_failed);
+        if let Some(entry) = map.iter_mut().find(|(r, _)| *r == reason) {
+            entry.1 += 1;
+            return;
+        }
+        let key = if map.len() < MAX_REASONS {
+            reason
+        } else {
+            "other".to_owned()
+        };
+        match map.iter_mut().find(|(r, _)| *r == key) {
+            Some(entry) => entry.1 += 1,
+            None => map.push((key, 1)),
+        }
+    }
+
+    /// One call to Salesforce took `elapsed` (whatever its outcome, timeouts included).
+    pub fn upstream_call(&self, step: Step, elapsed: Duration) {
+        let label = step_label(step);
+        let mut map = lock(&self.upstream);
+        let seconds = elapsed.as_secs_f64();
+        match map.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, h)) => h.observe(seconds),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(seconds);
+                map.push((label, h));
+            }
+        }
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            refreshes_ok: self.refresh_ok.load(Ordering::Relaxed),
+            refreshes_failed: lock(&self.refresh_failed).clone(),
+            upstream: lock(&self.upstream).clone(),
+        }
     }
 }
 
@@ -211,10 +214,11 @@ mod tests {
 
     #[test]
     fn reasons_are_capped() {
+        let counters = Counters::default();
         for i in 0..(MAX_REASONS * 2) {
-            refresh_failed(&format!("metrics_test_reason_{i}"));
+            counters.refresh_failed(&format!("metrics_test_reason_{i}"));
         }
-        let s = snapshot();
+        let s = counters.snapshot();
         assert!(s.refreshes_failed.len() <= MAX_REASONS + 1);
         assert!(
             s.refreshes_failed

@@ -14,7 +14,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::error::Error;
-use super::load::{Origins, env_var_for};
+use super::origin::{Origins, env_var_for};
 use super::units::HumanDuration;
 
 /// What validation needs besides the raw config.

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::Shared;
+use crate::api::Shared;
 use wire::clock;
 use wire::http::{self, Reply};
 

@@ -18,10 +18,10 @@ use hyper::{Method, Request, StatusCode};
 use rumqttc::{Publish, QoS};
 use serde::{Deserialize, Serialize};
 
-use super::options::MAX_PAYLOAD;
-use super::topics::TopicError;
-use super::{Handle, Rejected};
-use crate::api::routes::error;
+use crate::api::reply::error;
+use crate::mqtt::MAX_PAYLOAD;
+use crate::mqtt::topics::TopicError;
+use crate::mqtt::{Handle, Rejected};
 use wire::http::{self, BodyError, Reply};
 
 /// The request body may hold a base64 or JSON-escaped payload of [`MAX_PAYLOAD`] bytes.
@@ -54,7 +54,7 @@ struct Accepted<'a> {
 }
 
 /// Handles the route for any method (`mqtt` is `None` when `[mqtt]` is off).
-pub async fn handle(mqtt: Option<&Handle>, req: Request<Incoming>) -> Reply {
+pub async fn reply(mqtt: Option<&Handle>, req: Request<Incoming>) -> Reply {
     if req.method() != Method::POST {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,

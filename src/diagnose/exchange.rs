@@ -7,8 +7,8 @@
 
 use super::Finding;
 use crate::config::{AuthMethod, Config};
+use crate::error::chain;
 use crate::token::flow;
-use crate::token::status::chain;
 use wire::clock::Clock;
 
 pub(super) async fn check(config: &Config, clock: &Clock) -> Finding {

@@ -1,0 +1,25 @@
+//! `GET /v1/health/live` and `GET /v1/health/ready`: probes for supervisors.
+
+use crate::api::Shared;
+use crate::api::reply::probe;
+use wire::http::Reply;
+
+/// Live while the refresh loop keeps its promise to make progress.
+pub fn live(shared: &Shared) -> Reply {
+    let snap = shared.tokens.snapshot();
+    probe(
+        snap.is_live(),
+        "refresh loop is making progress",
+        "refresh loop is stalled",
+    )
+}
+
+/// Ready while a valid asset token is held.
+pub fn ready(shared: &Shared) -> Reply {
+    let ready = crate::token::live(&shared.tokens.current).is_some();
+    probe(
+        ready,
+        "a valid asset token is held",
+        "no valid asset token is held",
+    )
+}

@@ -1,0 +1,142 @@
+//! `GET /v1/token`: the current asset token, as JSON or `text/plain`, optionally with at
+//! least `min_ttl` seconds left (waiting up to `api.min_ttl_wait` for a refresh).
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::ACCEPT;
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+
+use crate::api::Shared;
+use crate::api::reply::{error, with_retry_after};
+use crate::token::AssetToken;
+use wire::clock;
+use wire::http::{self, Reply};
+
+/// The answer of `GET /v1/token` (and each line of the watch stream).
+#[derive(Serialize)]
+pub struct TokenBody<'a> {
+    pub token: &'a str,
+    pub token_type: &'a str,
+    pub issued_token_type: &'a str,
+    pub expires_at: String,
+    pub expires_in: u64,
+    pub asset_id: Option<&'a str>,
+    pub device_id: &'a str,
+}
+
+impl<'a> TokenBody<'a> {
+    pub fn new(shared: &'a Shared, token: &'a AssetToken) -> Self {
+        Self {
+            token: token.jwt.expose(),
+            token_type: &token.token_type,
+            issued_token_type: &token.issued_token_type,
+            expires_at: clock::rfc3339(token.claims.exp),
+            expires_in: token.remaining().as_secs(),
+            asset_id: token.asset_id(),
+            device_id: &shared.info.device_id,
+        }
+    }
+}
+
+/// `min_ttl` from a query string: absent is zero.
+///
+/// # Errors
+/// A message for the 400 answer.
+pub fn parse_min_ttl(query: Option<&str>) -> Result<Duration, &'static str> {
+    let value = query.and_then(|q| {
+        http::form_urlencoded_pairs(q.as_bytes())
+            .into_iter()
+            .find(|(k, _)| k == "min_ttl")
+            .map(|(_, v)| v)
+    });
+    match value.map(|v| v.parse::<u32>()) {
+        None => Ok(Duration::ZERO),
+        Some(Ok(secs)) => Ok(Duration::from_secs(secs.into())),
+        Some(Err(_)) => Err("min_ttl must be a whole number of seconds"),
+    }
+}
+
+/// Answers `GET /v1/token`.
+pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    let min_ttl = match parse_min_ttl(req.uri().query()) {
+        Ok(t) => t,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
+    };
+    let token = match shared.tokens.token_with(min_ttl, shared.min_ttl_wait).await {
+        Ok(t) => t,
+        Err(_) => return unavailable(shared, min_ttl),
+    };
+    let plain = req
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/plain") && !v.contains("application/json"));
+    if plain {
+        let mut body = token.jwt.expose().to_owned();
+        body.push('\n');
+        return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
+    }
+    token_reply(shared, &token)
+}
+
+/// The JSON answer for a held token.
+pub fn token_reply(shared: &Shared, token: &AssetToken) -> Reply {
+    http::json(StatusCode::OK, &TokenBody::new(shared, token))
+}
+
+/// Why no token can be served, and when to ask again.
+pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Duration) {
+    let snap = shared.tokens.snapshot();
+    let retry = snap
+        .next_refresh
+        .map(|n| n.saturating_duration_since(tokio::time::Instant::now()))
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let reason = match (&snap.last_error, min_ttl.is_zero()) {
+        (Some(e), _) => format!("no valid asset token ({}): {e}", snap.state.as_str()),
+        (None, false) => format!(
+            "no asset token with at least {}s left could be obtained in time",
+            min_ttl.as_secs()
+        ),
+        (None, true) => format!("no asset token yet ({})", snap.state.as_str()),
+    };
+    (reason, retry)
+}
+
+/// 503 + `Retry-After` + `{"error":"unavailable","reason"}`.
+pub fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
+    let (reason, retry) = unavailable_reason(shared, min_ttl);
+    with_retry_after(
+        error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &reason),
+        retry,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_ttl_parsing() {
+        assert_eq!(parse_min_ttl(None), Ok(Duration::ZERO));
+        assert_eq!(parse_min_ttl(Some("a=b")), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_min_ttl(Some("min_ttl=30")),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_min_ttl(Some("min_ttl=%33")),
+            Ok(Duration::from_secs(3))
+        );
+        for bad in [
+            "min_ttl=",
+            "min_ttl=-1",
+            "min_ttl=1.5",
+            "min_ttl=99999999999",
+        ] {
+            assert!(parse_min_ttl(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Where each configuration value came from (a file or an environment variable), so a
+//! validation error can name it, and how keys map to `ASSET_AGENT_*` variables.
+
+use std::collections::HashMap;
+
+pub(crate) const ENV_PREFIX: &str = "ASSET_AGENT_";
+/// Separates the section from the key in a variable name (`SALESFORCE__INSTANCE_URL`).
+pub(crate) const ENV_SEPARATOR: &str = "__";
+/// The origin the `config` crate gives every environment value.
+pub(crate) const CONFIG_CRATE_ENV_ORIGIN: &str = "the environment";
+
+/// Which source each merged leaf value came from, for naming it in validation errors.
+#[derive(Debug, Default)]
+pub(crate) struct Origins(HashMap<String, String>);
+
+/// The variable that overrides dotted `key`: `token.refresh_at` → `ASSET_AGENT_TOKEN__REFRESH_AT`.
+pub(crate) fn env_var_for(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.to_uppercase().replace('.', ENV_SEPARATOR)
+    )
+}
+
+// === impl Origins ===
+
+impl Origins {
+    /// Reads the origin of every leaf of `sections` in the merged config.
+    pub(crate) fn of(merged: &config::Config, sections: &[&str]) -> Self {
+        let mut map = HashMap::new();
+        for &section in sections {
+            let Ok(table) = merged.get_table(section) else {
+                continue;
+            };
+            for (key, value) in table {
+                let dotted = format!("{section}.{key}");
+                let origin = match value.origin() {
+                    Some(CONFIG_CRATE_ENV_ORIGIN) => env_var_for(&dotted),
+                    Some(o) => o.to_owned(),
+                    None => continue,
+                };
+                map.insert(dotted, origin);
+            }
+        }
+        Self(map)
+    }
+
+    /// The file or variable that set dotted `key`, if any did.
+    pub(crate) fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+}
