@@ -125,6 +125,14 @@ pub async fn start(
     if let Some(e) = unsafe_paths(config, &Trust::process()).into_iter().next() {
         return Err(Error::UnsafePath(e));
     }
+    // What a killed writer left (a temporary copy of a key or token) goes first.
+    for (_, path) in secret_paths(config) {
+        if let Some(dir) = path.parent() {
+            for stale in crate::fsutil::remove_stale_temps(dir) {
+                tracing::warn!(file = %stale.display(), "removed a temporary file a killed writer left behind");
+            }
+        }
+    }
     let (key, key_created) =
         FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
     if key_created {

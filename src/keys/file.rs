@@ -120,6 +120,11 @@ impl FileKey {
     /// # Errors
     /// As [`FileKey::load`] and [`FileKey::generate`].
     pub fn load_or_generate(path: &Path, bits: usize) -> Result<(Self, bool), LoadError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            for stale in fsutil::remove_stale_temps(dir) {
+                tracing::warn!(file = %stale.display(), "removed a temporary file a killed writer left behind");
+            }
+        }
         match fs::symlink_metadata(path) {
             Ok(_) => Ok((Self::load(path)?, false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -150,7 +155,8 @@ impl FileKey {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsutil::ensure_dir(dir, 0o700).map_err(LoadError::Store)?;
         }
-        fsutil::write_secret_atomic(path, pem.as_bytes()).map_err(LoadError::Store)
+        // Key material must never be left under another name by a kill mid-write.
+        fsutil::create_secret(path, pem.as_bytes()).map_err(LoadError::Store)
     }
 
     /// Parses a PKCS#8 PEM; `path` is only used in messages.
