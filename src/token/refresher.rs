@@ -322,6 +322,16 @@ impl Handle {
         if let Some(t) = good(&self.current.borrow()) {
             return Ok(t);
         }
+        // Backing off after a failure, with the next attempt beyond the wait: no token can
+        // come in time, so answer at once rather than hold the caller for nothing.
+        let now = Instant::now();
+        let hopeless = {
+            let s = self.status.borrow();
+            s.consecutive_failures > 0 && s.next_refresh.is_some_and(|n| n > now + wait)
+        };
+        if hopeless {
+            return Err(Unavailable);
+        }
         // Tokens get the lifetime the org configures, so when the held one's whole lifetime
         // is below min_ttl a fresh one will not meet it either: asking for one per request
         // would only hammer Salesforce. Answer at once.
