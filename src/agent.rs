@@ -75,6 +75,10 @@ impl Error {
     }
 }
 
+/// The file in the runtime directory (beside the socket) where a rotated refresh token
+/// that the state directory refused waits, crash-safe, until it can be stored.
+pub const UNSAVED_REFRESH_TOKEN: &str = "refresh-token.unsaved";
+
 /// Knobs that tests turn; production uses [`Options::default`].
 pub struct Options {
     pub clock: Clock,
@@ -259,13 +263,21 @@ fn credentials(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Result<Crede
         .map(read_client_secret)
         .transpose()?;
     Ok(match &config.auth.method {
-        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
-            Credentials::RefreshToken(RefreshToken::new(
+        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => Credentials::RefreshToken(
+            RefreshToken::new(
                 sf.client_id.clone(),
                 secret,
                 config.auth.refresh_token_file.clone(),
-            ))
-        }
+            )
+            .with_fallback(
+                config
+                    .api
+                    .socket
+                    .parent()
+                    .unwrap_or(Path::new("/run/asset-agent"))
+                    .join(UNSAVED_REFRESH_TOKEN),
+            ),
+        ),
         AuthMethod::ClientCredentials => match secret {
             Some(secret) => Credentials::ClientCredentials {
                 client_id: sf.client_id.clone(),

@@ -549,7 +549,7 @@ async fn refused_actor_token_is_fatal_after_one_reauthentication() {
 #[tokio::test]
 async fn rotated_refresh_token_survives_a_failed_write() {
     use asset_agent::salesforce::Upstream;
-    use asset_agent::salesforce::subject::{Credentials, Error, RefreshToken};
+    use asset_agent::salesforce::subject::{Credentials, RefreshToken};
     let emu = emulator(Clock::system(), |c| c.rotate_refresh_tokens = true).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rt");
@@ -572,8 +572,8 @@ async fn rotated_refresh_token_survives_a_failed_write() {
     let blocker = dir.path().join(format!(".rt.tmp-{}", std::process::id()));
     std::fs::create_dir(&blocker).unwrap();
     let before = std::fs::read_to_string(&path).unwrap();
-    let err = creds.obtain(&up).await.unwrap_err();
-    assert!(matches!(err, Error::PersistRotated(_)), "{err}");
+    // The grant still yields its access token: the agent serves on.
+    creds.obtain(&up).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(&path).unwrap(),
         before,
