@@ -247,7 +247,6 @@ fn main() {
 
 async fn simulate(args: &Args) -> Vec<Row> {
     asset_agent::crypto::install();
-    asset_agent::crypto::install();
     let clock = Clock::tokio_driven();
     let emu_cfg = emulator::Config {
         signing_key_pem: Some(EMULATOR_KEY.to_owned().into()),

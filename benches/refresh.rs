@@ -67,7 +67,6 @@ fn setup() -> Setup {
         .build()
         .unwrap();
     asset_agent::crypto::install();
-    asset_agent::crypto::install();
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::system();
     let (emu, flow, upstream) = rt.block_on(async {

@@ -12,19 +12,19 @@ use rustls::pki_types::pem::PemObject as _;
 #[derive(Debug, thiserror::Error)]
 pub enum RootsError {
     #[error("could not read the CA file {}", path.display())]
-    CaFile {
+    ReadFile {
         path: PathBuf,
         #[source]
         source: rustls::pki_types::pem::Error,
     },
     #[error("the CA file {} holds a certificate rustls cannot use", path.display())]
-    CaCert {
+    BadCertificate {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
     #[error("the CA file {} holds no certificate", path.display())]
-    CaEmpty { path: PathBuf },
+    NoCertificate { path: PathBuf },
 }
 
 /// Where TLS trust comes from.
@@ -41,20 +41,22 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<(RootCertStore, &'static str
     if let Some(path) = ca_file {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
             .and_then(|it| it.collect())
-            .map_err(|source| RootsError::CaFile {
+            .map_err(|source| RootsError::ReadFile {
                 path: path.to_owned(),
                 source,
             })?;
         if certs.is_empty() {
-            return Err(RootsError::CaEmpty {
+            return Err(RootsError::NoCertificate {
                 path: path.to_owned(),
             });
         }
         for cert in certs {
-            roots.add(cert).map_err(|source| RootsError::CaCert {
-                path: path.to_owned(),
-                source,
-            })?;
+            roots
+                .add(cert)
+                .map_err(|source| RootsError::BadCertificate {
+                    path: path.to_owned(),
+                    source,
+                })?;
         }
     }
     Ok((roots, source))

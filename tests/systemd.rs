@@ -322,7 +322,6 @@ struct Loop {
 impl Loop {
     fn start(emu: &Emulator, upstream_timeout: Duration) -> Self {
         asset_agent::crypto::install();
-        asset_agent::crypto::install();
         let dev = Device::new(emu);
         let key = Arc::new(HangingKey {
             inner: FileKey::load(&dev.path("device-key.pem")).unwrap(),

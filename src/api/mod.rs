@@ -2,28 +2,28 @@
 //! language's HTTP client can fetch the asset token (docs/api.md).
 //!
 //! Layers, outside in:
-//! - [`listen`]: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
+//! - `listen`: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
 //!   directory);
-//! - [`serve`]: the accept loop; [`conns`] caps connections and picks who gives way;
-//!   [`io`] bounds writes; hyper bounds the request head;
-//! - [`peer`]: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
-//!   only unsafe code) and their role; [`deny`] logs refusals without flooding;
-//! - [`routes`]: authorisation and dispatch; one module per larger handler ([`watch`],
-//!   [`refresh`], [`sign`], [`status`], [`prometheus`]).
+//! - `serve`: the accept loop; `conns` caps connections and picks who gives way;
+//!   `io` bounds writes; hyper bounds the request head;
+//! - `peer`: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
+//!   only unsafe code) and their role; `deny` logs refusals without flooding;
+//! - [`router`]: authorisation and dispatch; [`routes`]: one module per route;
+//!   `reply`: the reply helpers they share.
 
 pub mod activation;
-pub mod body;
-pub mod conns;
-pub mod deny;
-pub mod io;
-pub mod listen;
+pub(crate) mod body;
+pub(crate) mod conns;
+pub(crate) mod deny;
+pub(crate) mod io;
+pub(crate) mod listen;
 mod metrics;
-pub mod peer;
-pub mod reply;
+pub(crate) mod peer;
+pub(crate) mod reply;
 pub mod router;
 pub mod routes;
-pub mod serve;
-pub mod stats;
+pub(crate) mod serve;
+pub(crate) mod stats;
 mod sys;
 
 pub use listen::Server;
@@ -126,7 +126,7 @@ pub struct State {
     pub denials: deny::DenialLog,
     /// The open connections, once the server runs.
     pub conns: OnceLock<Arc<conns::Registry>>,
-    /// Forced refreshes run one at a time; see [`refresh`].
+    /// Forced refreshes run one at a time; see [`routes::refresh`].
     pub refresh_gate: tokio::sync::Mutex<()>,
 }
 

@@ -37,6 +37,8 @@ pub enum Error {
     Failed(String),
     #[error("could not set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error("the agent stopped because one of its tasks ended")]
+    Task(#[source] std::sync::Arc<crate::tasks::Unexpected>),
     #[error(transparent)]
     Enroll(#[from] enroll::Error),
     #[error("could not bind {addr}")]

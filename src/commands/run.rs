@@ -58,18 +58,34 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
             return Err(Error::Agent(e));
         }
     };
-    let supervisor = notifier.clone().map(|n| {
+    if let Some(n) = notifier.clone() {
         let watchdog = systemd::watchdog_timeout_from_env();
         if let Some(w) = watchdog {
             tracing::info!(timeout_ms = w.as_millis(), "systemd watchdog enabled");
         }
-        tokio::spawn(Supervisor::new(n, running.tokens.clone(), watchdog).run(cancel.child_token()))
-    });
+        running.tasks().spawn(
+            "systemd notifier",
+            Supervisor::new(n, running.tokens.clone(), watchdog).run(cancel.child_token()),
+        );
+    }
 
-    let signal = loop {
-        match signals.next().await {
-            Received::Reload => reload(&mut config, config_path.clone(), notifier.as_deref()),
-            Received::Stop(name) => break name,
+    let stop = loop {
+        tokio::select! {
+            received = signals.next() => match received {
+                Received::Reload => reload(&mut config, config_path.clone(), notifier.as_deref()),
+                Received::Stop(name) => break Ok(name),
+            },
+            exit = running.failed() => break Err(exit),
+        }
+    };
+    let signal = match &stop {
+        Ok(name) => *name,
+        Err(exit) => {
+            tell(
+                notifier.as_deref(),
+                &format!("failed: {}", chain(exit.as_ref())),
+            );
+            "a failed task"
         }
     };
     tracing::info!(signal, "shutting down");
@@ -82,11 +98,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
     if tokio::time::timeout(GRACE, running.wait()).await.is_err() {
         tracing::warn!(grace_s = GRACE.as_secs(), "some tasks did not stop in time");
     }
-    if let Some(task) = supervisor {
-        let _ = task.await;
-    }
     tracing::info!("stopped");
-    Ok(())
+    // A task that died takes the process down with it, non-zero, so systemd restarts us.
+    stop.map(|_| ()).map_err(Error::Task)
 }
 
 /// The systemd notifier, if started by systemd with `Type=notify`.

@@ -16,7 +16,7 @@
 mod counters;
 mod writer;
 
-pub use counters::{Counters, Histogram, Snapshot, UPSTREAM_BUCKETS};
+pub use counters::Counters;
 pub use writer::Writer;
 
 use std::sync::{Arc, Mutex, PoisonError};

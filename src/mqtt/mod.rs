@@ -25,8 +25,8 @@ mod options;
 mod presence;
 mod queue;
 mod session;
-pub mod stats;
-pub mod topics;
+pub(crate) mod stats;
+pub(crate) mod topics;
 
 pub use options::{MAX_INFLIGHT, MAX_PAYLOAD};
 pub use queue::{Queue, Rejected};
@@ -158,7 +158,7 @@ impl Uplink {
 // === impl Handle ===
 
 impl Handle {
-    /// The counters (for `/metrics`: see [`Stats::render_prometheus`]).
+    /// The counters (registered with the metrics registry, and read by status).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.inner.stats
     }

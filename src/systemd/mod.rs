@@ -6,13 +6,13 @@
 //!   datagram each. std's `UnixDatagram` does all of it, so no `unsafe` and no C library.
 //! - [`watchdog_timeout`]: `WATCHDOG_USEC`/`WATCHDOG_PID`, as `sd_watchdog_enabled(3)`
 //!   reads them.
-//! - [`supervisor`]: the task that turns the refresh loop's state into `READY=1`,
+//! - `supervisor`: the task that turns the refresh loop's state into `READY=1`,
 //!   `STATUS=` and `WATCHDOG=1` (see its docs for the readiness and liveness rules).
 //!
 //! We never unset `NOTIFY_SOCKET` (libsystemd can): the agent starts no child processes
 //! that could inherit it, and removing an environment variable is `unsafe` in Rust 2024.
 
-pub mod supervisor;
+pub(crate) mod supervisor;
 
 use std::collections::HashMap;
 use std::io;

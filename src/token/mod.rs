@@ -9,7 +9,7 @@
 
 pub mod cache;
 pub mod flow;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod refresher;
 pub mod status;
 

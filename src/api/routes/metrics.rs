@@ -1,4 +1,4 @@
-//! `GET /metrics`: the agent's [`crate::metrics::Registry`] in the Prometheus text
+//! `GET /metrics`: the agent's `metrics::Registry` in the Prometheus text
 //! exposition format (version 0.0.4). Everything is computed when scraped.
 
 use hyper::StatusCode;

@@ -1,6 +1,6 @@
 //! The handlers of the socket API, one file per route (docs/api.md). [`super::router`]
 //! authorises each request and dispatches it here; replies are built with
-//! [`super::reply`].
+//! `api::reply`.
 
 pub mod health;
 pub mod metrics;
