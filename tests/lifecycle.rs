@@ -15,7 +15,7 @@ use asset_agent::config::{Config, LoadOptions};
 use asset_agent::keys::{FileKey, Signer as _};
 use asset_agent::token::cache::FILE_NAME;
 use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
-use emulator::{Emulator, Grant};
+use emulator::{Emulator, Endpoint, Grant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use wire::clock::Clock;
@@ -391,6 +391,36 @@ async fn offline_boot_serves_the_cached_token_until_it_expires() {
     assert_eq!(r.status, 503);
     assert!(!String::from_utf8_lossy(&r.body).contains("eyJ"));
     assert_eq!(emu.stats().total, total, "the emulator was unreachable");
+    agent.stop().await;
+}
+
+/// A restart after the cached token expired needs a new exchange, but not the org's JWKS:
+/// the keys kept with the cache verify the fresh token (a fleet reboot costs no JWKS fetch
+/// per device).
+#[tokio::test(start_paused = true)]
+async fn a_restart_verifies_with_the_kept_jwks_without_fetching_it() {
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.config(&emu, "", "");
+    let agent = Agent::start(&config, clock.clone()).await;
+    let mut current = agent.running.tokens.current.clone();
+    current.wait_for(|t| t.is_some()).await.unwrap();
+    agent.stop().await;
+    assert_eq!(emu.request_count(Endpoint::Jwks), 1);
+
+    // Down longer than the token lives.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let exchanges = emu.grant_count(Grant::TokenExchange);
+    let agent = Agent::start(&config, clock.clone()).await;
+    let mut current = agent.running.tokens.current.clone();
+    current.wait_for(|t| t.is_some()).await.unwrap();
+    assert_eq!(emu.grant_count(Grant::TokenExchange), exchanges + 1);
+    assert_eq!(
+        emu.request_count(Endpoint::Jwks),
+        1,
+        "no JWKS fetch after the restart"
+    );
     agent.stop().await;
 }
 
