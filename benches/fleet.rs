@@ -1,4 +1,4 @@
-//! Fleet simulation (issue 7, item 6): many copies of the agent's real refresh scheduler in
+//! Fleet simulation (docs/benchmarks.md): many copies of the agent's real refresh scheduler in
 //! one process, against the real built-in emulator, on tokio's paused clock, through an
 //! upstream outage and a mass reboot. Prints a summary and writes the upstream request rate
 //! per simulated second as CSV.

@@ -1,4 +1,4 @@
-//! Issue 3 acceptance beyond faults: enrollment by the device flow, every subject-token
+//! Lifecycle beyond faults: enrollment by the device flow, every subject-token
 //! method end to end, and the token cache across restarts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

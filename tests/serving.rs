@@ -1,4 +1,4 @@
-//! Serving during trouble (issue 3): a `min_ttl` that cannot be met is answered 503 with
+//! Serving during trouble: a `min_ttl` that cannot be met is answered 503 with
 //! `Retry-After` within the bounded wait (2 s), never after an upstream timeout; one that
 //! can be met triggers exactly one exchange however many callers ask.
 
