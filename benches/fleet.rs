@@ -189,6 +189,7 @@ fn build(world: &World, i: usize) -> (Refresher, Handle) {
             key_thumbprint: world.key.public_jwk().kid.clone(),
             verification,
         },
+        world.key.clone(),
     );
     Refresher::new(flow, policy, Box::new(OsJitter), Some(cache))
 }

@@ -99,6 +99,9 @@ fn human(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "state:        {}", s.state);
+    if let Some(warning) = s.clock_skew_seconds.and_then(skew_warning) {
+        let _ = writeln!(out, "CLOCK SKEW:   {warning}");
+    }
     let _ = writeln!(out, "device:       {}", s.device_id);
     let _ = writeln!(
         out,
@@ -139,6 +142,25 @@ fn human(s: &Status) -> String {
     }
     let _ = writeln!(out, "version:      {}", s.version);
     out
+}
+
+/// The warning for a device clock off from Salesforce's by more than the agent corrects
+/// for silently: tokens' `exp` is Salesforce time, so a consumer comparing it with this
+/// device's clock sees tokens as expired (clock ahead) or as living too long (behind).
+/// `expires_in` is counted on corrected time and is right.
+pub(crate) fn skew_warning(server_minus_local: i64) -> Option<String> {
+    if server_minus_local.abs() <= crate::skew::DEFAULT_SKEW_THRESHOLD_SECS {
+        return None;
+    }
+    let abs = server_minus_local.unsigned_abs();
+    let (dir, seen) = if server_minus_local < 0 {
+        ("ahead of", "already expired")
+    } else {
+        ("behind", "valid for longer than they are")
+    };
+    Some(format!(
+        "this device's clock is {abs}s {dir} Salesforce's; token exp is Salesforce time, so by this clock tokens look {seen}: use expires_in (counted on corrected time), or fix the clock (NTP)"
+    ))
 }
 
 /// `4m 05s`, `1h 02m`, `59s`: how long until expiry, readable at a glance.
@@ -208,5 +230,26 @@ mod tests {
         assert_eq!(countdown(59), "59s");
         assert_eq!(countdown(245), "4m 05s");
         assert_eq!(countdown(3720), "1h 02m");
+    }
+}
+
+#[cfg(test)]
+mod skew_tests {
+    use super::skew_warning;
+
+    #[test]
+    fn a_large_skew_is_called_out_with_what_it_means_for_exp() {
+        assert_eq!(skew_warning(0), None);
+        assert_eq!(skew_warning(-10), None);
+        let ahead = skew_warning(-3600).unwrap();
+        assert!(
+            ahead.contains("3600s ahead of") && ahead.contains("already expired"),
+            "{ahead}"
+        );
+        let behind = skew_warning(120).unwrap();
+        assert!(
+            behind.contains("120s behind") && behind.contains("expires_in"),
+            "{behind}"
+        );
     }
 }

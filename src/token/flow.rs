@@ -170,6 +170,7 @@ impl Flow {
     /// # Errors
     /// The failing step; see [`Error::class`].
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
+        self.credentials.persist_pending();
         let had_access = self.access.is_some();
         let access = self.obtain_access_token().await?;
         match self.exchange_on_corrected_clock(&access).await {
