@@ -1,4 +1,4 @@
-//! Cold-start timing harness (issue 7, item 4): starts the agent binary again and again and
+//! Cold-start timing harness (docs/benchmarks.md): starts the agent binary again and again and
 //! times, from just before `spawn` (the device key already present):
 //! - `socket`: the first successful connect to the agent's socket;
 //! - `ready`: the first `GET /v1/health/ready` answered 200 (a valid token is held);

@@ -1,4 +1,4 @@
-//! In-process cost of one refresh cycle, step by step (issue 7, item 5).
+//! In-process cost of one refresh cycle, step by step (docs/benchmarks.md).
 //!
 //! - `actor/mint`: building and RS256-signing an actor token with the device key (2048-bit
 //!   RSA, the checked-in test key), what the agent does once per refresh.

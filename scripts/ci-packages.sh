@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the CI steps need, only those missing, quietly:
-#   systemd                    systemd-analyze, systemd-sysusers, systemd-tmpfiles
+#   systemd                    systemd-analyze, systemd-sysusers, systemd-tmpfiles, and
+#                              the systemd that systemd-boot-test.sh boots
+#   curl                       systemd-boot-test.sh talks to the socket with it
 #   faketime                   tests/check.rs: a wrong system clock, for real
 #   qemu-user                  running the ARM build
 #   gcc-aarch64-linux-gnu      linking it (plus its libc)
 #   python3                    deb-check.sh and cross-check.sh read JSON and pick ports
 # CI runs as root on a possibly fresh machine; elsewhere this only reports what is missing.
 set -euo pipefail
-want=(systemd faketime qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+want=(systemd curl faketime qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v python3 >/dev/null 2>&1 || want+=(python3)
 missing=()
 for p in "${want[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

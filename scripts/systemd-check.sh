@@ -21,7 +21,7 @@ fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-sed "s#^ExecStart=/usr/bin/asset-agent#ExecStart=$BIN#" systemd/asset-agent.service >"$tmp/asset-agent.service"
+sed -e "s#^ExecStart=/usr/bin/asset-agent#ExecStart=$BIN#" -e "s#^ExecReload=/usr/bin/asset-agent#ExecReload=$BIN#" systemd/asset-agent.service >"$tmp/asset-agent.service"
 cp systemd/asset-agent.socket "$tmp/"
 grep -q "^ExecStart=$BIN run" "$tmp/asset-agent.service" || { echo "ExecStart= not rewritten"; exit 1; }
 

@@ -17,6 +17,7 @@ use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
 use crate::salesforce::{Upstream, upstream};
+use crate::secure_path::{self, Trust};
 use crate::skew::Skew;
 use crate::tasks::{Tasks, Unexpected};
 use crate::token::cache::{Cache, Owner};
@@ -59,6 +60,8 @@ pub enum Error {
     StateDir(#[source] crate::fsutil::Error),
     #[error("the MQTT uplink is misconfigured")]
     Mqtt(#[source] crate::mqtt::Error),
+    #[error("a secret or state file is not safe to use")]
+    UnsafePath(#[source] secure_path::Error),
 }
 
 impl Error {
@@ -72,12 +75,19 @@ impl Error {
     }
 }
 
+/// The file in the runtime directory (beside the socket) where a rotated refresh token
+/// that the state directory refused waits, crash-safe, until it can be stored.
+pub const UNSAVED_REFRESH_TOKEN: &str = "refresh-token.unsaved";
+
 /// Knobs that tests turn; production uses [`Options::default`].
 pub struct Options {
     pub clock: Clock,
     pub jitter: Box<dyn Jitter>,
     /// Receives the flow's step-by-step [`Progress`] (the demo narrates it).
     pub progress: broadcast::Sender<Progress>,
+    /// Where `POST /v1/reload` sends its requests: only the daemon (`run`) owns a
+    /// configuration to reload; without it the route answers 503.
+    pub reload: crate::api::routes::reload::Requests,
 }
 
 impl Default for Options {
@@ -86,6 +96,7 @@ impl Default for Options {
             clock: Clock::system(),
             jitter: Box::new(OsJitter),
             progress: broadcast::channel(64).0,
+            reload: crate::api::routes::reload::Requests::default(),
         }
     }
 }
@@ -128,6 +139,17 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
     crate::crypto::install();
+    if let Some(e) = unsafe_paths(config, &Trust::process()).into_iter().next() {
+        return Err(Error::UnsafePath(e));
+    }
+    // What a killed writer left (a temporary copy of a key or token) goes first.
+    for (_, path) in secret_paths(config) {
+        if let Some(dir) = path.parent() {
+            for stale in crate::fsutil::remove_stale_temps(dir) {
+                tracing::warn!(file = %stale.display(), "removed a temporary file a killed writer left behind");
+            }
+        }
+    }
     let (key, key_created) =
         FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
     if key_created {
@@ -165,6 +187,7 @@ pub async fn start(
             key_thumbprint: key.public_jwk().kid.clone(),
             verification,
         },
+        key.clone(),
     );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
     let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
@@ -215,6 +238,7 @@ pub async fn start(
         state: state.clone(),
         metrics: metrics.clone(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
+        reload: options.reload,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = Tasks::new(cancel.clone());
@@ -244,13 +268,21 @@ fn credentials(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Result<Crede
         .map(read_client_secret)
         .transpose()?;
     Ok(match &config.auth.method {
-        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
-            Credentials::RefreshToken(RefreshToken::new(
+        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => Credentials::RefreshToken(
+            RefreshToken::new(
                 sf.client_id.clone(),
                 secret,
                 config.auth.refresh_token_file.clone(),
-            ))
-        }
+            )
+            .with_fallback(
+                config
+                    .api
+                    .socket
+                    .parent()
+                    .unwrap_or(Path::new("/run/asset-agent"))
+                    .join(UNSAVED_REFRESH_TOKEN),
+            ),
+        ),
         AuthMethod::ClientCredentials => match secret {
             Some(secret) => Credentials::ClientCredentials {
                 client_id: sf.client_id.clone(),
@@ -311,27 +343,58 @@ fn identity(asset: &config::Asset) -> Identity {
 /// # Errors
 /// The file is unreadable, readable by others, or empty.
 pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
-    let io_err = |source| Error::ClientSecret {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(path).map_err(io_err)?.permissions(),
-    );
-    if mode & 0o077 != 0 {
-        return Err(Error::ClientSecretPermissions {
-            path: path.to_owned(),
-            mode: mode & 0o7777,
-        });
-    }
-    let raw = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(io_err)?);
-    let secret = raw.trim();
+    let raw =
+        secure_path::read("client secret file", path, &Trust::process()).map_err(|e| match e {
+            secure_path::Error::Mode { path, mode, .. } => {
+                Error::ClientSecretPermissions { path, mode }
+            }
+            secure_path::Error::Inspect { path, source, .. } => {
+                Error::ClientSecret { path, source }
+            }
+            other => Error::UnsafePath(other),
+        })?;
+    let secret = String::from_utf8_lossy(&raw);
+    let secret = zeroize::Zeroizing::new(secret.trim().to_owned());
     if secret.is_empty() {
         return Err(Error::ClientSecretEmpty {
             path: path.to_owned(),
         });
     }
-    Ok(Secret::new(secret))
+    Ok(Secret::new(secret.as_str()))
+}
+
+/// Every secret and state file the agent reads or writes under `config`, named for
+/// messages: the device key, the refresh token, the client secret, the JWT-bearer assertion
+/// key and the token cache. `run` refuses to start and `check` reports an error when
+/// [`secure_path::check`] refuses one of them (see [`unsafe_paths`]).
+pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    let mut paths = vec![("device key", config.key.path.clone())];
+    match &config.auth.method {
+        AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
+            paths.push(("refresh token file", config.auth.refresh_token_file.clone()));
+        }
+        AuthMethod::JwtBearer(jb) => {
+            paths.push(("JWT-bearer assertion key", jb.assertion_key_file.clone()));
+        }
+        AuthMethod::ClientCredentials => {}
+    }
+    if let Some(p) = &config.salesforce.client_secret_file {
+        paths.push(("client secret file", p.clone()));
+    }
+    paths.push((
+        "token cache",
+        config.state.dir.join(crate::token::cache::FILE_NAME),
+    ));
+    paths
+}
+
+/// The secret and state files (existing or to be created) that break
+/// [`secure_path`]'s rule for the uids in `trust`.
+pub fn unsafe_paths(config: &Config, trust: &Trust) -> Vec<secure_path::Error> {
+    secret_paths(config)
+        .into_iter()
+        .filter_map(|(what, path)| secure_path::check(what, &path, trust).err())
+        .collect()
 }
 
 /// The flow [`start`] runs, without the refresh loop, token cache or socket: for
@@ -377,7 +440,7 @@ pub fn build_flow(
     .map_err(Error::Http)?
     .with_metrics(metrics);
     let credentials = credentials(config, &clock, &skew)?;
-    let verifier = verifier(config)?;
+    let verifier = verifier(config)?.bound_to(key.public_jwk().kid.clone());
     Ok(Flow::new(
         upstream,
         credentials,

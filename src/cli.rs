@@ -29,6 +29,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Force a refresh now (admin: root or the agent's user by default).
     Refresh(RefreshArgs),
+    /// Make the running agent re-read its configuration and report the outcome; exits 1
+    /// when the agent refuses it (the unit's ExecReload=, so `systemctl reload` fails too).
+    Reload(ReloadArgs),
     /// Validate the config and the environment without starting (exit 1 on errors).
     Check(CheckArgs),
     /// Show or create the device key.
@@ -42,7 +45,8 @@ pub enum Command {
 /// Where client commands find the agent.
 #[derive(Debug, Args)]
 pub struct SocketArg {
-    /// The agent's socket (default: from the config, else /run/asset-agent/agent.sock).
+    /// The agent's socket (default: the config's `api.socket` when something is there,
+    /// else the system agent's /run/asset-agent/agent.sock).
     #[arg(long, env = "ASSET_AGENT_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
@@ -85,6 +89,15 @@ pub struct WatchArgs {
 
 #[derive(Debug, Args)]
 pub struct RefreshArgs {
+    /// Print the agent's JSON answer.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
     /// Print the agent's JSON answer.
     #[arg(long)]
     pub json: bool,

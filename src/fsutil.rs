@@ -93,6 +93,90 @@ pub fn write_secret_atomic_as(
     sync_dir(&dir)
 }
 
+/// Creates `path` with `contents` (0600) only if it does not exist, so that a crash at any
+/// moment leaves either no file or the whole file, and never a copy under another name:
+/// the data goes into an unnamed `O_TMPFILE` in the directory, which is given its final
+/// name in one `linkat` once complete. For key material, which must not linger in a
+/// temporary file after a kill. Where the filesystem or `/proc` do not allow that, it falls
+/// back to [`write_secret_atomic`] (whose leftovers [`remove_stale_temps`] clears).
+///
+/// # Errors
+/// As [`write_secret_atomic`]; an existing `path` is [`Error::Rename`] with `AlreadyExists`.
+pub fn create_secret(path: &Path, contents: &[u8]) -> Result<(), Error> {
+    let dir = parent_dir(path)?;
+    let unnamed = OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(&dir);
+    let mut f = match unnamed {
+        Ok(f) => f,
+        // No O_TMPFILE here (old kernel, some filesystems): the named-temp way.
+        Err(_) => return write_secret_atomic(path, contents),
+    };
+    let write = |f: &mut File| -> io::Result<()> {
+        f.write_all(contents)?;
+        f.sync_all()
+    };
+    write(&mut f).map_err(|source| Error::WriteTemp {
+        path: dir.clone(),
+        source,
+    })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let linked = rustix::fs::linkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{fd}"),
+        rustix::fs::CWD,
+        path,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    );
+    match linked {
+        Ok(()) => sync_dir(&dir),
+        Err(e) if e == rustix::io::Errno::EXIST => Err(Error::Rename {
+            path: path.to_owned(),
+            source: io::Error::from(io::ErrorKind::AlreadyExists),
+        }),
+        // No /proc: the unnamed file is dropped (nothing on disk) and the named way used.
+        Err(_) => write_secret_atomic(path, contents),
+    }
+}
+
+/// Removes what a killed writer left in `dir`: temporary files of this agent's pattern
+/// (`.<name>.tmp-<pid>`) whose process is gone. Returns what was removed. Never fails:
+/// an unreadable directory simply has nothing removed.
+pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = temp_pid(&name) else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if is_file && fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The pid in a temporary file name `.<name>.tmp-<pid>`, if `name` is one.
+fn temp_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (base, pid) = rest.rsplit_once(".tmp-")?;
+    if base.is_empty() || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
 /// Creates `dir` (and parents) with `mode` if it does not exist. An existing directory is
 /// left as it is: its owner chose its mode.
 ///
@@ -184,6 +268,40 @@ mod tests {
             (4242, 4343)
         );
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn create_secret_leaves_no_named_temporary_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.pem");
+        create_secret(&p, b"key").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"key");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(create_secret(&p, b"other").is_err());
+        assert_eq!(fs::read(&p).unwrap(), b"key");
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".device-key.pem.tmp-4294967");
+        let mine = dir
+            .path()
+            .join(format!(".refresh-token.tmp-{}", std::process::id()));
+        let other = dir.path().join("notes.tmp-1");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()), vec![dead.clone()]);
+        assert!(!dead.exists() && mine.exists() && other.exists());
+        assert_eq!(temp_pid(".a.tmp-12"), Some(12));
+        for name in [".tmp-12", ".a.tmp-", ".a.tmp-1x", "a.tmp-12"] {
+            assert_eq!(temp_pid(name), None, "{name}");
+        }
     }
 
     #[test]

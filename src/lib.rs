@@ -7,7 +7,8 @@
 //!
 //! Layout (docs/architecture.md has the whole picture, bottom layer first):
 //! - foundations: [`config`] (TOML + drop-ins + environment, validated once), [`fsutil`]
-//!   (0600 atomic writes), [`skew`] (clock error against Salesforce), `error` (cause
+//!   (0600 atomic writes), [`secure_path`] (the one rule every secret and state file must
+//!   pass), [`skew`] (clock error against Salesforce), `error` (cause
 //!   chains), `tls` (trust anchors), [`crypto`] (ring for rustls and jsonwebtoken),
 //!   `metrics` (the one registry), [`backoff`], [`logging`];
 //! - identity: [`keys`] (the device key behind `Signer`), [`actor`] (actor tokens);
@@ -41,6 +42,7 @@ pub(crate) mod metrics;
 pub mod mqtt;
 pub(crate) mod reload;
 pub mod salesforce;
+pub mod secure_path;
 pub mod skew;
 pub mod systemd;
 pub(crate) mod tasks;

@@ -18,6 +18,14 @@
 //!   re-bind (none with socket activation).
 //! - Secret *files* (refresh token, client secret, keys) are read when needed or at start;
 //!   replacing one's contents is not a config change and needs a restart to take effect.
+//!
+//! Two ways in: `SIGHUP`, which can only log the outcome, and `POST /v1/reload` (what
+//! `asset-agent reload`, the unit's `ExecReload=`, calls), which waits for it, so a refused
+//! reload makes `systemctl reload` fail with the reason. The daemon owns the running
+//! configuration, so the API (`api::routes::reload`) hands it a request and waits for the
+//! report.
+
+use crate::api::routes::reload::Report;
 
 use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
@@ -45,6 +53,21 @@ pub enum Outcome {
 // === impl Outcome ===
 
 impl Outcome {
+    /// What the API answers.
+    pub fn report(&self) -> Report {
+        let (accepted, outcome) = match self {
+            Outcome::Unchanged => (true, "unchanged"),
+            Outcome::Applied { .. } => (true, "applied"),
+            Outcome::NeedsRestart { .. } => (false, "needs_restart"),
+            Outcome::Invalid(_) => (false, "invalid"),
+        };
+        Report {
+            accepted,
+            outcome,
+            summary: self.summary(),
+        }
+    }
+
     /// One line for the log and for systemd's `STATUS=`.
     pub fn summary(&self) -> String {
         match self {
@@ -111,7 +134,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 30] = [
+    let rows: [(&'static str, bool); 31] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -147,6 +170,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("token.leeway", ta.leeway != tb.leeway),
         ("token.backoff_max", ta.backoff_max != tb.backoff_max),
         ("token.min_ttl_wait", ta.min_ttl_wait != tb.min_ttl_wait),
+        ("token.ready_timeout", ta.ready_timeout != tb.ready_timeout),
         ("state.dir", a.state.dir != b.state.dir),
         ("api.socket", a.api.socket != b.api.socket),
         ("api.allow_uids", a.api.allow_uids != b.api.allow_uids),

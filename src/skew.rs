@@ -12,7 +12,7 @@ use wire::clock::Clock;
 /// [`Skew::threshold`] are treated as zero: correcting by noise would make things worse.
 /// Above it, JWT timestamps the agent mints (actor tokens, JWT-bearer assertions) are
 /// computed on corrected time, so a device that booted with a wrong clock can still
-/// authenticate (Greengrass #1559).
+/// authenticate (a failure other device agents have hit when booting without an RTC).
 #[derive(Debug)]
 pub struct Skew {
     /// server minus local, in seconds; `i64::MIN` until measured.

@@ -1,4 +1,4 @@
-//! Clocks (issue 3): a device clock an hour off still gets tokens thanks to the `Date`
+//! Clocks: a device clock an hour off still gets tokens thanks to the `Date`
 //! header, and a wall-clock jump in the middle of a run breaks nothing (scheduling is
 //! monotonic; the next actor token is re-minted on corrected time within the attempt).
 

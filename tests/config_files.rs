@@ -145,6 +145,7 @@ fn agent_toml_defaults_are_true() {
         ("token", "min_ttl_wait"),
         ("token", "refresh"),
         ("token", "demand_window"),
+        ("token", "ready_timeout"),
         ("state", "dir"),
         ("api", "socket"),
         ("api", "max_connections"),

@@ -1,4 +1,4 @@
-//! Fault acceptance (issue 3): for each emulator fault, the agent recovers once the fault
+//! Fault acceptance: for each emulator fault, the agent recovers once the fault
 //! clears, serves no expired or invalid token meanwhile (checked every virtual second), and
 //! sends exactly as many upstream requests as the backoff schedule allows.
 //!

@@ -1,4 +1,4 @@
-//! MQTT uplink acceptance (issue 5) against an embedded rumqttd whose auth handler verifies
+//! MQTT uplink acceptance against an embedded rumqttd whose auth handler verifies
 //! each CONNECT's password as an asset token (emulator JWKS, expired ones refused).
 //! Real time: rumqttd runs its own threads, so tokio's paused clock cannot drive it; the
 //! token lifetimes are a few seconds instead of 60.

@@ -1,4 +1,4 @@
-//! Serving during trouble (issue 3): a `min_ttl` that cannot be met is answered 503 with
+//! Serving during trouble: a `min_ttl` that cannot be met is answered 503 with
 //! `Retry-After` within the bounded wait (2 s), never after an upstream timeout; one that
 //! can be met triggers exactly one exchange however many callers ask.
 
@@ -119,6 +119,40 @@ async fn min_ttl_beyond_any_token_lifetime_is_refused_at_once() {
         rig.emu.stats().total,
         before,
         "no refresh for an impossible min_ttl"
+    );
+    rig.stop().await;
+}
+
+/// With no valid token and the refresh loop backing off past `min_ttl_wait`, a plain
+/// `GET /v1/token` is answered 503 at once instead of after the whole wait.
+#[tokio::test(start_paused = true)]
+async fn no_token_while_backing_off_is_503_at_once() {
+    let mut rig = Rig::start(|_| {}, WAIT_2S, None).await;
+    rig.run_to(30).await;
+    rig.emu.faults().stop_accepting().await;
+    // The token (60 s) has expired and attempts keep failing, with a growing backoff.
+    rig.run_to(150).await;
+    let mut checked = 0;
+    for _ in 0..20 {
+        let snap = rig.handle().snapshot();
+        let next = snap.next_refresh.unwrap();
+        let (r, took) = timed(&rig, "/v1/token").await;
+        assert_eq!(r.status, 503);
+        assert!(r.headers.contains_key("retry-after"));
+        if next > Instant::now() + Duration::from_secs(2) {
+            assert_eq!(
+                took,
+                Duration::ZERO,
+                "next attempt in {:?}",
+                next - Instant::now()
+            );
+            checked += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    assert!(
+        checked > 5,
+        "only {checked} requests fell outside an attempt"
     );
     rig.stop().await;
 }

@@ -1,9 +1,14 @@
 //! systemd integration, against a fake service manager: a `UnixDatagram` in a temp dir
 //! handed to the agent as `NOTIFY_SOCKET`.
 //!
-//! - the real binary: `READY=1` only once the first asset token is held, `STATUS=` while
-//!   failing or waiting for enrollment, watchdog pings, SIGHUP reloads (a good one applied,
-//!   a bad one refused while tokens keep flowing), SIGTERM → `STOPPING=1` and exit 0;
+//! - the real binary: `READY=1` only once the first asset token is held (within
+//!   `token.ready_timeout`), `STATUS=` while failing or waiting for enrollment, watchdog
+//!   pings, reloads by SIGHUP and by `asset-agent reload` (a good one applied, a bad one
+//!   refused, with a non-zero exit, while tokens keep flowing; `STATUS=` back to the state
+//!   afterwards), SIGTERM → `STOPPING=1` and exit 0;
+//! - the bounded wait: Salesforce unreachable, `READY=1` after `token.ready_timeout` with a
+//!   `STATUS=` saying no token is held; a cached token past its refresh point is refreshed
+//!   before `READY=1`;
 //! - in-process: the real refresh loop stuck inside its key backend stops the pings, and
 //!   they resume when it recovers; a slow Salesforce (responses slower than the timeout)
 //!   does not stop them.
@@ -24,7 +29,7 @@ use asset_agent::salesforce::Upstream;
 use asset_agent::salesforce::subject::{Credentials, RefreshToken};
 use asset_agent::salesforce::verify::Verifier;
 use asset_agent::skew::Skew;
-use asset_agent::systemd::{Notifier, Supervisor};
+use asset_agent::systemd::{Notifier, Readiness, Supervisor};
 use asset_agent::token::flow::Flow;
 use asset_agent::token::refresher::{Policy, Refresher};
 use common::{Device, emulator};
@@ -96,6 +101,55 @@ fn is_ping(m: &str) -> bool {
     m.lines().any(|l| l == "WATCHDOG=1")
 }
 
+/// No line repeats a step: "X failed: X failed: ..." (split at ": ", no two neighbours
+/// equal), and no "caused by:" line starts with the text before it.
+fn assert_no_repeats(text: &str) {
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(": ").collect();
+        assert!(
+            parts.windows(2).all(|w| w[0] != w[1] || w[0].len() < 8),
+            "repeats itself: {line}"
+        );
+    }
+    let chain: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("error: ")
+                .or_else(|| l.trim_start().strip_prefix("caused by: "))
+        })
+        .collect();
+    for (i, earlier) in chain.iter().enumerate() {
+        for later in &chain[i + 1..] {
+            assert!(!later.starts_with(earlier), "repeats a prefix: {chain:#?}");
+        }
+    }
+}
+
+/// Runs a client command of the real binary against `socket`: (exit code, stdout, stderr).
+fn cli(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A loopback port nothing listens on: Salesforce unreachable.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
+}
+
 fn spawn_agent(config: &Path, dir: &Path) -> Child {
     Command::new(BIN)
         .args(["run", "--config"])
@@ -140,7 +194,8 @@ async fn ready_only_after_the_first_token_then_reload_and_stop() {
         .await
         .unwrap();
     let dev = Device::new(&emu);
-    let config = dev.write_config(&emu, "", "");
+    // The bounded wait is tested below; here READY=1 must wait for the token.
+    let config = dev.write_config(&emu, "", "ready_timeout = \"1h\"");
     let manager = Manager::bind(dev.dir.path());
     let child = spawn_agent(&config, dev.dir.path());
 
@@ -180,7 +235,8 @@ async fn ready_only_after_the_first_token_then_reload_and_stop() {
     let pings = after.iter().filter(|m| *m == "WATCHDOG=1").count();
     assert!(pings >= 3, "about 10 expected: {after:#?}");
 
-    // SIGHUP with a live change: RELOADING=1, then READY=1 naming what was applied.
+    // SIGHUP with a live change: RELOADING=1, then READY=1, then STATUS= is the state's
+    // again (the outcome is in the log, not left standing in `systemctl status`).
     let toml = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, format!("{toml}\n[log]\nlevel = \"debug\"\n")).unwrap();
     signal(&child, rustix::process::Signal::HUP);
@@ -189,26 +245,40 @@ async fn ready_only_after_the_first_token_then_reload_and_stop() {
         reload.iter().any(|m| m.starts_with("RELOADING=1")),
         "{reload:#?}"
     );
-    assert!(
-        reload
-            .last()
-            .unwrap()
-            .contains("STATUS=configuration reloaded: applied log.level"),
-        "{reload:#?}"
-    );
+    manager
+        .until(Duration::from_secs(10), |m| m.starts_with("STATUS=ready: "))
+        .await;
 
-    // SIGHUP with a broken file: refused, the running config kept, tokens still served.
+    // `asset-agent reload` (the unit's ExecReload=), nothing changed since: accepted.
+    let socket = dev.socket();
+    let (code, out, err) = cli(&socket, &["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "configuration reloaded: no changes");
+
+    // A broken file: refused with the reason and exit 1, the running config kept, tokens
+    // still served, STATUS= back to the state.
     std::fs::write(
         &config,
         toml.replace("[asset]", "[asset]\nserial = \"typo\""),
     )
     .unwrap();
-    signal(&child, rustix::process::Signal::HUP);
-    let refused = manager.until(Duration::from_secs(10), is_ready).await;
-    let last = refused.last().unwrap();
+    let (code, out, err) = cli(&socket, &["reload"]);
+    assert_eq!(code, Some(1), "{out}{err}");
     assert!(
-        last.contains("reload refused, running configuration kept") && last.contains("serial"),
-        "{last}"
+        err.contains("reload refused, running configuration kept") && err.contains("serial"),
+        "{err}"
+    );
+    assert_no_repeats(&err);
+    manager
+        .until(Duration::from_secs(10), |m| m.starts_with("STATUS=ready: "))
+        .await;
+    // A change that needs a restart: refused, naming the key.
+    std::fs::write(&config, toml.replace("00123", "00124")).unwrap();
+    let (code, _, err) = cli(&socket, &["reload", "--json"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("asset.serial_number") && err.contains("systemctl restart"),
+        "{err}"
     );
     assert_eq!(
         common::get(&dev.socket(), "/v1/token").await.status,
@@ -235,7 +305,7 @@ async fn waiting_for_enrollment_is_not_ready_and_says_why() {
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     std::fs::remove_file(dev.path("refresh-token")).unwrap();
-    let config = dev.write_config(&emu, "", "");
+    let config = dev.write_config(&emu, "", "ready_timeout = \"1h\"");
     let manager = Manager::bind(dev.dir.path());
     let child = spawn_agent(&config, dev.dir.path());
     let seen = manager
@@ -257,6 +327,82 @@ async fn waiting_for_enrollment_is_not_ready_and_says_why() {
     signal(&child, rustix::process::Signal::INT);
     let (code, stderr) = finish(child).await;
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_offline_device_is_ready_after_the_bounded_wait_and_says_it_has_no_token() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "ready_timeout = \"1s\"");
+    let toml = std::fs::read_to_string(&config).unwrap();
+    let toml = toml.replacen(
+        &format!("instance_url = \"{}\"", emu.base_url()),
+        &format!("instance_url = \"{}\"", dead_url()),
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+    let seen = manager.until(Duration::from_secs(30), is_ready).await;
+    let ready = seen.last().unwrap();
+    assert!(
+        ready.contains("STATUS=starting: no asset token yet")
+            || ready.contains("STATUS=failing: no valid asset token"),
+        "{ready}"
+    );
+    assert_no_repeats(ready);
+    // Still no token, still saying why, and no repeated step in what `status` prints.
+    let (code, out, err) = cli(&dev.socket(), &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("token:        none"), "{out}");
+    assert!(out.contains("could not reach Salesforce"), "{out}");
+    assert_no_repeats(&out);
+    let (code, _, err) = cli(&dev.socket(), &["token"]);
+    assert_eq!(code, Some(1));
+    assert_no_repeats(&err);
+    signal(&child, rustix::process::Signal::TERM);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("ready anyway"), "{stderr}");
+    assert_no_repeats(&stderr);
+}
+
+#[tokio::test]
+async fn a_cached_token_past_its_refresh_point_is_refreshed_before_ready() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(8);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "refresh_at = \"50%\"\nready_timeout = \"1h\"");
+    // First run: a token, cached.
+    let manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+    manager.until(Duration::from_secs(30), is_ready).await;
+    signal(&child, rustix::process::Signal::TERM);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    drop(manager);
+    std::fs::remove_file(dev.path("notify.sock")).unwrap();
+    // Past its refresh point (4 s of 8), still live.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let issued = emu.events().len();
+
+    let manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+    let seen = manager.until(Duration::from_secs(30), is_ready).await;
+    let refreshed_first = emu.events().len() > issued;
+    signal(&child, rustix::process::Signal::TERM);
+    let (code, stderr) = finish(child).await;
+    assert!(
+        refreshed_first,
+        "READY=1 on the cached token, before refreshing it: {seen:#?}"
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("serving the cached asset token"),
+        "{stderr}"
+    );
 }
 
 /// A device key whose backend can be made to hang (a PKCS#11 token or TPM that stops
@@ -385,9 +531,19 @@ impl Loop {
         let manager = Manager::bind(dev.dir.path());
         let notifier =
             Arc::new(Notifier::connect(dev.path("notify.sock").to_str().unwrap()).unwrap());
+        let readiness = Readiness {
+            started: Instant::now(),
+            timeout: Duration::from_secs(3600),
+            refresh_at: 0.5,
+        };
         tokio::spawn(
-            Supervisor::new(notifier, handle, Some(Duration::from_millis(400)))
-                .run(cancel.child_token()),
+            Supervisor::new(
+                notifier,
+                handle,
+                Some(Duration::from_millis(400)),
+                readiness,
+            )
+            .run(cancel.child_token()),
         );
         Self {
             manager,

@@ -148,6 +148,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Registry>,
     /// The MQTT uplink, when `[mqtt]` is configured (`POST /v1/mqtt/publish`, status).
     pub mqtt: Option<crate::mqtt::Handle>,
+    /// Where `POST /v1/reload` asks the daemon to reload.
+    pub reload: routes::reload::Requests,
 }
 
 impl std::fmt::Debug for Shared {

@@ -16,7 +16,7 @@ use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Caller, Role};
 use super::reply::error;
-use super::routes::{health, metrics, mqtt_publish, refresh, sign, status, token, watch};
+use super::routes::{health, metrics, mqtt_publish, refresh, reload, sign, status, token, watch};
 use wire::http::Reply;
 
 /// Every route of the API.
@@ -30,6 +30,8 @@ pub enum Route {
     Metrics,
     Sign,
     Refresh,
+    /// `POST /v1/reload` (routes/reload.rs).
+    Reload,
     /// `POST /v1/mqtt/publish` (`routes::mqtt_publish`).
     MqttPublish,
 }
@@ -37,7 +39,7 @@ pub enum Route {
 // === impl Route ===
 
 impl Route {
-    pub const ALL: [Route; 9] = [
+    pub const ALL: [Route; 10] = [
         Route::Token,
         Route::Watch,
         Route::Status,
@@ -46,6 +48,7 @@ impl Route {
         Route::Metrics,
         Route::Sign,
         Route::Refresh,
+        Route::Reload,
         Route::MqttPublish,
     ];
 
@@ -59,13 +62,14 @@ impl Route {
             Route::Metrics => "/metrics",
             Route::Sign => "/v1/sign",
             Route::Refresh => "/v1/refresh",
+            Route::Reload => "/v1/reload",
             Route::MqttPublish => "/v1/mqtt/publish",
         }
     }
 
     pub fn method(self) -> Method {
         match self {
-            Route::Sign | Route::Refresh | Route::MqttPublish => Method::POST,
+            Route::Sign | Route::Refresh | Route::Reload | Route::MqttPublish => Method::POST,
             _ => Method::GET,
         }
     }
@@ -74,7 +78,7 @@ impl Route {
     pub fn role(self) -> Role {
         match self {
             Route::Sign => Role::Signer,
-            Route::Refresh => Role::Admin,
+            Route::Refresh | Route::Reload => Role::Admin,
             _ => Role::Token,
         }
     }
@@ -142,6 +146,7 @@ async fn dispatch(
         Route::Metrics => full(metrics::reply(shared)),
         Route::Sign => full(sign::reply(shared, caller, req).await),
         Route::Refresh => full(refresh::reply(shared).await),
+        Route::Reload => full(reload::reply(shared).await),
         // Token role: whoever may read the token could log in to the broker with it anyway.
         Route::MqttPublish => full(mqtt_publish::reply(shared.mqtt.as_ref(), req).await),
     }

@@ -10,12 +10,51 @@ use crate::api::routes::status::Status;
 use crate::cli::{SocketArg, StatusArgs, TokenArgs};
 use crate::client;
 
-/// The socket: `--socket`/`ASSET_AGENT_SOCKET`, else the config's, else the default.
+/// The socket: `--socket`/`ASSET_AGENT_SOCKET`; else the config's `api.socket` when
+/// something is there; else the system agent's socket ([`SYSTEM_SOCKET`]).
+///
+/// A client needs nothing from the config but the socket's path, and whoever runs it may
+/// have no usable config at all: a member of the agent's group has no `RUNTIME_DIRECTORY`
+/// and often no `XDG_RUNTIME_DIR`, and `/etc/asset-agent/agent.toml` may be one it cannot
+/// read or (for `asset-agent reload`) one the agent is about to refuse. Only an explicit
+/// `--config` whose socket cannot be worked out, with no system socket present either,
+/// is an error.
 pub(super) fn socket(config: Option<PathBuf>, arg: SocketArg) -> Result<PathBuf, Error> {
     if let Some(s) = arg.socket {
         return Ok(s);
     }
-    Ok(load_config(config)?.api.socket)
+    let explicit = config.is_some();
+    Ok(match load_config(config) {
+        Ok(c) => pick(Some(c.api.socket), present),
+        Err(e) if explicit && !present(Path::new(SYSTEM_SOCKET)) => return Err(e),
+        Err(e) => {
+            tracing::debug!(error = %crate::error::chain(&e), "no socket from the config");
+            pick(None, present)
+        }
+    })
+}
+
+/// The system agent's socket (the unit's `RuntimeDirectory=`, the socket unit's
+/// `ListenStream=`).
+pub const SYSTEM_SOCKET: &str = "/run/asset-agent/agent.sock";
+
+/// The configured socket if something is there, else the system socket if something is
+/// there, else the configured one (so "not running" names the path the config gave).
+fn pick(configured: Option<PathBuf>, present: impl Fn(&Path) -> bool) -> PathBuf {
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    match configured {
+        Some(c) if present(&c) || !present(&system) => c,
+        _ => system,
+    }
+}
+
+/// Whether something is at `path`: a socket we may not be allowed to see into still
+/// counts (connecting then says "permission denied" and how to join the group).
+fn present(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    }
 }
 
 pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error> {
@@ -60,6 +99,9 @@ fn human(s: &Status) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "state:        {}", s.state);
+    if let Some(warning) = s.clock_skew_seconds.and_then(skew_warning) {
+        let _ = writeln!(out, "CLOCK SKEW:   {warning}");
+    }
     let _ = writeln!(out, "device:       {}", s.device_id);
     let _ = writeln!(
         out,
@@ -114,6 +156,25 @@ fn human(s: &Status) -> String {
     out
 }
 
+/// The warning for a device clock off from Salesforce's by more than the agent corrects
+/// for silently: tokens' `exp` is Salesforce time, so a consumer comparing it with this
+/// device's clock sees tokens as expired (clock ahead) or as living too long (behind).
+/// `expires_in` is counted on corrected time and is right.
+pub(crate) fn skew_warning(server_minus_local: i64) -> Option<String> {
+    if server_minus_local.abs() <= crate::skew::DEFAULT_SKEW_THRESHOLD_SECS {
+        return None;
+    }
+    let abs = server_minus_local.unsigned_abs();
+    let (dir, seen) = if server_minus_local < 0 {
+        ("ahead of", "already expired")
+    } else {
+        ("behind", "valid for longer than they are")
+    };
+    Some(format!(
+        "this device's clock is {abs}s {dir} Salesforce's; token exp is Salesforce time, so by this clock tokens look {seen}: use expires_in (counted on corrected time), or fix the clock (NTP)"
+    ))
+}
+
 /// `4m 05s`, `1h 02m`, `59s`: how long until expiry, readable at a glance.
 pub(super) fn countdown(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
@@ -150,10 +211,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_system_socket_is_the_fallback() {
+        let system = PathBuf::from(SYSTEM_SOCKET);
+        let mine = PathBuf::from("/run/user/1000/asset-agent/agent.sock");
+        let only = |p: &'static str| move |q: &Path| q == Path::new(p);
+        type Present<'a> = &'a dyn Fn(&Path) -> bool;
+        let rows: [(Option<PathBuf>, Present<'_>, &PathBuf); 5] = [
+            // A user's own agent is running: it wins.
+            (
+                Some(mine.clone()),
+                &only("/run/user/1000/asset-agent/agent.sock"),
+                &mine,
+            ),
+            // Nothing at the user's path, the system agent is there.
+            (Some(mine.clone()), &only(SYSTEM_SOCKET), &system),
+            // Neither: report the configured path as not running.
+            (Some(mine.clone()), &|_: &Path| false, &mine),
+            // No usable config (a group member without XDG_RUNTIME_DIR).
+            (None, &only(SYSTEM_SOCKET), &system),
+            (None, &|_: &Path| false, &system),
+        ];
+        for (configured, present, want) in rows {
+            assert_eq!(&pick(configured.clone(), present), want, "{configured:?}");
+        }
+    }
+
+    #[test]
     fn countdowns() {
         assert_eq!(countdown(0), "0s");
         assert_eq!(countdown(59), "59s");
         assert_eq!(countdown(245), "4m 05s");
         assert_eq!(countdown(3720), "1h 02m");
+    }
+}
+
+#[cfg(test)]
+mod skew_tests {
+    use super::skew_warning;
+
+    #[test]
+    fn a_large_skew_is_called_out_with_what_it_means_for_exp() {
+        assert_eq!(skew_warning(0), None);
+        assert_eq!(skew_warning(-10), None);
+        let ahead = skew_warning(-3600).unwrap();
+        assert!(
+            ahead.contains("3600s ahead of") && ahead.contains("already expired"),
+            "{ahead}"
+        );
+        let behind = skew_warning(120).unwrap();
+        assert!(
+            behind.contains("120s behind") && behind.contains("expires_in"),
+            "{behind}"
+        );
     }
 }

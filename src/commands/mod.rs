@@ -6,6 +6,7 @@ mod client;
 pub mod enroll;
 mod key;
 mod refresh;
+mod reload;
 mod run;
 mod watch;
 
@@ -18,6 +19,9 @@ use crate::config::{self, Config, LoadOptions};
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 78;
+/// EX_TEMPFAIL: a full disk (or quota) at start; systemd restarts the unit, and the next
+/// try may succeed once space is freed.
+pub const EXIT_TEMPFAIL: u8 = 75;
 
 /// A command failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,9 @@ pub enum Error {
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
+        if disk_full(self) {
+            return EXIT_TEMPFAIL;
+        }
         match self {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
@@ -55,6 +62,20 @@ impl Error {
             _ => EXIT_FAILURE,
         }
     }
+}
+
+/// Whether anything in `err`'s cause chain is a full disk or an exhausted quota.
+fn disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Runs the chosen command.
@@ -68,6 +89,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Status(args) => client::status(cli.config, args).await,
         Command::Watch(args) => watch::run(cli.config, args).await,
         Command::Refresh(args) => refresh::run(cli.config, args).await,
+        Command::Reload(args) => reload::run(cli.config, args).await,
         Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
@@ -94,4 +116,33 @@ pub async fn shutdown_signal() -> Result<&'static str, Error> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsutil;
+    use crate::keys::LoadError;
+
+    fn key_store_error(errno: i32) -> Error {
+        Error::Agent(crate::agent::Error::Key(LoadError::Store(
+            fsutil::Error::WriteTemp {
+                path: "/var/lib/asset-agent/.device-key.pem.tmp-1".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            },
+        )))
+    }
+
+    #[test]
+    fn a_full_disk_at_start_is_a_temporary_failure() {
+        assert_eq!(key_store_error(libc::ENOSPC).exit_code(), EXIT_TEMPFAIL);
+        assert_eq!(key_store_error(libc::EDQUOT).exit_code(), EXIT_TEMPFAIL);
+        let state_dir = Error::Agent(crate::agent::Error::StateDir(fsutil::Error::CreateDir {
+            path: "/var/lib/asset-agent".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }));
+        assert_eq!(state_dir.exit_code(), EXIT_TEMPFAIL);
+        // Anything else that needs a person stays a configuration error.
+        assert_eq!(key_store_error(libc::EACCES).exit_code(), EXIT_CONFIG);
+    }
 }

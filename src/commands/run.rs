@@ -2,8 +2,9 @@
 //!
 //! Signals: SIGTERM and SIGINT drain (stop accepting, let in-flight requests finish for
 //! up to [`GRACE`], stop the refresh loop) and exit 0, telling systemd `STOPPING=1` first.
-//! SIGHUP reloads the configuration all-or-nothing (`crate::reload`). The handlers are
-//! installed before anything else, because SIGHUP's default action would kill us.
+//! SIGHUP and `POST /v1/reload` reload the configuration all-or-nothing (`crate::reload`);
+//! a socket request gets the outcome back. The handlers are installed before anything
+//! else, because SIGHUP's default action would kill us.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,12 +17,13 @@ use super::{Error, load_config};
 use crate::agent::{self, Options};
 use crate::config::Config;
 use crate::error::chain;
-use crate::systemd::{self, Notifier, Supervisor};
+use crate::systemd::{self, Notifier, Readiness, Supervisor};
 
 /// In-flight requests get this long to finish after SIGTERM.
 const GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
     let mut signals = Signals::install()?;
     let notifier = notifier();
     let mut config = match load_config(config_path.clone()) {
@@ -48,7 +50,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
         tracing::warn!(error = %e, "could not mark the process non-dumpable");
     }
     let cancel = CancellationToken::new();
-    let running = match agent::start(&config, Options::default(), cancel.clone()).await {
+    let (requests, mut reloads) = crate::api::routes::reload::channel();
+    let options = Options {
+        reload: requests,
+        ..Options::default()
+    };
+    let running = match agent::start(&config, options, cancel.clone()).await {
         Ok(r) => r,
         Err(e) => {
             tell(
@@ -58,24 +65,52 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
             return Err(Error::Agent(e));
         }
     };
+    let readiness = Readiness {
+        started,
+        timeout: config.token.ready_timeout,
+        refresh_at: config.token.refresh_at,
+    };
+    let mut resync = None;
     if let Some(n) = notifier.clone() {
         let watchdog = systemd::watchdog_timeout_from_env();
         if let Some(w) = watchdog {
             tracing::info!(timeout_ms = w.as_millis(), "systemd watchdog enabled");
         }
-        running.tasks().spawn(
-            "systemd notifier",
-            Supervisor::new(n, running.tokens.clone(), watchdog).run(cancel.child_token()),
-        );
+        let supervisor = Supervisor::new(n, running.tokens.clone(), watchdog, readiness);
+        resync = Some(supervisor.resync());
+        running
+            .tasks()
+            .spawn("systemd notifier", supervisor.run(cancel.child_token()));
     }
 
     let stop = loop {
         tokio::select! {
             received = signals.next() => match received {
-                Received::Reload => reload(&mut config, config_path.clone(), notifier.as_deref()),
+                Received::Reload => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // systemd learns of a reload it did not start (a manual `kill -HUP`).
+                    if let Some(n) = &notifier {
+                        let _ = n.reloading();
+                    }
+                    reload(&mut config, config_path.clone());
+                    if let Some(n) = &notifier {
+                        let _ = n.reloaded();
+                    }
+                }
                 Received::Stop(name) => break Ok(name),
             },
+            Some(pending) = reloads.recv() => {
+                // `asset-agent reload` (the unit's ExecReload=): systemd is already in its
+                // reload state and waits for that command, which reports the outcome.
+                tracing::info!("reload requested over the socket");
+                let report = reload(&mut config, config_path.clone());
+                let _ = pending.send(report);
+            }
             exit = running.failed() => break Err(exit),
+        }
+        // STATUS= goes back to the agent's state, whatever the reload set.
+        if let Some(r) = &resync {
+            r.now();
         }
     };
     let signal = match &stop {
@@ -122,11 +157,8 @@ fn tell(notifier: Option<&Notifier>, status: &str) {
     }
 }
 
-fn reload(config: &mut Config, path: Option<PathBuf>, notifier: Option<&Notifier>) {
-    tracing::info!("SIGHUP: reloading the configuration");
-    if let Some(n) = notifier {
-        let _ = n.reloading();
-    }
+/// Reloads and logs the outcome; see `crate::reload`.
+fn reload(config: &mut Config, path: Option<PathBuf>) -> crate::api::routes::reload::Report {
     let outcome = crate::reload::reload(config, || {
         Config::load(&crate::config::LoadOptions::from_process(path))
     });
@@ -137,9 +169,7 @@ fn reload(config: &mut Config, path: Option<PathBuf>, notifier: Option<&Notifier
         }
         _ => tracing::info!("{summary}"),
     }
-    if let Some(n) = notifier {
-        let _ = n.reloaded(&summary);
-    }
+    outcome.report()
 }
 
 /// The signals `run` reacts to.

@@ -22,6 +22,7 @@ use super::origin::{ENV_PREFIX, ENV_SEPARATOR, Origins};
 use super::paths::{self, DROP_IN_DIR};
 use super::raw::{RawConfig, SECTIONS};
 use super::rules::Context;
+use super::units;
 use super::validate;
 
 /// `ASSET_AGENT_*` variables that belong to the agent but are not config keys: the config
@@ -57,6 +58,8 @@ pub struct LoadOptions {
 struct Layer {
     path: PathBuf,
     map: Map<String, Value>,
+    /// The file as written, for quoting a value in an error.
+    text: String,
 }
 
 /// The `ASSET_AGENT_*` part of the environment, sorted out.
@@ -148,7 +151,7 @@ impl Config {
         }
 
         for layer in &layers {
-            check_alone(layer.clone(), &layer.origin())?;
+            check_alone(layer.clone(), &layer.origin()).map_err(|e| layer.explain(e))?;
         }
         for (var, value) in &env.keys {
             check_alone(env_source([(var.clone(), value.clone())]), var)?;
@@ -262,11 +265,32 @@ impl Layer {
         Ok(Some(Self {
             path: path.to_owned(),
             map,
+            text: text.to_owned(),
         }))
     }
 
     fn origin(&self) -> String {
         self.path.display().to_string()
+    }
+
+    /// Completes a "not a string" error with the value as this file spells it and the fix:
+    /// `0x1F` is reported as written, not as the 31 TOML made of it.
+    fn explain(&self, err: Error) -> Error {
+        match err {
+            Error::Invalid { key, origin, rule } if rule.starts_with(units::NOT_A_STRING) => {
+                let name = key.rsplit('.').next().unwrap_or(&key).to_owned();
+                let scalar = !rule.ends_with("an array") && !rule.ends_with("a table");
+                let rule = match raw_value(&self.text, &key).filter(|_| scalar) {
+                    Some(written) => format!(
+                        "{rule}; quote it: {name} = {}",
+                        toml_quote(written.trim_matches(|c| c == '\'' || c == '"'))
+                    ),
+                    None => format!("{rule}; write it in quotes: {name} = \"...\""),
+                };
+                Error::Invalid { key, origin, rule }
+            }
+            other => other,
+        }
     }
 }
 
@@ -278,6 +302,44 @@ impl config::Source for Layer {
     fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
         Ok(self.map.clone())
     }
+}
+
+/// The text after `=` for dotted `key` (`section.name`) in TOML `text`, comments removed.
+/// A plain line scan, good enough to quote a scalar back in an error message.
+fn raw_value(text: &str, key: &str) -> Option<String> {
+    let (section, name) = key.split_once('.')?;
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header.trim_end_matches(']').trim().to_owned();
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim().trim_matches('"');
+        let hit = (current == section && k == name) || (current.is_empty() && k == key);
+        if hit {
+            let v = v.split('#').next().unwrap_or("").trim();
+            return (!v.is_empty()).then(|| v.to_owned());
+        }
+    }
+    None
+}
+
+/// `s` as a TOML basic string.
+fn toml_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 // === impl EnvKeys ===

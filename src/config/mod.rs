@@ -77,6 +77,9 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub const DEFAULT_DEMAND_WINDOW: Duration = Duration::from_secs(30);
 /// Default for `token.min_ttl_wait`: how long a `?min_ttl=` request waits for its refresh.
 pub const DEFAULT_MIN_TTL_WAIT: Duration = Duration::from_secs(2);
+/// Default for `token.ready_timeout`: how long start-up waits for a usable token before
+/// telling systemd the agent is ready anyway (boot must not wait for the network).
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `api.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default for `api.max_connections_per_uid`.
@@ -207,6 +210,9 @@ pub struct Token {
     pub refresh: RefreshPolicy,
     /// `token.demand_window`: a token request within it counts as demand.
     pub demand_window: Duration,
+    /// How long start-up waits for a token not yet due for refresh before `READY=1` goes
+    /// out anyway (with a `STATUS=` saying no usable token is held).
+    pub ready_timeout: Duration,
 }
 
 /// `token.refresh`: when the agent refreshes a token ahead of its expiry.

@@ -76,13 +76,21 @@ pub struct ClientCert {
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [mqtt] table")]
 pub(crate) struct RawMqtt {
+    #[serde(deserialize_with = "super::units::strict_string")]
     pub url: Option<String>,
+    #[serde(deserialize_with = "super::units::strict_string")]
     pub client_id: Option<String>,
+    #[serde(deserialize_with = "super::units::strict_string")]
     pub username: Option<String>,
+    #[serde(deserialize_with = "super::units::strict_string")]
     pub topic_prefix: Option<String>,
+    #[serde(deserialize_with = "super::units::strict_string")]
     pub publish_prefix: Option<String>,
+    #[serde(deserialize_with = "super::units::strict_path")]
     pub ca_file: Option<PathBuf>,
+    #[serde(deserialize_with = "super::units::strict_path")]
     pub client_cert_file: Option<PathBuf>,
+    #[serde(deserialize_with = "super::units::strict_path")]
     pub client_key_file: Option<PathBuf>,
     pub keep_alive: Option<super::units::HumanDuration>,
     pub reconnect_margin: Option<super::units::HumanDuration>,

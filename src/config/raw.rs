@@ -45,9 +45,13 @@ pub(crate) struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [salesforce] table")]
 pub(crate) struct RawSalesforce {
+    #[serde(deserialize_with = "units::strict_string")]
     pub instance_url: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub client_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_path")]
     pub client_secret_file: Option<PathBuf>,
+    #[serde(deserialize_with = "units::strict_path")]
     pub ca_file: Option<PathBuf>,
     pub timeout: Option<HumanDuration>,
 }
@@ -57,10 +61,15 @@ pub(crate) struct RawSalesforce {
 #[serde(deny_unknown_fields, default, expecting = "the [auth] table")]
 pub(crate) struct RawAuth {
     pub method: Option<MethodName>,
+    #[serde(deserialize_with = "units::strict_path")]
     pub refresh_token_file: Option<PathBuf>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub username: Option<String>,
+    #[serde(deserialize_with = "units::strict_path")]
     pub assertion_key_file: Option<PathBuf>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub audience: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub scope: Option<String>,
 }
 
@@ -68,12 +77,19 @@ pub(crate) struct RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [asset] table")]
 pub(crate) struct RawAsset {
+    #[serde(deserialize_with = "units::strict_string")]
     pub device_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub name: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub serial_number: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub account_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub contact_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub token_name: Option<String>,
 }
 
@@ -81,6 +97,7 @@ pub(crate) struct RawAsset {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [key] table")]
 pub(crate) struct RawKey {
+    #[serde(deserialize_with = "units::strict_path")]
     pub path: Option<PathBuf>,
     pub bits: Option<usize>,
 }
@@ -91,20 +108,24 @@ pub(crate) struct RawKey {
 pub(crate) struct RawToken {
     pub refresh_at: Option<Fraction>,
     pub verify: Option<VerifyName>,
+    #[serde(deserialize_with = "units::strict_path")]
     pub certificate: Option<PathBuf>,
     pub audience: Option<List<String>>,
+    #[serde(deserialize_with = "units::strict_string")]
     pub issuer: Option<String>,
     pub leeway: Option<HumanDuration>,
     pub backoff_max: Option<HumanDuration>,
     pub min_ttl_wait: Option<HumanDuration>,
     pub refresh: Option<RefreshName>,
     pub demand_window: Option<HumanDuration>,
+    pub ready_timeout: Option<HumanDuration>,
 }
 
 /// `[state]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [state] table")]
 pub(crate) struct RawState {
+    #[serde(deserialize_with = "units::strict_path")]
     pub dir: Option<PathBuf>,
 }
 
@@ -112,6 +133,7 @@ pub(crate) struct RawState {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [api] table")]
 pub(crate) struct RawApi {
+    #[serde(deserialize_with = "units::strict_path")]
     pub socket: Option<PathBuf>,
     pub allow_uids: Option<List<u32>>,
     pub allow_gids: Option<List<u32>>,
@@ -127,6 +149,7 @@ pub(crate) struct RawApi {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "the [log] table")]
 pub(crate) struct RawLog {
+    #[serde(deserialize_with = "units::strict_string")]
     pub level: Option<String>,
     pub format: Option<LogFormat>,
 }

@@ -83,6 +83,64 @@ pub(crate) fn named<'de, D: Deserializer<'de>, T: Named>(d: D) -> Result<T, D::E
         })
 }
 
+/// The start of the message a non-string value for a string key gets; `load` recognises it
+/// and adds the file's own spelling of the value and the fix.
+pub(crate) const NOT_A_STRING: &str = "must be a string in quotes, not ";
+
+/// A string key: only a string is taken. The `config` crate would turn `42`, `true` or
+/// `0x1F` into "42", "true" or "31"; for a serial number that links the wrong Asset. An
+/// environment variable's value is always a string, so overrides keep working.
+pub(crate) fn strict_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string in quotes")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Ok(s.to_owned())
+        }
+        fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+            Ok(s)
+        }
+        fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}a boolean ({b})")))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}an integer ({n})")))
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}an integer ({n})")))
+        }
+        fn visit_i128<E: de::Error>(self, n: i128) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}an integer ({n})")))
+        }
+        fn visit_u128<E: de::Error>(self, n: u128) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}an integer ({n})")))
+        }
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}a float ({n})")))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(format!("{NOT_A_STRING}an array")))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(de::Error::custom(format!("{NOT_A_STRING}a table")))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Err(E::custom(format!("{NOT_A_STRING}an empty value")))
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+/// [`strict_string`] for a path key.
+pub(crate) fn strict_path<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::path::PathBuf>, D::Error> {
+    strict_string(d).map(|s| s.map(std::path::PathBuf::from))
+}
+
 // === impl HumanDuration ===
 
 impl<'de> Deserialize<'de> for HumanDuration {

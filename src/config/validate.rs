@@ -19,9 +19,9 @@ use super::rules::{Check, Context, instance_url};
 use super::units::{Named, percent};
 use super::{
     Api, Asset, Auth, AuthMethod, Config, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE,
-    DEFAULT_KEY_BITS, DEFAULT_LEEWAY, DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT, DEFAULT_REFRESH_AT,
-    DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log, LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT,
-    Salesforce, State, Token, Verify,
+    DEFAULT_KEY_BITS, DEFAULT_LEEWAY, DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT,
+    DEFAULT_READY_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log,
+    LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT, Salesforce, State, Token, Verify,
 };
 use super::{DEFAULT_DEMAND_WINDOW, RefreshPolicy};
 use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, MAX_MAX_CONNECTIONS};
@@ -339,6 +339,12 @@ impl Check<'_> {
                 raw.demand_window,
                 DEFAULT_DEMAND_WINDOW,
                 secs(1)..=secs(86_400),
+            ),
+            ready_timeout: self.duration(
+                "token.ready_timeout",
+                raw.ready_timeout,
+                DEFAULT_READY_TIMEOUT,
+                secs(0)..=secs(3600),
             ),
         }
     }

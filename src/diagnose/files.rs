@@ -7,10 +7,12 @@ use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _}
 use std::path::{Path, PathBuf};
 
 use super::Finding;
+use crate::agent;
 use crate::config::{AuthMethod, Config};
 use crate::error::chain;
 use crate::keys::{FileKey, LoadError, Signer as _};
-use crate::salesforce::subject::{self, read_refresh_token};
+use crate::salesforce::subject::{self, read_refresh_token_trusting};
+use crate::secure_path::{self, Trust};
 
 /// Where an installed socket unit may live, in systemd's order of precedence.
 const SOCKET_UNITS: [&str; 3] = [
@@ -20,8 +22,10 @@ const SOCKET_UNITS: [&str; 3] = [
 ];
 
 pub(super) fn check(config: &Config) -> Vec<Finding> {
-    let mut out = vec![key(config)];
-    out.extend(credentials(config));
+    let trust = trust(config);
+    let mut out = vec![key(config, &trust)];
+    out.extend(credentials(config, &trust));
+    out.extend(state_files(config, &trust));
     out.push(directory(
         "state_dir",
         &config.state.dir,
@@ -42,7 +46,55 @@ pub(super) fn check(config: &Config) -> Vec<Finding> {
     out
 }
 
-fn key(config: &Config) -> Finding {
+/// Who may own the secrets: this user and root, and, when the check runs as root, the
+/// owner of the state directory (the service user, whose files these are).
+fn trust(config: &Config) -> Trust {
+    let trust = Trust::process();
+    if rustix::process::geteuid().is_root()
+        && let Ok(meta) = fs::metadata(&config.state.dir)
+    {
+        return trust.and(meta.uid());
+    }
+    trust
+}
+
+/// The rule `run` applies to every secret and state file ([`agent::unsafe_paths`]), for
+/// the files the key and credentials findings do not already cover: the token cache, and
+/// files not created yet in a directory others can write.
+fn state_files(config: &Config, trust: &Trust) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (what, path) in agent::secret_paths(config) {
+        let covered = what != "token cache" && fs::symlink_metadata(&path).is_ok();
+        if covered {
+            continue;
+        }
+        if let Err(e) = secure_path::check(what, &path, trust) {
+            out.push(unsafe_finding("permissions", &e));
+        }
+    }
+    if out.is_empty() {
+        out.push(Finding::ok(
+            "permissions",
+            "every secret and state file and the directories above them are private to the service user",
+        ));
+    }
+    out
+}
+
+/// A finding for a refused path: the message, and the fix the error names.
+fn unsafe_finding(check: &'static str, e: &secure_path::Error) -> Finding {
+    let text = e.to_string();
+    match text.split_once("; fix it with: ") {
+        Some((message, fix)) => Finding::error(check, message, fix),
+        None => Finding::error(
+            check,
+            text.clone(),
+            "make it a private regular file of the service user",
+        ),
+    }
+}
+
+fn key(config: &Config, trust: &Trust) -> Finding {
     let path = &config.key.path;
     if matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
         return Finding::warning(
@@ -54,7 +106,7 @@ fn key(config: &Config) -> Finding {
     if let Some(f) = foreign_owner("key", path, &config.state.dir) {
         return f;
     }
-    match FileKey::load(path) {
+    match FileKey::load_trusting(path, trust) {
         Ok(k) => Finding::ok(
             "key",
             format!(
@@ -75,6 +127,7 @@ fn key(config: &Config) -> Finding {
                         "run the check as the service user or root; the service user must own it: chown asset-agent: {p} && chmod 600 {p}"
                     )
                 }
+                LoadError::Unsafe(u) => return unsafe_finding("key", u),
                 LoadError::Pkcs1 { .. } => format!(
                     "convert it: openssl pkcs8 -topk8 -nocrypt -in {p} -out {p}.p8 && mv {p}.p8 {p}"
                 ),
@@ -87,15 +140,16 @@ fn key(config: &Config) -> Finding {
     }
 }
 
-fn credentials(config: &Config) -> Vec<Finding> {
+fn credentials(config: &Config, trust: &Trust) -> Vec<Finding> {
     let mut out = Vec::new();
     match &config.auth.method {
         AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
-            out.push(refresh_token(config));
+            out.push(refresh_token(config, trust));
         }
         AuthMethod::JwtBearer(jb) => {
             let p = jb.assertion_key_file.display();
-            out.push(match FileKey::load(&jb.assertion_key_file) {
+            out.push(match FileKey::load_trusting(&jb.assertion_key_file, trust) {
+                Err(LoadError::Unsafe(u)) => unsafe_finding("credentials", &u),
                 Ok(_) => Finding::ok("credentials", format!("JWT-bearer assertion key {p} is usable")),
                 Err(e) => Finding::error(
                     "credentials",
@@ -107,19 +161,20 @@ fn credentials(config: &Config) -> Vec<Finding> {
         AuthMethod::ClientCredentials => {}
     }
     if let Some(path) = &config.salesforce.client_secret_file {
-        out.push(client_secret(path));
+        out.push(client_secret(path, trust));
     }
     out
 }
 
-fn refresh_token(config: &Config) -> Finding {
+fn refresh_token(config: &Config, trust: &Trust) -> Finding {
     let path = &config.auth.refresh_token_file;
     let p = path.display();
     if let Some(f) = foreign_owner("credentials", path, &config.state.dir) {
         return f;
     }
-    match read_refresh_token(path) {
+    match read_refresh_token_trusting(path, trust) {
         Ok(_) => Finding::ok("credentials", format!("refresh token present in {p}")),
+        Err(subject::Error::UnsafeRefreshToken(u)) => unsafe_finding("credentials", &u),
         Err(subject::Error::NoRefreshToken { .. }) => Finding::warning(
             "credentials",
             format!("not enrolled yet: no refresh token in {p}; the agent runs but waits"),
@@ -138,9 +193,19 @@ fn refresh_token(config: &Config) -> Finding {
     }
 }
 
-fn client_secret(path: &Path) -> Finding {
+fn client_secret(path: &Path, trust: &Trust) -> Finding {
     let p = path.display();
     let fix = format!("put the consumer secret in {p}, owned by the service user, mode 0600");
+    if let Err(
+        e @ (secure_path::Error::Symlink { .. }
+        | secure_path::Error::OpenDir { .. }
+        | secure_path::Error::DirOwner { .. }
+        | secure_path::Error::Owner { .. }
+        | secure_path::Error::NotFile { .. }),
+    ) = secure_path::check("client secret file", path, trust)
+    {
+        return unsafe_finding("credentials", &e);
+    }
     match fs::metadata(path) {
         Err(e) => Finding::error(
             "credentials",

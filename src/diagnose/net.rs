@@ -68,6 +68,9 @@ fn year(clock: &Clock) -> Finding {
     }
 }
 
+/// What a skew means for consumers of the tokens the agent serves.
+const EXP_NOTE: &str = "token exp is Salesforce time: compared with this clock, tokens look expired or too long-lived (expires_in is right)";
+
 fn skew_finding(server_minus_local: i64) -> Finding {
     let abs = server_minus_local.unsigned_abs();
     let dir = if server_minus_local > 0 {
@@ -84,13 +87,15 @@ fn skew_finding(server_minus_local: i64) -> Finding {
     } else if abs <= SKEW_ERROR_SECS.unsigned_abs() {
         Finding::warning(
             "clock.skew",
-            format!("{msg}; the agent corrects the timestamps it mints"),
+            format!("{msg}; the agent corrects the timestamps it mints, and {EXP_NOTE}"),
             NTP_FIX,
         )
     } else {
         Finding::error(
             "clock.skew",
-            format!("{msg}; TLS checks and other software on the device use the wrong time"),
+            format!(
+                "{msg}; TLS checks and other software on the device use the wrong time, and {EXP_NOTE}"
+            ),
             NTP_FIX,
         )
     }
@@ -264,6 +269,11 @@ mod tests {
             assert_eq!(skew_finding(s).severity, want, "{s}");
         }
         assert!(skew_finding(60).message.contains("60s behind"));
+        assert!(
+            skew_finding(-3600)
+                .message
+                .contains("token exp is Salesforce time")
+        );
         assert!(skew_finding(-60).message.contains("60s ahead of"));
     }
 }

@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rsa::pkcs1::der::Decode as _;
@@ -12,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::{SignError, Signer};
 use crate::fsutil;
+use crate::secure_path::{self, Trust};
 use wire::jose::{RsaKey, RsaPublicJwk};
 
 /// The rsaEncryption OID (PKCS#1), the only key algorithm we accept.
@@ -79,6 +79,8 @@ pub enum LoadError {
     Encode,
     #[error("could not store the new device key")]
     Store(#[source] fsutil::Error),
+    #[error("the key file is not safe to use")]
+    Unsafe(#[source] secure_path::Error),
 }
 
 /// A PKCS#8 RSA key loaded from a file, signing with ring.
@@ -95,18 +97,20 @@ impl FileKey {
     /// # Errors
     /// A [`LoadError`] that names the file and says how to fix it.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let read_err = |source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let mode = fs::metadata(path).map_err(read_err)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(LoadError::Permissions {
-                path: path.to_owned(),
-                mode: mode & 0o7777,
-            });
-        }
-        let pem = zeroize_on_drop(fs::read(path).map_err(read_err)?);
+        Self::load_trusting(path, &Trust::process())
+    }
+
+    /// As [`FileKey::load`], with the file and its directories judged by
+    /// [`secure_path`]'s rule for the uids in `trust`.
+    ///
+    /// # Errors
+    /// As [`FileKey::load`]; [`LoadError::Unsafe`] when another user could read or replace it.
+    pub fn load_trusting(path: &Path, trust: &Trust) -> Result<Self, LoadError> {
+        let pem = secure_path::read("key", path, trust).map_err(|e| match e {
+            secure_path::Error::Mode { path, mode, .. } => LoadError::Permissions { path, mode },
+            secure_path::Error::Inspect { path, source, .. } => LoadError::Read { path, source },
+            other => LoadError::Unsafe(other),
+        })?;
         Self::from_pem(path, &pem)
     }
 
@@ -116,6 +120,11 @@ impl FileKey {
     /// # Errors
     /// As [`FileKey::load`] and [`FileKey::generate`].
     pub fn load_or_generate(path: &Path, bits: usize) -> Result<(Self, bool), LoadError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            for stale in fsutil::remove_stale_temps(dir) {
+                tracing::warn!(file = %stale.display(), "removed a temporary file a killed writer left behind");
+            }
+        }
         match fs::symlink_metadata(path) {
             Ok(_) => Ok((Self::load(path)?, false)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -146,7 +155,8 @@ impl FileKey {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsutil::ensure_dir(dir, 0o700).map_err(LoadError::Store)?;
         }
-        fsutil::write_secret_atomic(path, pem.as_bytes()).map_err(LoadError::Store)
+        // Key material must never be left under another name by a kill mid-write.
+        fsutil::create_secret(path, pem.as_bytes()).map_err(LoadError::Store)
     }
 
     /// Parses a PKCS#8 PEM; `path` is only used in messages.
@@ -247,6 +257,7 @@ fn zeroize_on_drop(bytes: Vec<u8>) -> Zeroizing<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     pub(crate) const TEST_KEY: &str = include_str!("../../tests/data/device-key.pem");
 

@@ -1,5 +1,5 @@
 //! The MQTT uplink: an MQTT session authenticated by the asset token, kept alive across
-//! token rotations so device software never handles tokens (issue 5).
+//! token rotations so device software never handles tokens.
 //!
 //! JWT-authenticated brokers (EMQX, HiveMQ, Mosquitto with an auth plugin, cloud IoT
 //! brokers) take the token as the MQTT password and cut the client off when it expires.

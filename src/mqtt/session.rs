@@ -214,7 +214,8 @@ impl Session {
             .session_token
             .as_ref()
             .filter(|_| self.connected && self.rotate)?;
-        Some(t.expires.checked_sub(self.margin).unwrap_or(t.received))
+        let margin = effective_margin(self.margin, t.lifetime());
+        Some(t.expires.checked_sub(margin).unwrap_or(t.received))
     }
 
     /// Whether the options hold a live token newer than the session's.
@@ -494,5 +495,37 @@ impl Session {
         }
         let _ = timeout(GOODBYE_WAIT, self.commands.wait()).await;
         tracing::debug!("MQTT uplink stopped");
+    }
+}
+
+/// The share of a token's lifetime the rotation margin may take.
+const MAX_MARGIN_SHARE: f64 = 0.2;
+
+/// `margin`, clamped to [`MAX_MARGIN_SHARE`] of `lifetime`. A margin as long as the token
+/// itself would put the rotation point at once on every new token and force a second
+/// exchange each time; clamped, rotation follows the normal refresh (at 70 to 80 % of the
+/// lifetime), so a newer token normally exists by then.
+pub(crate) fn effective_margin(margin: Duration, lifetime: Duration) -> Duration {
+    margin.min(lifetime.mul_f64(MAX_MARGIN_SHARE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_is_clamped_to_the_token_lifetime() {
+        let s = Duration::from_secs;
+        // Long tokens: the configured margin as is.
+        assert_eq!(effective_margin(s(10), s(3600)), s(10));
+        assert_eq!(effective_margin(s(10), s(60)), s(10));
+        // Tokens shorter than the margin: the rotation point stays after the refresh
+        // point (80 % of the lifetime), never at the token's start.
+        for lifetime in [s(4), s(8), s(10), s(30)] {
+            let m = effective_margin(s(10), lifetime);
+            assert!(m < lifetime, "{lifetime:?}: {m:?}");
+            assert!(lifetime - m >= lifetime.mul_f64(0.8), "{lifetime:?}: {m:?}");
+        }
+        assert_eq!(effective_margin(s(10), Duration::ZERO), Duration::ZERO);
     }
 }

@@ -34,8 +34,9 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// How the device flow ended without tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not start the device flow")]
-    Start(#[source] UpstreamError),
+    /// The upstream error names the step ("starting the device flow failed: ...").
+    #[error(transparent)]
+    Start(UpstreamError),
     #[error("the device flow answer is unusable: {0}")]
     BadStart(&'static str),
     #[error("the request was denied: the person who opened {uri} refused access")]
@@ -44,8 +45,9 @@ pub enum Error {
     Expired { user_code: String },
     #[error("the code {user_code} was not approved within {} s", waited.as_secs())]
     TimedOut { user_code: String, waited: Duration },
-    #[error("polling for approval failed")]
-    Poll(#[source] UpstreamError),
+    /// The upstream error names the step ("polling for the device approval failed: ...").
+    #[error(transparent)]
+    Poll(UpstreamError),
     #[error(
         "Salesforce approved the device but sent no refresh token: add the refresh_token scope (auth.scope = \"api refresh_token\") and allow it on the connected app"
     )]

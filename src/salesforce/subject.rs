@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use super::error::{Error as UpstreamError, Step};
 use super::upstream::Upstream;
 use crate::fsutil;
+use crate::secure_path::{self, Trust};
 use wire::Secret;
 use wire::oauth::OAuthTokenResponse;
 
@@ -44,6 +45,8 @@ pub enum Error {
         path.display(), path.display()
     )]
     RefreshTokenPermissions { path: PathBuf, mode: u32 },
+    #[error("the refresh token file is not safe to use")]
+    UnsafeRefreshToken(#[source] secure_path::Error),
     #[error("could not store the rotated refresh token; the old one is no longer valid")]
     PersistRotated(#[source] fsutil::Error),
     #[error("could not sign the JWT-bearer assertion")]
@@ -114,6 +117,13 @@ impl Credentials {
                     .await?;
                 Ok(resp.into())
             }
+        }
+    }
+
+    /// Retries storing a rotated refresh token that is still waiting for the disk.
+    pub fn persist_pending(&self) {
+        if let Credentials::RefreshToken(rt) = self {
+            rt.persist_pending();
         }
     }
 
@@ -189,13 +199,18 @@ impl JwtBearer {
 /// The file is the source of truth and is read before every grant, so a token stored by
 /// `asset-agent enroll` (first enrollment, or re-enrollment after a revocation) is picked up
 /// by a running agent without a restart. A rotated token is written to the file before it
-/// is used; if that write fails, the token is kept in memory (never dropped: the old one is
-/// already dead) and the write is retried before the next grant.
+/// is used; if that write fails (a read-only or full disk), the token is kept in memory (never
+/// dropped: the old one is already dead), copied to the fallback file in the runtime
+/// directory (a tmpfs that survives a crash of the agent, though not a reboot), and the
+/// agent goes on serving with the new tokens; the write is retried before every pass. At
+/// start, a fallback copy newer than the file is the token to use.
 #[derive(Debug)]
 pub struct RefreshToken {
     client_id: String,
     client_secret: Option<Secret>,
     path: PathBuf,
+    /// Where a rotated token that could not be stored waits, crash-safe (runtime dir).
+    fallback: Option<PathBuf>,
     memory: Mutex<Memory>,
 }
 
@@ -215,7 +230,29 @@ impl RefreshToken {
             client_id,
             client_secret,
             path,
+            fallback: None,
             memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    /// Keeps a rotated token that cannot be stored in `path` too (see the type's docs), and
+    /// picks up a copy a crashed agent left there when it is newer than the file.
+    #[must_use]
+    pub fn with_fallback(mut self, path: PathBuf) -> Self {
+        if let Some(token) = newer_copy(&path, &self.path) {
+            tracing::warn!(file = %path.display(), "a rotated refresh token that was never stored is waiting here; using it and storing it now");
+            self.memory().unsaved = Some(token);
+        }
+        self.fallback = Some(path);
+        self
+    }
+
+    /// Retries storing a rotated token that is still waiting (before every pass, so a disk
+    /// that comes back is used at once).
+    pub fn persist_pending(&self) {
+        let unsaved = self.memory().unsaved.clone();
+        if let Some(token) = unsaved {
+            self.persist(&token);
         }
     }
 
@@ -234,8 +271,7 @@ impl RefreshToken {
     fn current(&self) -> Result<Secret, Error> {
         let unsaved = self.memory().unsaved.clone();
         if let Some(token) = unsaved {
-            self.persist(&token)?;
-            tracing::info!(file = %self.path.display(), "the rotated refresh token is stored now");
+            self.persist(&token);
             return Ok(token);
         }
         let token = read_refresh_token(&self.path)?;
@@ -247,19 +283,47 @@ impl RefreshToken {
         Ok(token)
     }
 
-    /// Writes `token` to the file, or keeps it in memory for the next attempt.
-    fn persist(&self, token: &Secret) -> Result<(), Error> {
+    /// Writes `token` to the file; if that fails, keeps it in memory and in the fallback
+    /// file for the next attempt. Returns whether the file holds it.
+    fn persist(&self, token: &Secret) -> bool {
         let result = fsutil::write_secret_atomic(&self.path, token.expose().as_bytes());
+        let was_unsaved = self.memory().unsaved.is_some();
         let mut memory = self.memory();
         match result {
             Ok(()) => {
                 memory.last = Some(token.clone());
                 memory.unsaved = None;
-                Ok(())
+                drop(memory);
+                if let Some(fallback) = &self.fallback {
+                    let _ = std::fs::remove_file(fallback);
+                }
+                if was_unsaved {
+                    tracing::info!(file = %self.path.display(), "the rotated refresh token is stored now");
+                }
+                true
             }
             Err(e) => {
+                let first = memory.unsaved.as_ref() != Some(token);
                 memory.unsaved = Some(token.clone());
-                Err(Error::PersistRotated(e))
+                drop(memory);
+                let kept = self.fallback.as_ref().filter(|fallback| {
+                    fsutil::write_secret_atomic(fallback, token.expose().as_bytes()).is_ok()
+                });
+                let err = Error::PersistRotated(e);
+                if first {
+                    match kept {
+                        Some(f) => {
+                            tracing::error!(file = %self.path.display(), kept_in = %f.display(),
+                            error = %crate::error::chain(&err),
+                            "could not store the rotated refresh token; serving on, keeping it in memory and in the runtime directory, and retrying before every refresh")
+                        }
+                        None => {
+                            tracing::error!(file = %self.path.display(), error = %crate::error::chain(&err),
+                            "could not store the rotated refresh token; serving on, keeping it in memory only, and retrying before every refresh")
+                        }
+                    }
+                }
+                false
             }
         }
     }
@@ -291,10 +355,11 @@ impl RefreshToken {
             .filter(|r| !r.is_empty() && *r != refresh)
         {
             // Rotation: the old token is already dead at Salesforce. Persist the new one
-            // before anything else; if that fails, the access token is dropped (nothing
-            // is used before the token is safe) and the rotated token waits in memory.
-            self.persist(&rotated)?;
-            tracing::info!(file = %self.path.display(), "refresh token rotated and stored");
+            // before anything else; if the disk refuses it, it waits in memory and in the
+            // runtime directory, and the agent serves on with the new access token.
+            if self.persist(&rotated) {
+                tracing::info!(file = %self.path.display(), "refresh token rotated and stored");
+            }
         }
         Ok(AccessToken {
             token: resp.access_token,
@@ -303,38 +368,46 @@ impl RefreshToken {
     }
 }
 
+/// The token in `copy` if it is a usable refresh token file no older than `file`.
+fn newer_copy(copy: &Path, file: &Path) -> Option<Secret> {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let copied = mtime(copy)?;
+    if mtime(file).is_some_and(|f| f > copied) {
+        return None;
+    }
+    read_refresh_token(copy).ok()
+}
+
 /// Reads a refresh token file: owner-only permissions, surrounding whitespace trimmed.
 ///
 /// # Errors
 /// [`Error::NoRefreshToken`] when missing or empty, else the read or permission error.
 pub fn read_refresh_token(path: &Path) -> Result<Secret, Error> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Error::NoRefreshToken {
-                path: path.to_owned(),
-            });
-        }
-        Err(source) => {
-            return Err(Error::ReadRefreshToken {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
-    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
-    if mode & 0o077 != 0 {
-        return Err(Error::RefreshTokenPermissions {
+    read_refresh_token_trusting(path, &Trust::process())
+}
+
+/// As [`read_refresh_token`], judging the file by [`secure_path`]'s rule for `trust`.
+///
+/// # Errors
+/// As [`read_refresh_token`]; [`Error::UnsafeRefreshToken`] when another user could read or
+/// replace it (a symlink, an open directory, a foreign owner).
+pub fn read_refresh_token_trusting(path: &Path, trust: &Trust) -> Result<Secret, Error> {
+    let raw = secure_path::read("refresh token file", path, trust).map_err(|e| match e {
+        e if e.is_not_found() => Error::NoRefreshToken {
             path: path.to_owned(),
-            mode: mode & 0o7777,
-        });
-    }
-    let raw = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-        Error::ReadRefreshToken {
-            path: path.to_owned(),
-            source,
+        },
+        secure_path::Error::Mode { path, mode, .. } => {
+            Error::RefreshTokenPermissions { path, mode }
         }
-    })?);
+        secure_path::Error::Inspect { path, source, .. } => {
+            Error::ReadRefreshToken { path, source }
+        }
+        other => Error::UnsafeRefreshToken(other),
+    })?;
+    let raw = std::str::from_utf8(&raw).map_err(|_| Error::ReadRefreshToken {
+        path: path.to_owned(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"),
+    })?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(Error::NoRefreshToken {

@@ -34,18 +34,27 @@ const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 /// An asset token that must not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not fetch the org's signing keys")]
-    Jwks(#[source] UpstreamError),
+    /// The upstream error names the step ("fetching the asset-token signing keys failed").
+    #[error(transparent)]
+    Jwks(UpstreamError),
     #[error("the asset token is signed with key {kid:?}, which {instance}/id/keys does not list")]
     UnknownKid { kid: String, instance: String },
     #[error("the asset token header has no kid, so its signing key cannot be chosen")]
     NoKid,
-    #[error("the asset token failed verification: {0}")]
+    #[error("the asset token failed verification")]
     Invalid(#[source] jsonwebtoken::errors::Error),
     #[error("the asset token expired at {exp} (now {now})")]
     Expired { exp: i64, now: i64 },
     #[error("the asset token is not valid before {nbf} (now {now})")]
     NotYetValid { nbf: i64, now: i64 },
+    #[error(
+        "the asset token is bound (cnf.jwk) to key {found}, not to this device's key {expected}"
+    )]
+    WrongKey { found: String, expected: String },
+    #[error(
+        "the asset token is signed with key {kid:?}, which is not among the signing keys kept offline"
+    )]
+    KeyNotKept { kid: String },
 }
 
 /// The pinned certificate could not be used.
@@ -74,6 +83,7 @@ pub enum Keys {
     Unverified,
 }
 
+/// The org's signing keys as last fetched (or restored from the token cache).
 #[derive(Debug, Default)]
 pub struct JwksCache {
     keys: HashMap<String, RsaPublicJwk>,
@@ -87,6 +97,9 @@ pub struct Verifier {
     audience: Vec<String>,
     issuer: Option<String>,
     leeway: Duration,
+    /// The device key's RFC 7638 thumbprint: a token whose `cnf.jwk` names another key was
+    /// issued for someone else and is refused.
+    bound_to: Option<String>,
 }
 
 // === impl Verifier ===
@@ -103,7 +116,16 @@ impl Verifier {
             audience,
             issuer,
             leeway,
+            bound_to: None,
         }
+    }
+
+    /// Also requires a token's `cnf.jwk`, when it has one, to be the key with `thumbprint`
+    /// (the device key the actor token bound).
+    #[must_use]
+    pub fn bound_to(mut self, thumbprint: String) -> Self {
+        self.bound_to = Some(thumbprint);
+        self
     }
 
     /// Verifies with keys from the org's JWKS.
@@ -173,6 +195,80 @@ impl Verifier {
         token: &Secret,
         now: i64,
     ) -> Result<AssetTokenClaims, Error> {
+        let jwk = match &self.keys {
+            Keys::Jwks(cache) => {
+                let kid = kid_of(token)?;
+                Some(self.jwks_key(cache, up, &kid).await?)
+            }
+            Keys::Pinned(jwk) => Some(jwk.clone()),
+            Keys::Unverified => None,
+        };
+        self.check(token, jwk.as_ref(), now)
+    }
+
+    /// Verifies `token` exactly as [`Verifier::verify`] does, but only with the keys already
+    /// held (pinned, or JWKS keys fetched or [seeded](Verifier::seed)): no network. For a
+    /// token restored from the cache at start-up, which must pass the same checks as a
+    /// fresh one.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify`]; [`Error::KeyNotKept`] when the token's `kid` is not held.
+    pub fn verify_offline(&self, token: &Secret, now: i64) -> Result<AssetTokenClaims, Error> {
+        let jwk = match &self.keys {
+            Keys::Jwks(cache) => {
+                let kid = kid_of(token)?;
+                let held = cache
+                    .try_lock()
+                    .ok()
+                    .and_then(|c| c.keys.get(&kid).cloned());
+                Some(held.ok_or(Error::KeyNotKept { kid })?)
+            }
+            Keys::Pinned(jwk) => Some(jwk.clone()),
+            Keys::Unverified => None,
+        };
+        self.check(token, jwk.as_ref(), now)
+    }
+
+    /// The org signing keys held (JWKS mode), for keeping with the token cache so an
+    /// offline restart can verify without fetching them. Empty in the other modes, whose
+    /// key comes from the configuration.
+    pub fn known_keys(&self) -> Vec<RsaPublicJwk> {
+        let Keys::Jwks(cache) = &self.keys else {
+            return Vec::new();
+        };
+        let Ok(cache) = cache.try_lock() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<_> = cache.keys.values().cloned().collect();
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        keys
+    }
+
+    /// Starts the JWKS cache with `keys` (kept with the token cache). They count as never
+    /// fetched, so an unknown `kid` still fetches the JWKS at once.
+    pub fn seed(&self, keys: Vec<RsaPublicJwk>) {
+        let Keys::Jwks(cache) = &self.keys else {
+            return;
+        };
+        if let Ok(mut cache) = cache.try_lock()
+            && cache.keys.is_empty()
+        {
+            cache.keys = keys
+                .into_iter()
+                .filter(|k| k.kty == "RSA")
+                .map(|k| (k.kid.clone(), k))
+                .collect();
+        }
+    }
+
+    /// Signature (with `jwk`; none for `verify = "none"`), `iss`, `aud`, `exp`, `nbf` and
+    /// `cnf`, at `now`.
+    fn check(
+        &self,
+        token: &Secret,
+        jwk: Option<&RsaPublicJwk>,
+        now: i64,
+    ) -> Result<AssetTokenClaims, Error> {
         crate::crypto::install();
         let mut validation = Validation::new(Algorithm::RS256);
         // Time is checked below against our clock (virtual in tests, skew-corrected on
@@ -188,19 +284,13 @@ impl Verifier {
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
-        let claims = match &self.keys {
-            Keys::Unverified => {
+        let claims = match jwk {
+            None => {
                 jsonwebtoken::dangerous::insecure_decode::<AssetTokenClaims>(token.expose())
                     .map_err(Error::Invalid)?
                     .claims
             }
-            Keys::Pinned(jwk) => decode(token, jwk, &validation)?,
-            Keys::Jwks(cache) => {
-                let header = jsonwebtoken::decode_header(token.expose()).map_err(Error::Invalid)?;
-                let kid = header.kid.ok_or(Error::NoKid)?;
-                let jwk = self.jwks_key(cache, up, &kid).await?;
-                decode(token, &jwk, &validation)?
-            }
+            Some(jwk) => decode(token, jwk, &validation)?,
         };
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
         // exp is strict: an expired token is never accepted, whatever the leeway.
@@ -212,6 +302,15 @@ impl Verifier {
         }
         if let Some(nbf) = claims.nbf.filter(|nbf| *nbf > now.saturating_add(leeway)) {
             return Err(Error::NotYetValid { nbf, now });
+        }
+        if let (Some(expected), Some(cnf)) = (&self.bound_to, &claims.cnf) {
+            let found = cnf.jwk.thumbprint();
+            if &found != expected {
+                return Err(Error::WrongKey {
+                    found,
+                    expected: expected.clone(),
+                });
+            }
         }
         Ok(claims)
     }
@@ -247,6 +346,12 @@ impl Verifier {
                 instance: up.url(""),
             })
     }
+}
+
+/// The `kid` of a token's header.
+fn kid_of(token: &Secret) -> Result<String, Error> {
+    let header = jsonwebtoken::decode_header(token.expose()).map_err(Error::Invalid)?;
+    header.kid.ok_or(Error::NoKid)
 }
 
 fn decode(

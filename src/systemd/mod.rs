@@ -21,7 +21,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use supervisor::Supervisor;
+pub use supervisor::{Readiness, Resync, Supervisor, Why};
 
 /// `NOTIFY_SOCKET`: where the service manager listens.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -179,15 +179,17 @@ impl Notifier {
         }
     }
 
-    /// Ends a reload: `READY=1` again (only if it was sent before) with `status`.
+    /// Ends a reload: `READY=1` again, only if it was sent before. The outcome goes to the
+    /// log and to whoever asked; `STATUS=` goes back to the agent's state (the supervisor
+    /// resends it), so it does not keep showing a reload long after.
     ///
     /// # Errors
     /// See [`Notifier::notify`].
-    pub fn reloaded(&self, status: &str) -> Result<(), Error> {
+    pub fn reloaded(&self) -> Result<(), Error> {
         if self.is_ready() {
-            self.notify(&format!("READY=1\nSTATUS={}", sanitize(status)))
+            self.notify("READY=1")
         } else {
-            self.status(status)
+            Ok(())
         }
     }
 }

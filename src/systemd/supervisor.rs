@@ -1,13 +1,18 @@
 //! The task that reports the refresh loop's state to systemd.
 //!
-//! **Readiness.** `READY=1` is sent once, when the agent first holds a valid asset token
-//! (cached or new), not when the socket is bound. Units that need a token order themselves
-//! `After=asset-agent.service` and start only when one can be had. Until then `STATUS=`
-//! says why not (starting, waiting for enrollment, failing and why), and every live tick
-//! sends `EXTEND_TIMEOUT_USEC=` so a start that waits for a human or an outage is not
-//! killed by `TimeoutStartSec=` while the loop is healthy; a stalled loop stops extending
-//! and the start times out. (The unit sets `DefaultDependencies=no` so that boot itself
-//! never waits for the token; see `systemd/asset-agent.service`.)
+//! **Readiness.** `READY=1` is sent once, when the first of these happens:
+//! - the agent holds a live asset token that is not yet past its refresh point (a token
+//!   restored from the cache that is already due for refresh does not count: the refresh
+//!   loop renews it first, so apps ordered after the agent do not start with a token about
+//!   to expire);
+//! - `token.ready_timeout` has passed since start. Then `READY=1` goes out anyway, with a
+//!   `STATUS=` that says no usable token is held and why: an offline or unenrolled device
+//!   must still finish booting, and whatever is ordered after the agent must not hang.
+//!   Units that need a token wait for one on the socket (`?min_ttl=`, `/v1/health/ready`).
+//!
+//! Before `READY=1`, every live tick also sends `EXTEND_TIMEOUT_USEC=`, so a
+//! `token.ready_timeout` longer than `TimeoutStartSec=` is not cut short while the loop is
+//! healthy; a stalled loop stops extending and the start times out.
 //!
 //! **Liveness.** The refresh loop publishes `Snapshot::expect_by`, its promise of when it
 //! will next report (its next wake-up, or the end of the current attempt's time budget).
@@ -18,12 +23,14 @@
 //! cannot ping every few seconds, but it always says when it will be back.
 //!
 //! **Status.** `STATUS=` names the state and the current token's expiry; it is resent only
-//! when its text changes, so it carries absolute times, not countdowns.
+//! when its text changes, so it carries absolute times, not countdowns. Whoever else sets
+//! `STATUS=` (a reload) calls [`Resync`] afterwards, and the state's line comes back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::Notifier;
@@ -45,19 +52,85 @@ pub struct Supervisor {
     tokens: Handle,
     /// Ping interval: half the watchdog timeout, as `sd_watchdog_enabled(3)` recommends.
     tick: Duration,
+    readiness: Readiness,
+    resync: Arc<Notify>,
+}
+
+/// When start-up counts as complete; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    /// When the process started: the bounded wait counts from here, so slow start-up
+    /// work (generating the device key on first start) is part of it.
+    pub started: Instant,
+    /// `token.ready_timeout`: `READY=1` goes out at the latest this long after start.
+    pub timeout: Duration,
+    /// `token.refresh_at`: a token past this fraction of its lifetime is due for refresh
+    /// and does not make the agent ready on its own.
+    pub refresh_at: f64,
+}
+
+/// Makes the supervisor resend the state's `STATUS=` line (after someone else set one).
+#[derive(Debug, Clone)]
+pub struct Resync(Arc<Notify>);
+
+impl Resync {
+    pub fn now(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Why `READY=1` went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// A live token not yet past its refresh point is held.
+    Token,
+    /// `token.ready_timeout` passed without one.
+    Timeout,
+}
+
+impl Readiness {
+    /// Whether start-up is complete at `now`, holding `token`.
+    pub fn check(&self, token: Option<&AssetToken>, now: Instant) -> Option<Why> {
+        if token.is_some_and(|t| now < t.expires && !self.due(t, now)) {
+            Some(Why::Token)
+        } else if now >= self.started + self.timeout {
+            Some(Why::Timeout)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `token` is past its refresh point (without the jitter the loop adds, which
+    /// only ever moves the refresh earlier).
+    pub fn due(&self, token: &AssetToken, now: Instant) -> bool {
+        let point = token.received + token.lifetime().mul_f64(self.refresh_at.clamp(0.0, 1.0));
+        now >= point
+    }
 }
 
 // === impl Supervisor ===
 
 impl Supervisor {
     /// A supervisor for `tokens`; `watchdog` is the timeout from `WATCHDOG_USEC`, if any.
-    pub fn new(notifier: Arc<Notifier>, tokens: Handle, watchdog: Option<Duration>) -> Self {
+    pub fn new(
+        notifier: Arc<Notifier>,
+        tokens: Handle,
+        watchdog: Option<Duration>,
+        readiness: Readiness,
+    ) -> Self {
         let tick = watchdog.map_or(TICK_WITHOUT_WATCHDOG, |w| (w / 2).max(MIN_TICK));
         Self {
             notifier,
             tokens,
             tick,
+            readiness,
+            resync: Arc::new(Notify::new()),
         }
+    }
+
+    /// A handle that makes the running supervisor resend `STATUS=`.
+    pub fn resync(&self) -> Resync {
+        Resync(self.resync.clone())
     }
 
     /// Runs until `cancel` fires. Send failures are logged once and otherwise ignored:
@@ -71,6 +144,7 @@ impl Supervisor {
         let mut reporter = Reporter::default();
         let mut loop_gone = false;
         let mut stalled = false;
+        let ready_by = self.readiness.started + self.readiness.timeout;
         loop {
             let token = live(&current_rx);
             let snap = self.tokens.snapshot();
@@ -79,8 +153,19 @@ impl Supervisor {
                 tracing::info!("the refresh loop is making progress again; watchdog pings resumed");
             }
             let text = describe(&snap, token.as_deref(), stalled);
-            if token.is_some() && !self.notifier.is_ready() {
-                tracing::info!("first asset token held: notifying systemd that the agent is ready");
+            let why = (!self.notifier.is_ready())
+                .then(|| self.readiness.check(token.as_deref(), Instant::now()))
+                .flatten();
+            if let Some(why) = why {
+                match why {
+                    Why::Token => tracing::info!(
+                        "asset token held: notifying systemd that the agent is ready"
+                    ),
+                    Why::Timeout => tracing::warn!(
+                        ready_timeout_s = self.readiness.timeout.as_secs(),
+                        "no usable asset token within token.ready_timeout: notifying systemd that the agent is ready anyway ({text}); units that need a token should wait on the socket"
+                    ),
+                }
                 reporter.check(self.notifier.ready(&text));
                 reporter.last_status = text;
             } else if text != reporter.last_status {
@@ -89,6 +174,8 @@ impl Supervisor {
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
+                () = sleep_until(ready_by), if !self.notifier.is_ready() => {}
+                () = self.resync.notified() => reporter.last_status.clear(),
                 r = status_rx.changed(), if !loop_gone => loop_gone = r.is_err(),
                 r = current_rx.changed(), if !loop_gone => loop_gone = r.is_err(),
                 _ = ticker.tick() => {
@@ -155,7 +242,9 @@ pub fn describe(snap: &Snapshot, token: Option<&AssetToken>, stalled: bool) -> S
             "waiting for enrollment: no refresh token yet; run 'asset-agent enroll' ({})",
             error()
         ),
-        (State::Starting, _) => "starting: obtaining the first asset token".to_owned(),
+        (State::Starting, None) => {
+            "starting: no asset token yet, obtaining the first one".to_owned()
+        }
         (_, None) if snap.last_error.is_some() => format!(
             "failing: no valid asset token ({} failures in a row), {}",
             snap.consecutive_failures,
@@ -202,13 +291,39 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn ready_on_a_token_not_yet_due_or_when_the_wait_is_over() {
+        let t = token(); // 60 s lifetime from now: due for refresh at 48 s with 80 %
+        let r = Readiness {
+            started: Instant::now(),
+            timeout: Duration::from_secs(100),
+            refresh_at: 0.8,
+        };
+        let at = |s: u64| r.started + Duration::from_secs(s);
+        let rows = [
+            (Some(&t), at(0), Some(Why::Token)),
+            (Some(&t), at(47), Some(Why::Token)),
+            (None, at(47), None),
+            // A restored token past its refresh point does not count ...
+            (Some(&t), at(48), None),
+            (Some(&t), at(59), None),
+            // ... until the wait is over.
+            (Some(&t), at(100), Some(Why::Timeout)),
+            (None, at(99), None),
+            (None, at(100), Some(Why::Timeout)),
+        ];
+        for (token, now, want) in rows {
+            assert_eq!(r.check(token, now), want, "{:?}", now - r.started);
+        }
+    }
+
     #[tokio::test]
     async fn status_lines_name_state_expiry_and_reason() {
         let t = token();
         let mut s = Snapshot::starting();
         assert_eq!(
             describe(&s, None, false),
-            "starting: obtaining the first asset token"
+            "starting: no asset token yet, obtaining the first one"
         );
         s.state = State::Ready;
         assert_eq!(

@@ -53,12 +53,16 @@ pub enum Progress {
 /// A failed pass, sorted for the refresh loop.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("could not obtain an access token")]
-    Subject(#[source] subject::Error),
+    /// Each variant says what failed ("obtaining the access token failed: ...", "could not
+    /// read the refresh token file ..."); a prefix here only repeated it.
+    #[error(transparent)]
+    Subject(subject::Error),
     #[error("could not mint the actor token")]
     Mint(#[source] jws::Error),
-    #[error("the token exchange failed")]
-    Exchange(#[source] salesforce::Error),
+    /// The upstream error names the step ("the token exchange failed: ..."): saying it
+    /// here too printed it twice.
+    #[error(transparent)]
+    Exchange(salesforce::Error),
     #[error("the asset token was rejected")]
     Verify(#[source] verify::Error),
 }
@@ -166,6 +170,7 @@ impl Flow {
     /// # Errors
     /// The failing step; see [`Error::class`].
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
+        self.credentials.persist_pending();
         let had_access = self.access.is_some();
         let access = self.obtain_access_token().await?;
         match self.exchange_on_corrected_clock(&access).await {
@@ -316,5 +321,65 @@ impl Flow {
     pub(crate) fn emit(&self, p: Progress) {
         // No subscribers is normal outside the demo.
         let _ = self.progress.send(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::salesforce::error::Step;
+    use reqwest::StatusCode;
+    use wire::oauth::OAuthError;
+
+    /// The messages main prints: the error, then each `caused by:`.
+    fn messages(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut out = vec![err.to_string()];
+        let mut cur = err.source();
+        while let Some(e) = cur {
+            out.push(e.to_string());
+            cur = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn no_cause_repeats_the_text_before_it() {
+        let timeout = |step| salesforce::Error::Timeout {
+            step,
+            timeout: Duration::from_secs(30),
+        };
+        let refused = salesforce::Error::Status {
+            step: Step::Exchange,
+            status: StatusCode::BAD_REQUEST,
+            oauth: Some(OAuthError {
+                error: "invalid_request".into(),
+                error_description: Some("bad actor token".into()),
+            }),
+            retry_after: None,
+        };
+        let rows = [
+            Error::Exchange(timeout(Step::Exchange)),
+            Error::Exchange(refused),
+            Error::Subject(subject::Error::Upstream(timeout(Step::AccessToken))),
+            Error::Verify(verify::Error::Jwks(timeout(Step::Jwks))),
+            Error::Verify(verify::Error::Invalid(
+                jsonwebtoken::errors::ErrorKind::InvalidSignature.into(),
+            )),
+        ];
+        for err in rows {
+            let msgs = messages(&err);
+            for (i, earlier) in msgs.iter().enumerate() {
+                for later in &msgs[i + 1..] {
+                    assert!(!later.starts_with(earlier.as_str()), "{msgs:?}");
+                }
+            }
+            let line = crate::error::chain(&err);
+            let parts: Vec<&str> = line.split(": ").collect();
+            assert!(parts.windows(2).all(|w| w[0] != w[1]), "{line}");
+        }
+        assert_eq!(
+            crate::error::chain(&Error::Exchange(timeout(Step::Exchange))),
+            "the token exchange failed: Salesforce timed out after 30s"
+        );
     }
 }

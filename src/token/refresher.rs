@@ -251,7 +251,7 @@ impl Refresher {
     ) -> (Self, Handle) {
         let restored = cache
             .as_ref()
-            .map(|c| c.load(flow.now()))
+            .map(|c| c.load(flow.now(), &flow.verifier))
             .unwrap_or_default();
         if let Some(access) = restored.access_token {
             flow.restore_access_token(access);
@@ -384,7 +384,10 @@ impl Refresher {
         }
         // Until the first token, the loop tries whatever the demand (a booting device
         // checks that its credentials work); after it, on demand applies.
-        let mut first_done = held.is_some();
+        // A restored token already past its refresh point counts as no token for this: the
+        // start-up refresh (in its boot-spread slot) happens whatever the demand, so the
+        // agent does not declare itself ready on a token about to expire.
+        let mut first_done = point.is_some_and(|p| p > start);
         // After a failure: no attempt before this, whoever asks.
         let mut not_before: Option<Instant> = None;
         let mut last_admin: Option<Instant> = None;
@@ -522,7 +525,12 @@ impl Refresher {
                     self.flow.emit(Progress::RefreshScheduled { in_ });
                     let token = Arc::new(token);
                     if let Some(cache) = &self.cache {
-                        cache.save(Some(&token), self.flow.access_token(), self.flow.now());
+                        cache.save(
+                            Some(&token),
+                            self.flow.access_token(),
+                            self.flow.verifier.known_keys(),
+                            self.flow.now(),
+                        );
                     }
                     self.current.send_replace(Some(token));
                     self.status.send_modify(|s| {
@@ -721,6 +729,16 @@ impl Handle {
         };
         if let Some(t) = good(&self.current.borrow()) {
             return Ok(t);
+        }
+        // Backing off after a failure, with the next attempt beyond the wait: no token can
+        // come in time, so answer at once rather than hold the caller for nothing.
+        let now = Instant::now();
+        let hopeless = {
+            let s = self.status.borrow();
+            s.consecutive_failures > 0 && s.next_refresh.is_some_and(|n| n > now + wait)
+        };
+        if hopeless {
+            return Err(Unavailable);
         }
         // Tokens get the lifetime the org configures, so when the held one's whole lifetime
         // is below min_ttl a fresh one will not meet it either: asking for one per request

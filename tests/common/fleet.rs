@@ -235,6 +235,7 @@ fn build(world: &World, i: usize, boot: u64) -> (Refresher, Handle) {
             key_thumbprint: world.key.public_jwk().kid.clone(),
             verification,
         },
+        world.key.clone(),
     );
     let seed = world.scenario.seed ^ ((i as u64) << 20) ^ (boot << 48);
     Refresher::new(flow, policy, Box::new(Seeded::new(seed)), Some(cache))

@@ -6,6 +6,7 @@ pub mod health;
 pub mod metrics;
 pub mod mqtt_publish;
 pub mod refresh;
+pub mod reload;
 pub mod sign;
 pub mod status;
 pub mod token;

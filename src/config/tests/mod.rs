@@ -121,6 +121,7 @@ fn defaults() {
     assert_eq!(c.token.leeway, Duration::from_secs(30));
     assert_eq!(c.token.backoff_max, Duration::from_secs(300));
     assert_eq!(c.token.min_ttl_wait, Duration::from_secs(2));
+    assert_eq!(c.token.ready_timeout, Duration::from_secs(10));
     assert_eq!(c.state.dir, data);
     assert_eq!(c.api.socket, f.path("run/asset-agent/agent.sock"));
     assert!(c.api.allow_uids.is_empty() && c.api.allow_gids.is_empty());
@@ -416,4 +417,143 @@ fn summary_is_one_safe_line() {
         assert!(s.contains(want), "{want} not in {s}");
     }
     assert_eq!(s, c.to_string());
+}
+
+/// A string key given another TOML type is refused, naming the file, the key, the type given
+/// and the fix; before, `0x1F` silently became the serial number "31".
+#[test]
+fn non_string_values_for_string_keys_are_refused() {
+    let cases = [
+        (
+            "client_id = \"3MVG9abc\"",
+            "client_id = 42",
+            "salesforce.client_id",
+            "an integer (42)",
+            "client_id = \"42\"",
+        ),
+        (
+            "name = \"Pump 7\"",
+            "name = true",
+            "asset.name",
+            "a boolean (true)",
+            "name = \"true\"",
+        ),
+        (
+            "serial_number = \"SN-0007\"",
+            "serial_number = 0x1F",
+            "asset.serial_number",
+            "an integer (31)",
+            "serial_number = \"0x1F\"",
+        ),
+        (
+            "serial_number = \"SN-0007\"",
+            "serial_number = 123.5 # old",
+            "asset.serial_number",
+            "a float",
+            "serial_number = \"123.5\"",
+        ),
+        (
+            "name = \"Pump 7\"",
+            "name = [\"a\"]",
+            "asset.name",
+            "an array",
+            "name = \"...\"",
+        ),
+        (
+            "[asset]\n",
+            "[asset]\naccount_id = 11\n",
+            "asset.account_id",
+            "an integer (11)",
+            "account_id = \"11\"",
+        ),
+        (
+            "[asset]\n",
+            "[key]\npath = 7\n[asset]\n",
+            "key.path",
+            "an integer (7)",
+            "path = \"7\"",
+        ),
+        (
+            "[asset]\n",
+            "[log]\nlevel = 3\n[asset]\n",
+            "log.level",
+            "an integer (3)",
+            "level = \"3\"",
+        ),
+        (
+            "[asset]\n",
+            "[mqtt]\nurl = \"mqtt://127.0.0.1\"\nclient_id = 5\n[asset]\n",
+            "mqtt.client_id",
+            "an integer (5)",
+            "client_id = \"5\"",
+        ),
+    ];
+    for (from, to, key, given, fix) in cases {
+        let f = Fixture::new();
+        let text = MINIMAL.replacen(from, to, 1);
+        let err = err_text(f.load(&text));
+        let file = f.path("etc/agent.toml").display().to_string();
+        for want in [file.as_str(), key, "must be a string", given, fix] {
+            assert!(err.contains(want), "{to}: {want:?} missing in: {err}");
+        }
+    }
+}
+
+/// Environment overrides are strings by nature and keep working, exactly as written.
+#[test]
+fn env_overrides_of_string_keys_stay_exact() {
+    let mut f = Fixture::new();
+    f.set("ASSET_AGENT_ASSET__SERIAL_NUMBER", "0x1F");
+    f.set("ASSET_AGENT_SALESFORCE__CLIENT_ID", "42");
+    f.set("ASSET_AGENT_ASSET__NAME", "true");
+    let c = f.load(MINIMAL).unwrap();
+    assert_eq!(c.asset.serial_number, "0x1F");
+    assert_eq!(c.salesforce.client_id, "42");
+    assert_eq!(c.asset.name, "true");
+}
+
+use proptest::prelude::*;
+
+proptest::proptest! {
+    /// The loader never panics on arbitrary file contents: it loads or names a problem.
+    #[test]
+    fn arbitrary_files_load_or_fail_cleanly(text in "(\\PC|\n){0,300}") {
+        let f = Fixture::new();
+        let _ = f.load(&text);
+    }
+
+    /// Arbitrary scalar values for every string key of the minimal file: a TOML string is
+    /// kept exactly, anything else refused with the fix.
+    #[test]
+    fn string_keys_take_strings_exactly(
+        key in proptest::sample::select(vec!["client_id", "name", "serial_number"]),
+        value in proptest::prop_oneof![
+            "[A-Za-z0-9._#\"\\\\-]{1,20}".prop_map(|s| (serde_json::to_string(&s).unwrap(), true)),
+            proptest::num::i64::ANY.prop_map(|n| (n.to_string(), false)),
+            proptest::bool::ANY.prop_map(|b| (b.to_string(), false)),
+            (0u32..0xFFFF).prop_map(|n| (format!("0x{n:X}"), false)),
+        ],
+    ) {
+        let (written, is_string) = value;
+        let f = Fixture::new();
+        let line = |k: &str| MINIMAL.lines().find(|l| l.starts_with(&format!("{k} ="))).unwrap().to_owned();
+        let text = MINIMAL.replacen(&line(key), &format!("{key} = {written}"), 1);
+        let r = f.load(&text);
+        if is_string {
+            let c = r.unwrap();
+            let got = match key {
+                "client_id" => c.salesforce.client_id,
+                "name" => c.asset.name,
+                _ => c.asset.serial_number,
+            };
+            let want: String = serde_json::from_str(&written).unwrap();
+            if !want.trim().is_empty() {
+                prop_assert_eq!(got, want);
+            }
+        } else {
+            let err = err_text(r);
+            prop_assert!(err.contains("must be a string"), "{}", err);
+            prop_assert!(err.contains("quote it"), "{}", err);
+        }
+    }
 }
