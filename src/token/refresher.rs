@@ -58,8 +58,8 @@ pub const BUDGET_PER_INTERVAL: f64 = 2.0;
 /// After a retryable failure the next attempt is drawn in this range of refresh intervals.
 pub const RETRY_RANGE: (f64, f64) = (0.5, 1.0);
 /// Overdue refreshes at start-up are spread over this many refresh intervals. A device's
-/// first attempt after a boot can cost two requests (the exchange and a JWKS fetch, the
-/// verifier's key cache being in memory), so over two intervals a fleet rebooting at once
+/// first attempt after a boot could cost two requests (the exchange and a JWKS fetch) when
+/// the org's keys were not in the cache, so over two intervals a fleet rebooting at once
 /// stays at about its steady rate.
 pub const BOOT_SPREAD: f64 = 2.0;
 /// An admin refresh makes an attempt at most this often.
