@@ -55,7 +55,7 @@ pub struct Snapshot {
     /// Upstream attempts made (each is one token exchange unless an earlier step failed).
     pub attempts: u64,
     /// The refresh policy.
-    pub policy: crate::token::refresher::Mode,
+    pub policy: crate::config::RefreshPolicy,
     /// The held token's refresh point for this cycle; `None` when no token is held.
     pub refresh_point: Option<Instant>,
     /// The normal refresh interval, once a token's lifetime is known.
@@ -85,7 +85,7 @@ impl Snapshot {
             refreshes_ok: 0,
             refreshes_failed: 0,
             attempts: 0,
-            policy: crate::token::refresher::Mode::default(),
+            policy: crate::config::RefreshPolicy::default(),
             refresh_point: None,
             interval: None,
         }
