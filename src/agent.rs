@@ -199,6 +199,7 @@ pub async fn start(
                 tokens.clone(),
                 options.clock.clone(),
                 Box::new(OsJitter),
+                config.token.refresh_at,
             )
             .map_err(Error::Mqtt)?,
         ),

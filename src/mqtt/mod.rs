@@ -95,12 +95,15 @@ impl Uplink {
     ///
     /// # Errors
     /// [`Error::Options`] when TLS cannot be set up (unreadable CA or client certificate).
+    /// `refresh_at` is the token's refresh point (`token.refresh_at`): a planned rotation
+    /// never comes before it, so it never forces an extra exchange.
     pub fn new(
         config: &config::Mqtt,
         device_id: &str,
         tokens: Tokens,
         clock: Clock,
         jitter: Box<dyn Jitter>,
+        refresh_at: f64,
     ) -> Result<(Self, Handle), Error> {
         let topics = Arc::new(Topics::new(
             &config.topic_prefix,
@@ -128,6 +131,7 @@ impl Uplink {
             device_id: device_id.to_owned(),
             username: config.username.clone(),
             margin: config.reconnect_margin,
+            refresh_at,
             rotate: config.reconnect_on_rotation,
             heartbeat_every: config.heartbeat,
             backoff: Backoff::new(backoff::MIN, config.backoff_max),

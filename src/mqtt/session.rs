@@ -70,6 +70,8 @@ pub(super) struct Session {
     pub device_id: String,
     pub username: String,
     pub margin: Duration,
+    /// `token.refresh_at`: the margin never reaches back past the refresh point.
+    pub refresh_at: f64,
     /// Reconnect before the session token's `exp` (`mqtt.reconnect_on_rotation`).
     pub rotate: bool,
     pub heartbeat_every: Duration,
@@ -109,6 +111,8 @@ pub(super) struct Parts {
     pub device_id: String,
     pub username: String,
     pub margin: Duration,
+    /// `token.refresh_at`: the margin never reaches back past the refresh point.
+    pub refresh_at: f64,
     pub rotate: bool,
     pub heartbeat_every: Duration,
     pub backoff: Backoff,
@@ -133,6 +137,7 @@ impl Session {
             device_id: p.device_id,
             username: p.username,
             margin: p.margin,
+            refresh_at: p.refresh_at,
             rotate: p.rotate,
             heartbeat_every: p.heartbeat_every,
             backoff: p.backoff,
@@ -214,7 +219,7 @@ impl Session {
             .session_token
             .as_ref()
             .filter(|_| self.connected && self.rotate)?;
-        let margin = effective_margin(self.margin, t.lifetime());
+        let margin = effective_margin(self.margin, t.lifetime(), self.refresh_at);
         Some(t.expires.checked_sub(margin).unwrap_or(t.received))
     }
 
@@ -498,15 +503,12 @@ impl Session {
     }
 }
 
-/// The share of a token's lifetime the rotation margin may take.
-const MAX_MARGIN_SHARE: f64 = 0.2;
-
-/// `margin`, clamped to [`MAX_MARGIN_SHARE`] of `lifetime`. A margin as long as the token
-/// itself would put the rotation point at once on every new token and force a second
-/// exchange each time; clamped, rotation follows the normal refresh (at 70 to 80 % of the
-/// lifetime), so a newer token normally exists by then.
-pub(crate) fn effective_margin(margin: Duration, lifetime: Duration) -> Duration {
-    margin.min(lifetime.mul_f64(MAX_MARGIN_SHARE))
+/// `margin`, clamped so the rotation point (`exp - margin`) stays at or after the token's
+/// refresh point (`refresh_at` of the lifetime). A margin as long as the token would
+/// otherwise demand a fresher token the moment one arrives: an extra exchange per token.
+pub(crate) fn effective_margin(margin: Duration, lifetime: Duration, refresh_at: f64) -> Duration {
+    let share = (1.0 - refresh_at).clamp(0.0, 1.0);
+    margin.min(lifetime.mul_f64(share))
 }
 
 #[cfg(test)]
@@ -517,15 +519,18 @@ mod tests {
     fn the_margin_is_clamped_to_the_token_lifetime() {
         let s = Duration::from_secs;
         // Long tokens: the configured margin as is.
-        assert_eq!(effective_margin(s(10), s(3600)), s(10));
-        assert_eq!(effective_margin(s(10), s(60)), s(10));
+        assert_eq!(effective_margin(s(10), s(3600), 0.8), s(10));
+        assert_eq!(effective_margin(s(10), s(60), 0.8), s(10));
+        // An earlier refresh point leaves room for a longer margin.
+        assert_eq!(effective_margin(s(10), s(40), 0.5), s(10));
+        assert_eq!(effective_margin(s(10), s(4), 0.5), s(2));
         // Tokens shorter than the margin: the rotation point stays after the refresh
         // point (80 % of the lifetime), never at the token's start.
         for lifetime in [s(4), s(8), s(10), s(30)] {
-            let m = effective_margin(s(10), lifetime);
+            let m = effective_margin(s(10), lifetime, 0.8);
             assert!(m < lifetime, "{lifetime:?}: {m:?}");
             assert!(lifetime - m >= lifetime.mul_f64(0.8), "{lifetime:?}: {m:?}");
         }
-        assert_eq!(effective_margin(s(10), Duration::ZERO), Duration::ZERO);
+        assert_eq!(effective_margin(s(10), Duration::ZERO, 0.8), Duration::ZERO);
     }
 }
