@@ -10,12 +10,14 @@
 //! - [`jose`]: RSA JWKs and thumbprints, the [`jose::Signer`] seam, compact JWS, `jti`;
 //! - [`clock`]: wall-clock time, the one place it is read;
 //! - [`secret`]: a string that never prints itself;
-//! - [`http`]: the small HTTP/1.1 server helpers both servers use.
+//! - [`http`]: the small HTTP/1.1 server helpers both servers use;
+//! - [`report`]: how the workspace's binaries print a failure and its causes.
 
 pub mod clock;
 pub mod http;
 pub mod jose;
 pub mod oauth;
+pub mod report;
 pub mod secret;
 
 pub use secret::Secret;
