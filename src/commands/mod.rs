@@ -104,20 +104,6 @@ pub fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
     Config::load(&LoadOptions::from_process(path)).map_err(|e| Error::Config(Box::new(e)))
 }
 
-/// Waits for SIGTERM or SIGINT.
-///
-/// # Errors
-/// When the handlers cannot be installed.
-pub async fn shutdown_signal() -> Result<&'static str, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

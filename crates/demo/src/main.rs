@@ -70,17 +70,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Waits for SIGTERM or SIGINT.
-async fn shutdown_signal() -> Result<&'static str, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
 async fn run(args: DemoArgs) -> Result<(), Error> {
     asset_agent::logging::init("warn", config::LogFormat::Text);
     let dir = TempDir::create()?;
@@ -139,7 +128,7 @@ async fn run(args: DemoArgs) -> Result<(), Error> {
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 Ok("time limit")
             }
-            None => shutdown_signal().await,
+            None => wire::report::stop_signal().await.map_err(Error::Signals),
         }
     };
     let why = tokio::select! {

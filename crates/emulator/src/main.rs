@@ -93,19 +93,8 @@ async fn run(args: Args) -> Result<(), Error> {
         base = emu.base_url(),
         p = emulator::CONTROL_PREFIX
     );
-    let signal = shutdown_signal().await?;
+    let signal = wire::report::stop_signal().await.map_err(Error::Signals)?;
     tracing::info!(signal, "emulator stopping");
     emu.shutdown().await;
     Ok(())
-}
-
-/// Waits for SIGTERM or SIGINT.
-async fn shutdown_signal() -> Result<&'static str, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
 }

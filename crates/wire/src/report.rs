@@ -1,5 +1,5 @@
-//! How the workspace's binaries (the agent, the emulator, the demo) report a failure: the
-//! error on one line, then each cause on its own, once.
+//! How the workspace's binaries (the agent, the emulator, the demo) report a failure (the
+//! error on one line, then each cause on its own, once) and wait to be stopped.
 
 use std::fmt::Write as _;
 
@@ -12,6 +12,20 @@ pub fn chain_lines(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+/// Waits for SIGTERM or SIGINT and names which came.
+///
+/// # Errors
+/// When the handlers cannot be installed.
+pub async fn stop_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }
 
 /// Prints [`chain_lines`] to stderr.
