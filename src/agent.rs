@@ -68,10 +68,7 @@ impl Error {
     /// Whether fixing it needs a configuration change (exit 78, so systemd does not
     /// restart into the same failure), rather than being a runtime failure (exit 1).
     pub fn is_config(&self) -> bool {
-        !matches!(
-            self,
-            Error::Http(upstream::BuildError::Client(_)) | Error::Socket(_)
-        )
+        !matches!(self, Error::Socket(_))
     }
 }
 

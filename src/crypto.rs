@@ -27,8 +27,8 @@ static PROVIDER: CryptoProvider = CryptoProvider {
     },
 };
 
-/// Installs ring as `jsonwebtoken`'s and rustls's process default (reqwest needs a default
-/// rustls provider even though our client configs name ring explicitly). Idempotent: a
+/// Installs ring as `jsonwebtoken`'s and rustls's process default (our client configs name
+/// ring explicitly; the default is there for any config built without one). Idempotent: a
 /// second call, or a provider installed earlier by us, is fine.
 pub fn install() {
     if CryptoProvider::try_get_default().is_none() {

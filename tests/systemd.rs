@@ -476,7 +476,7 @@ impl Loop {
             entered: Mutex::new(None),
         });
         let clock = Clock::system();
-        let url = reqwest::Url::parse(emu.base_url()).unwrap();
+        let url = url::Url::parse(emu.base_url()).unwrap();
         let upstream = Upstream::new(
             &url,
             None,

@@ -89,7 +89,7 @@ impl Error {
             Error::Incomplete(device::Error::Denied { .. }) => EXIT_DENIED,
             Error::Incomplete(_) => EXIT_EXPIRED,
             Error::WrongMethod { .. } | Error::ClientSecret(_) => super::EXIT_CONFIG,
-            Error::Http(e) if !matches!(e, upstream::BuildError::Client(_)) => super::EXIT_CONFIG,
+            Error::Http(_) => super::EXIT_CONFIG,
             Error::Device(e) if e.is_config() => super::EXIT_CONFIG,
             _ => super::EXIT_FAILURE,
         }

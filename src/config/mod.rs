@@ -41,7 +41,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use reqwest::Url;
+use url::Url;
 
 pub use error::Error;
 pub use load::{LoadOptions, NON_CONFIG_VARS};

@@ -11,7 +11,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Url;
+use url::Url;
 
 use super::error::Error;
 use super::origin::{Origins, env_var_for};

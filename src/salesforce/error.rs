@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use hyper::StatusCode;
 
 use wire::oauth::OAuthError;
 
@@ -49,7 +49,7 @@ pub enum Error {
     Transport {
         step: Step,
         #[source]
-        source: reqwest::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{step} failed: Salesforce timed out after {}s", timeout.as_secs())]
     Timeout { step: Step, timeout: Duration },

@@ -1,6 +1,7 @@
 //! The Salesforce side (its wire types are in `wire::oauth`): the HTTPS client, subject-token grants, the device
 //! flow, the token exchange and asset-token verification.
 
+pub(crate) mod connect;
 pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod exchange;

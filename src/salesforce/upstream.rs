@@ -6,10 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::Url;
-use reqwest::header::{DATE, HeaderMap, RETRY_AFTER};
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{ACCEPT, CONTENT_TYPE, DATE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
+use url::Url;
 
+use super::connect::Connector;
 use super::error::{Error, Step};
 use crate::metrics::Registry;
 use crate::skew::Skew;
@@ -27,8 +33,6 @@ pub enum BuildError {
     Roots(#[from] RootsError),
     #[error("could not set up TLS")]
     Tls(#[source] rustls::Error),
-    #[error("could not build the HTTP client")]
-    Client(#[source] reqwest::Error),
     #[error("{url} cannot be a base URL")]
     BadBase { url: String },
 }
@@ -36,7 +40,11 @@ pub enum BuildError {
 /// An HTTP client bound to one Salesforce instance (My Domain or site URL).
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: reqwest::Client,
+    client: Client<Connector, Full<Bytes>>,
+    /// The client's connector, asked for the proxy authorisation of plain-http requests.
+    connector: Connector,
+    /// Sent with every request (the same for every request, so built once).
+    user_agent: HeaderValue,
     base: String,
     timeout: Duration,
     clock: clock::Clock,
@@ -60,6 +68,25 @@ impl Upstream {
         clock: clock::Clock,
         skew: Arc<Skew>,
     ) -> Result<Self, BuildError> {
+        Self::with_proxies(
+            instance_url,
+            ca_file,
+            timeout,
+            clock,
+            skew,
+            Matcher::from_system(),
+        )
+    }
+
+    /// [`Upstream::new`] with the proxies named by `proxies` instead of the environment.
+    pub(crate) fn with_proxies(
+        instance_url: &Url,
+        ca_file: Option<&Path>,
+        timeout: Duration,
+        clock: clock::Clock,
+        skew: Arc<Skew>,
+        proxies: Matcher,
+    ) -> Result<Self, BuildError> {
         if instance_url.cannot_be_a_base() {
             return Err(BuildError::BadBase {
                 url: instance_url.to_string(),
@@ -67,21 +94,28 @@ impl Upstream {
         }
         let (roots, source) = root_store(ca_file)?;
         tracing::debug!(trust = source, extra_ca = ?ca_file, "TLS trust anchors loaded");
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .map_err(BuildError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .user_agent(concat!("asset-agent/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(BuildError::Client)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/1.1 with idle connections kept for reuse (90 s); redirects are never
+        // followed (a redirect is an answer like any other status).
+        let connector = Connector::new(tls, proxies);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector.clone());
         Ok(Self {
             client,
+            connector,
+            user_agent: HeaderValue::from_static(concat!(
+                "asset-agent/",
+                env!("CARGO_PKG_VERSION")
+            )),
             base: instance_url.as_str().trim_end_matches('/').to_owned(),
             timeout,
             clock,
@@ -123,8 +157,13 @@ impl Upstream {
         path: &str,
         form: &[(&str, &str)],
     ) -> Result<T, Error> {
-        let req = self.client.post(self.url(path)).form(form);
-        self.send(step, req).await
+        let body = serde_urlencoded::to_string(form).map_err(|e| Error::Transport {
+            step,
+            source: Box::new(e),
+        })?;
+        let form_type = HeaderValue::from_static("application/x-www-form-urlencoded");
+        self.send(step, Method::POST, path, Some((form_type, body)))
+            .await
     }
 
     /// GETs `path` and parses a JSON success body.
@@ -132,28 +171,61 @@ impl Upstream {
     /// # Errors
     /// As [`Upstream::post_form`].
     pub async fn get_json<T: DeserializeOwned>(&self, step: Step, path: &str) -> Result<T, Error> {
-        let req = self.client.get(self.url(path));
-        self.send(step, req).await
+        self.send(step, Method::GET, path, None).await
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(HeaderValue, String)>,
+    ) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
+        let uri: hyper::Uri = self.url(path).parse()?;
+        let mut req = Request::builder()
+            .method(method)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .header(USER_AGENT, self.user_agent.clone());
+        if let Some(auth) = self.connector.proxy_authorization(&uri) {
+            req = req.header(hyper::header::PROXY_AUTHORIZATION, auth);
+        }
+        let body = match body {
+            Some((content_type, body)) => {
+                req = req.header(CONTENT_TYPE, content_type);
+                Full::new(Bytes::from(body))
+            }
+            None => Full::default(),
+        };
+        req.uri(uri).body(body)
     }
 
     async fn send<T: DeserializeOwned>(
         &self,
         step: Step,
-        req: reqwest::RequestBuilder,
+        method: Method,
+        path: &str,
+        body: Option<(HeaderValue, String)>,
     ) -> Result<T, Error> {
+        let req = self
+            .request(method, path, body)
+            .map_err(|e| Error::Transport {
+                step,
+                source: Box::new(e),
+            })?;
         let call = async {
-            let resp = req
-                .header(reqwest::header::ACCEPT, "application/json")
-                .send()
+            let resp = self
+                .client
+                .request(req)
                 .await
-                .map_err(|source| Error::Transport { step, source })?;
-            let status = resp.status();
-            let headers = resp.headers().clone();
-            self.observe_date(&headers);
-            let body = read_limited(resp)
+                .map_err(|e| Error::Transport {
+                    step,
+                    source: Box::new(e),
+                })?;
+            let (parts, body) = resp.into_parts();
+            self.observe_date(&parts.headers);
+            let body = read_limited(body)
                 .await
                 .map_err(|reason| Error::Malformed { step, reason })?;
-            Ok::<_, Error>((status, headers, body))
+            Ok::<_, Error>((parts.status, parts.headers, body))
         };
         let started = tokio::time::Instant::now();
         let outcome = tokio::time::timeout(self.timeout, call).await;
@@ -190,9 +262,13 @@ impl Upstream {
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Bytes, String> {
+async fn read_limited(mut resp: hyper::body::Incoming) -> Result<Bytes, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(frame) = resp.frame().await {
+        let frame = frame.map_err(|e| format!("error reading the response body: {e}"))?;
+        let Ok(chunk) = frame.into_data() else {
+            continue; // trailers
+        };
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
             return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
         }
@@ -214,7 +290,6 @@ fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn retry_after_forms() {
@@ -246,6 +321,109 @@ mod tests {
             up.url("/services/oauth2/token"),
             "https://acme.my.site.com/support/services/oauth2/token"
         );
+    }
+
+    /// A one-connection stand-in for a proxy: records the request head, answers `reply`.
+    async fn proxy(reply: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed mid-head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(reply.as_bytes()).await.unwrap();
+            conn.shutdown().await.unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        (format!("http://user:secret@{addr}"), task)
+    }
+
+    fn through(instance: &str, proxies: Matcher) -> Upstream {
+        crate::crypto::install();
+        Upstream::with_proxies(
+            &Url::parse(instance).unwrap(),
+            None,
+            Duration::from_secs(10),
+            clock::Clock::system(),
+            Arc::default(),
+            proxies,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn plain_http_goes_to_the_proxy_in_absolute_form() {
+        let (proxy_url, head) = proxy(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}",
+        )
+        .await;
+        // `.invalid` never resolves: only the proxy can have answered.
+        let up = through(
+            "http://org.invalid",
+            Matcher::builder().http(proxy_url).build(),
+        );
+        let v: serde_json::Value = up.get_json(Step::Jwks, "/id/keys").await.unwrap();
+        assert_eq!(v["ok"], true);
+        let head = head.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get http://org.invalid/id/keys http/1.1\r\n"),
+            "{head}"
+        );
+        // user:secret
+        assert!(
+            head.contains("proxy-authorization: basic dxnlcjpzzwnyzxq="),
+            "{head}"
+        );
+        assert!(head.contains("user-agent: asset-agent/"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn https_is_tunnelled_with_connect() {
+        // The proxy accepts the tunnel and hangs up: the TLS handshake then fails.
+        let (proxy_url, head) = proxy("HTTP/1.1 200 Connection established\r\n\r\n").await;
+        let up = through(
+            "https://org.invalid",
+            Matcher::builder().https(proxy_url).build(),
+        );
+        let err = up
+            .get_json::<serde_json::Value>(Step::Jwks, "/id/keys")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        let head = head.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("connect org.invalid:443 http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("proxy-authorization: basic dxnlcjpzzwnyzxq="),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_proxy_hosts_are_reached_directly() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener); // nothing listens there: a direct connection is refused
+        let proxies = Matcher::builder()
+            .http("http://127.0.0.1:1")
+            .no("127.0.0.1")
+            .build();
+        let up = through(&format!("http://127.0.0.1:{port}"), proxies);
+        let err = up
+            .get_json::<serde_json::Value>(Step::Jwks, "/id/keys")
+            .await
+            .unwrap_err();
+        let chain = wire::report::chain_lines(&err);
+        assert!(!chain.contains("proxy"), "{chain}");
+        assert!(chain.contains("could not reach Salesforce"), "{chain}");
     }
 
     #[test]

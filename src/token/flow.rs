@@ -328,7 +328,7 @@ impl Flow {
 mod tests {
     use super::*;
     use crate::salesforce::error::Step;
-    use reqwest::StatusCode;
+    use hyper::StatusCode;
     use wire::oauth::OAuthError;
 
     /// The messages main prints: the error, then each `caused by:`.
