@@ -10,8 +10,8 @@ set -euo pipefail
 
 budget() {
   case "$1" in
-    x86_64-*) echo $((4 * 1024 * 1024)) ;;
-    aarch64-*) echo $((4 * 1024 * 1024)) ;;
+    x86_64-*) echo $((3 * 1024 * 1024)) ;;           # 3.0 MiB
+    aarch64-*) echo $((26 * 1024 * 1024 / 10)) ;;    # 2.6 MiB (2,726,297 bytes)
     *) return 1 ;;
   esac
 }
