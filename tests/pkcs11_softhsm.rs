@@ -9,19 +9,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod pkcs11_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
 use asset_agent::client;
 use common::{Device, emulator, verify_with_jwks, wait_for_token, write_0600};
+use pkcs11_support::{config, log_of, public_jwk, required, sign, spawn, stop};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use wire::clock::Clock;
-use wire::jose::{RsaPublicJwk, jws};
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 const MODULES: [&str; 2] = [
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -36,7 +33,7 @@ fn module() -> Option<PathBuf> {
     let m = MODULES.iter().map(PathBuf::from).find(|p| p.exists());
     match (tool, m) {
         (true, Some(m)) => Some(m),
-        _ if std::env::var_os("ASSET_AGENT_REQUIRE_PKCS11").is_some() => {
+        _ if required() => {
             panic!(
                 "ASSET_AGENT_REQUIRE_PKCS11 is set but SoftHSM2 is not installed (scripts/ci-packages.sh installs it)"
             )
@@ -94,84 +91,13 @@ impl Token {
     }
 
     fn agent(&self, args: &[&str], config: &Path, log: &Path) -> Child {
-        Command::new(BIN)
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SOFTHSM2_CONF", &self.conf)
-            .env("ASSET_AGENT_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
+        spawn(
+            &[("SOFTHSM2_CONF", self.conf.clone().into())],
+            args,
+            config,
+            log,
+        )
     }
-}
-
-fn config(dev: &Device, emu: &emulator::Emulator, module: &Path) -> PathBuf {
-    let p = dev.write_config(emu, "", "");
-    let toml = std::fs::read_to_string(&p).unwrap().replace(
-        &format!("[key]\npath = \"{}/device-key.pem\"", dev.dir.path().display()),
-        &format!(
-            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=agent;object=device-key\"\nmodule = \"{}\"\npin_file = \"{}\"",
-            module.display(),
-            dev.path("pin").display()
-        ),
-    );
-    assert!(toml.contains("backend = \"pkcs11\""));
-    std::fs::write(&p, toml).unwrap();
-    p
-}
-
-async fn stop(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        );
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-}
-
-/// `asset-agent key show --jwk`.
-async fn public_jwk(token: &Token, config: &Path, log: &Path) -> RsaPublicJwk {
-    let out = token
-        .agent(&["key", "show", "--jwk"], config, log)
-        .wait_with_output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        std::fs::read_to_string(log).unwrap()
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// POST /v1/sign and the result: 200 with a JWT verified by `jwk`, or the status.
-async fn sign(socket: &Path, jwk: &RsaPublicJwk) -> Result<(), u16> {
-    let r = client::post_json(
-        socket,
-        "/v1/sign",
-        r#"{"aud":"https://backend.example.com"}"#,
-    )
-    .await
-    .unwrap();
-    if r.status != 200 {
-        return Err(r.status.as_u16());
-    }
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
-    let jwt = body["jwt"].as_str().unwrap();
-    let parts = jws::decode_unverified::<Value, Value>(jwt).unwrap();
-    assert!(jwk.verify_rs256(parts.signing_input.as_bytes(), &parts.signature));
-    assert_eq!(parts.header["kid"], jwk.kid.as_str());
-    Ok(())
-}
-
-fn log_of(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -197,7 +123,12 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
         "{}",
         log_of(&log)
     );
-    let jwk = public_jwk(&token, &config, &dev.path("show.log")).await;
+    let show = dev.path("show.log");
+    let jwk = public_jwk(
+        token.agent(&["key", "show", "--jwk"], &config, &show),
+        &show,
+    )
+    .await;
     assert_eq!(jwk.kid, jwk.thumbprint());
     let assets = emu.assets();
     assert_eq!(assets.len(), 1);

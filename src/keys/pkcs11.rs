@@ -432,7 +432,6 @@ impl Pkcs11Key {
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::Encrypt(false),
             Attribute::ModulusBits((bits as u64).into()),
             Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
             Attribute::Label(label.clone()),
@@ -444,7 +443,6 @@ impl Pkcs11Key {
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
             Attribute::Sign(true),
-            Attribute::Decrypt(false),
             Attribute::Label(label),
             Attribute::Id(id),
         ];
