@@ -7,7 +7,7 @@
 //! (`INSERT`, so the default script stays in charge of everything else) discards them.
 //! What is lost: debuggers and `perf --call-graph dwarf` cannot walk the stack of the
 //! stripped binary; a panic still prints its message and aborts. Builds that unwind
-//! (tests, `panic = "unwind"`) are untouched. Needs a GNU-compatible linker (ld.bfd, gold,
+//! (tests, debug builds) are untouched. Needs a GNU-compatible linker (ld.bfd, gold,
 //! lld), as every Linux target here uses.
 //!
 //! Packed relative relocations (`-z pack-relative-relocs`, DT_RELR): a position-independent
@@ -26,7 +26,9 @@ const DISCARD_UNWIND_TABLES: &str =
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let abort = env::var("CARGO_CFG_PANIC").is_ok_and(|p| p == "abort");
+    // The release profile is the panic=abort one (Cargo.toml). Build scripts cannot ask:
+    // CARGO_CFG_PANIC says "unwind" whatever the profile sets.
+    let abort = env::var("PROFILE").is_ok_and(|p| p == "release");
     let linux = env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     let glibc = env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|e| e == "gnu");
     let Some(out) = env::var_os("OUT_DIR") else {
