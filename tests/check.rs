@@ -513,7 +513,10 @@ async fn sinks_are_checked_for_path_mode_and_hook() {
     assert_eq!(c.code, Some(1), "{:#}", c.report);
     c.expect("sink", "ok", "good.jwt");
     c.expect("sink", "error", "is a symbolic link");
-    assert!(c.fix("sink", "error", "anyone can write").contains("chmod o-w"));
+    assert!(
+        c.fix("sink", "error", "anyone can write")
+            .contains("chmod o-w")
+    );
     c.expect("sink", "warning", "is mode 0600");
     assert!(c.fix("sink", "error", "PID file").contains("chmod o-w"));
     c.expect("sink", "error", "/nonexistent/reload is not an executable");
