@@ -4,6 +4,7 @@
 mod check;
 mod client;
 pub mod enroll;
+pub mod exec;
 mod key;
 mod refresh;
 mod reload;
@@ -33,7 +34,7 @@ pub enum Error {
     #[error(transparent)]
     Client(#[from] crate::client::Error),
     #[error(transparent)]
-    Key(#[from] crate::keys::LoadError),
+    Key(#[from] crate::keys::OpenError),
     #[error("{0}")]
     Failed(String),
     #[error("could not set up signal handling")]
@@ -42,6 +43,9 @@ pub enum Error {
     Task(#[source] std::sync::Arc<crate::tasks::Unexpected>),
     #[error(transparent)]
     Enroll(#[from] enroll::Error),
+    /// `exec`: the child ended with this exit code (not a failure of ours; nothing to print).
+    #[error("the command exited with status {0}")]
+    Exit(u8),
     #[error("could not bind {addr}")]
     Bind {
         addr: String,
@@ -59,6 +63,7 @@ impl Error {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
             Error::Enroll(e) => e.exit_code(),
+            Error::Exit(code) => *code,
             _ => EXIT_FAILURE,
         }
     }
@@ -93,6 +98,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
+        Command::Exec(args) => exec::run(cli.config, args).await,
     }
 }
 
@@ -108,15 +114,15 @@ pub fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
 mod tests {
     use super::*;
     use crate::fsutil;
-    use crate::keys::LoadError;
+    use crate::keys::{LoadError, OpenError};
 
     fn key_store_error(errno: i32) -> Error {
-        Error::Agent(crate::agent::Error::Key(LoadError::Store(
+        Error::Agent(crate::agent::Error::Key(OpenError::File(LoadError::Store(
             fsutil::Error::WriteTemp {
                 path: "/var/lib/asset-agent/.device-key.pem.tmp-1".into(),
                 source: std::io::Error::from_raw_os_error(errno),
             },
-        )))
+        ))))
     }
 
     #[test]

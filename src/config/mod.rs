@@ -20,17 +20,19 @@
 //! (the only file it reads besides the config is `/etc/machine-id`), and the
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
-//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section) and
+//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section), `key.rs` (`[key]`, reusable for any key table) and
 //! `rules.rs` (shared rules), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
 mod error;
+mod key;
 mod load;
 mod mqtt;
 mod origin;
 mod paths;
 mod raw;
 mod rules;
+mod sink;
 mod units;
 mod validate;
 
@@ -44,6 +46,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 pub use error::Error;
+pub use key::{DEFAULT_KEY_FILE, Key, KeyBackend, Pkcs11, Pkcs11Uri};
 pub use load::{LoadOptions, NON_CONFIG_VARS};
 pub use mqtt::{
     ClientCert, DEFAULT_MQTT_BACKOFF_MAX, DEFAULT_MQTT_HEARTBEAT, DEFAULT_MQTT_KEEP_ALIVE,
@@ -51,6 +54,9 @@ pub use mqtt::{
     Mqtt,
 };
 pub use paths::{DROP_IN_DIR, SYSTEM_CONFIG_FILE, SYSTEM_SOCKET, SYSTEM_STATE_DIR};
+pub use sink::{
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_SINK_MODE, Group, Hook, SINK_MODE_MASK, Signal, Sink, SinkFormat,
+};
 
 /// Default for `salesforce.timeout`: the limit on every upstream HTTP call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,6 +107,8 @@ pub struct Config {
     pub api: Api,
     /// `[mqtt]`: the MQTT uplink, `None` (off) unless `mqtt.url` is set.
     pub mqtt: Option<Mqtt>,
+    /// `[[sink]]`: files kept holding the current token (empty: none).
+    pub sinks: Vec<Sink>,
     pub log: Log,
     /// The files that were read, in the order they were applied (main file, drop-ins).
     pub files: Vec<PathBuf>,
@@ -179,15 +187,6 @@ pub struct Asset {
     pub id: Option<String>,
     /// The actor token's `Name`. Default "Asset Token: <device_id>".
     pub token_name: String,
-}
-
-/// `[key]`: the device key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Key {
-    /// PKCS#8 PEM, mode 0600; generated if absent. Default `<state.dir>/device-key.pem`.
-    pub path: PathBuf,
-    /// RSA size used when generating; one of [`KEY_BITS`].
-    pub bits: usize,
 }
 
 /// `[token]`: refreshing and verifying asset tokens.
@@ -335,8 +334,9 @@ impl fmt::Display for Config {
         let t = &self.token;
         write!(
             f,
-            " key={} ({} bits) refresh_at={} verify={} state={} socket={} log={}/{}",
-            self.key.path.display(),
+            " key={} {} ({} bits) refresh_at={} verify={} state={} socket={} log={}/{}",
+            self.key.backend_name(),
+            self.key,
             self.key.bits,
             units::percent(t.refresh_at),
             t.verify.name(),
@@ -347,6 +347,9 @@ impl fmt::Display for Config {
         )?;
         if let Some(m) = &self.mqtt {
             write!(f, " mqtt={} client_id={:?}", m.url, m.client_id)?;
+        }
+        for s in &self.sinks {
+            write!(f, " sink={} ({})", s.path.display(), s.format.name())?;
         }
         let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
         write!(f, " files=[{}]", files.join(", "))

@@ -60,7 +60,7 @@ impl<'a> TokenBody<'a> {
         Self::of(&shared.info.device_id, token)
     }
 
-    /// The body for `token` on the device `device_id`.
+    /// The body for `token` of the device `device_id` (also what a JSON file sink holds).
     pub fn of(device_id: &'a str, token: &'a AssetToken) -> Self {
         Self {
             token: token.jwt.expose(),
