@@ -153,6 +153,16 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
     std::fs::rename(&token.dir, &away).unwrap();
     let gone = sign(&dev.socket(), &jwk).await;
     std::fs::rename(&away, &token.dir).unwrap();
+    assert_eq!(gone, Err(503), "{}", log_of(&log));
+    let text = log_of(&log);
+    assert!(
+        text.contains("the token session failed; re-opening it and trying once more")
+            && text.contains(&format!(
+                "the PKCS#11 module {} failed to initialise (for pkcs11:token=agent;object=device-key): check that the token is present",
+                module.display()
+            )),
+        "{text}"
+    );
     sign(&dev.socket(), &jwk).await.unwrap_or_else(|s| {
         panic!(
             "after the token came back: {s} (while gone: {gone:?})\n{}",
