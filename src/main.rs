@@ -22,6 +22,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `exec` passes its child's status on; the child has said what it had to say.
+        Err(commands::Error::Exit(code)) => ExitCode::from(code),
         Err(err) => {
             wire::report::eprint_chain(&err);
             ExitCode::from(err.exit_code())

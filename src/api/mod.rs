@@ -150,6 +150,8 @@ pub struct Shared {
     pub mqtt: Option<crate::mqtt::Handle>,
     /// Where `POST /v1/reload` asks the daemon to reload.
     pub reload: routes::reload::Requests,
+    /// The file sinks, for status.
+    pub sinks: Arc<crate::sink::Sinks>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -28,6 +28,11 @@ pub struct TokenBody<'a> {
 
 impl<'a> TokenBody<'a> {
     pub fn new(shared: &'a Shared, token: &'a AssetToken) -> Self {
+        Self::of(&shared.info.device_id, token)
+    }
+
+    /// The body for `token` of the device `device_id` (also what a JSON file sink holds).
+    pub fn of(device_id: &'a str, token: &'a AssetToken) -> Self {
         Self {
             token: token.jwt.expose(),
             token_type: &token.token_type,
@@ -35,7 +40,7 @@ impl<'a> TokenBody<'a> {
             expires_at: clock::rfc3339(token.claims.exp),
             expires_in: token.remaining().as_secs(),
             asset_id: token.asset_id(),
-            device_id: &shared.info.device_id,
+            device_id,
         }
     }
 }
