@@ -12,7 +12,7 @@ use crate::actor::Identity;
 use crate::api::{self, Info, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
-use crate::keys::{FileKey, LoadError, Signer};
+use crate::keys::{self, FileKey, LoadError, Mode, OpenError, Signer};
 use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
@@ -32,7 +32,9 @@ use wire::oauth::AssetFields;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the device key is unusable")]
-    Key(#[source] LoadError),
+    Key(#[source] OpenError),
+    #[error("the device key could not be opened: the runtime is shutting down")]
+    KeyTask,
     #[error("the JWT-bearer assertion key is unusable")]
     AssertionKey(#[source] LoadError),
     #[error("could not read the client secret file {}", path.display())]
@@ -152,16 +154,16 @@ pub async fn start(
             }
         }
     }
-    let (key, key_created) =
-        FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
+    let opened = open_key(&config.key, Mode::OpenOrCreate).await?;
+    let key_created = opened.created;
     if key_created {
-        tracing::info!(path = %config.key.path.display(), bits = config.key.bits,
-            kid = %key.public_jwk().kid, "device key generated");
+        tracing::info!(backend = config.key.backend_name(), key = %opened.location,
+            bits = config.key.bits, kid = %opened.signer.public_jwk().kid, "device key generated");
     } else {
-        tracing::info!(path = %config.key.path.display(), kid = %key.public_jwk().kid,
-            "device key loaded");
+        tracing::info!(backend = config.key.backend_name(), key = %opened.location,
+            kid = %opened.signer.public_jwk().kid, "device key loaded");
     }
-    let key: Arc<dyn Signer> = Arc::new(key);
+    let key = opened.signer;
     let metrics = Arc::new(Registry::default());
     let flow = build_flow(
         config,
@@ -281,6 +283,17 @@ pub async fn start(
     })
 }
 
+/// Opens the device key off the async runtime: generating a key, or logging in to a
+/// token, blocks for as long as the hardware takes.
+async fn open_key(key: &config::Key, mode: Mode) -> Result<keys::Opened, Error> {
+    let key = key.clone();
+    match tokio::task::spawn_blocking(move || keys::open(&key, mode)).await {
+        Ok(opened) => opened.map_err(Error::Key),
+        // The blocking pool only drops the job when the runtime is shutting down.
+        Err(_) => Err(Error::KeyTask),
+    }
+}
+
 fn credentials(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Result<Credentials, Error> {
     let sf = &config.salesforce;
     let secret = sf
@@ -385,11 +398,14 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 }
 
 /// Every secret and state file the agent reads or writes under `config`, named for
-/// messages: the device key, the refresh token, the client secret, the JWT-bearer assertion
+/// messages: the device key (or a token's PIN file), the refresh token, the client secret, the JWT-bearer assertion
 /// key and the token cache. `run` refuses to start and `check` reports an error when
 /// [`secure_path::check`] refuses one of them (see [`unsafe_paths`]).
 pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
-    let mut paths = vec![("device key", config.key.path.clone())];
+    let mut paths = match &config.key.backend {
+        config::KeyBackend::File { path } => vec![("device key", path.clone())],
+        config::KeyBackend::Pkcs11(p) => vec![("PKCS#11 PIN file", p.pin_file.clone())],
+    };
     match &config.auth.method {
         AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
             paths.push(("refresh token file", config.auth.refresh_token_file.clone()));
@@ -424,9 +440,9 @@ pub fn unsafe_paths(config: &Config, trust: &Trust) -> Vec<secure_path::Error> {
 ///
 /// # Errors
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
-pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
+pub async fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
     crate::crypto::install();
-    let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
+    let key = open_key(&config.key, Mode::Existing).await?.signer;
     build_flow(
         config,
         key,

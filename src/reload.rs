@@ -134,7 +134,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 32] = [
+    let rows: [(&'static str, bool); 34] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -158,7 +158,13 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("asset.contact_id", xa.contact_id != xb.contact_id),
         ("asset.id", xa.id != xb.id),
         ("asset.token_name", xa.token_name != xb.token_name),
-        ("key.path", a.key.path != b.key.path),
+        ("key.backend", a.key.backend_name() != b.key.backend_name()),
+        ("key.path", a.key.file() != b.key.file()),
+        (
+            "key.uri/module/pin_file",
+            matches!((&a.key.backend, &b.key.backend),
+                (config::KeyBackend::Pkcs11(x), config::KeyBackend::Pkcs11(y)) if x != y),
+        ),
         ("key.bits", a.key.bits != b.key.bits),
         (
             "token.refresh_at",
