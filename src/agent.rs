@@ -64,6 +64,8 @@ pub enum Error {
     Mqtt(#[source] crate::mqtt::Error),
     #[error("a secret or state file is not safe to use")]
     UnsafePath(#[source] secure_path::Error),
+    #[error("a file sink ([[sink]]) cannot be used")]
+    Sink(#[source] crate::sink::Error),
 }
 
 impl Error {
@@ -205,6 +207,16 @@ pub async fn start(
         None => None,
     };
 
+    let sinks = config
+        .sinks
+        .iter()
+        .map(|s| crate::sink::Writer::new(s.clone(), config.asset.device_id.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Sink)?;
+    let sink_stats = Arc::new(crate::sink::Sinks(
+        sinks.iter().map(|w| w.stats().clone()).collect(),
+    ));
+
     let server = Server::listen(&config.api.socket)
         .await
         .map_err(Error::Socket)?;
@@ -222,8 +234,10 @@ pub async fn start(
     if let Some((_, handle)) = &mqtt {
         metrics.register(handle.stats().clone());
     }
+    metrics.register(sink_stats.clone());
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
+        token_body: api::routes::token::Prepared::default(),
         info: Info {
             device_id: config.asset.device_id.clone(),
             key_thumbprint: key.public_jwk().kid.clone(),
@@ -239,6 +253,7 @@ pub async fn start(
         metrics: metrics.clone(),
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
         reload: options.reload,
+        sinks: sink_stats,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     let tasks = Tasks::new(cancel.clone());
@@ -249,6 +264,12 @@ pub async fn start(
     );
     if let Some((uplink, _)) = mqtt {
         tasks.spawn("MQTT uplink", uplink.run(cancel.child_token()));
+    }
+    // A sink wants a fresh token at all times: it holds demand (on demand acts as eager).
+    for sink in sinks {
+        let demand = Some(tokens.hold());
+        let run = sink.run(tokens.current.clone(), demand, cancel.child_token());
+        tasks.spawn("file sink", run);
     }
     Ok(Running {
         tokens,

@@ -153,6 +153,16 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
     std::fs::rename(&token.dir, &away).unwrap();
     let gone = sign(&dev.socket(), &jwk).await;
     std::fs::rename(&away, &token.dir).unwrap();
+    assert_eq!(gone, Err(503), "{}", log_of(&log));
+    let text = log_of(&log);
+    assert!(
+        text.contains("the token session failed; re-opening it and trying once more")
+            && text.contains(&format!(
+                "the PKCS#11 module {} failed to initialise (for pkcs11:token=agent;object=device-key): check that the token is present",
+                module.display()
+            )),
+        "{text}"
+    );
     sign(&dev.socket(), &jwk).await.unwrap_or_else(|s| {
         panic!(
             "after the token came back: {s} (while gone: {gone:?})\n{}",
@@ -208,6 +218,24 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
     stop(agent).await;
 }
 
+/// The `key` finding of `asset-agent check --json`.
+async fn check_key(token: &Token, config: &Path, log: &Path) -> Value {
+    let out = token
+        .agent(&["check", "--json"], config, log)
+        .wait_with_output()
+        .await
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", log_of(log)));
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["check"] == "key")
+        .cloned()
+        .unwrap_or_else(|| panic!("{report:#}"))
+}
+
 #[tokio::test]
 async fn a_wrong_pin_is_tried_once_and_named_with_the_fix() {
     let Some(module) = module() else {
@@ -237,6 +265,21 @@ async fn a_wrong_pin_is_tried_once_and_named_with_the_fix() {
     assert!(text.contains(&want), "{text}");
     assert!(!text.contains("0000"), "the PIN is never printed: {text}");
 
+    // `check` names the same problem and its fix; it too offers the PIN once.
+    let key = check_key(&token, &config, &dev.path("check-1.log")).await;
+    assert_eq!(key["severity"], "error", "{key}");
+    assert!(
+        key["message"].as_str().unwrap().contains("refused the PIN"),
+        "{key}"
+    );
+    assert!(
+        key["fix"]
+            .as_str()
+            .unwrap()
+            .contains("never retries a refused PIN"),
+        "{key}"
+    );
+
     // The token is not locked: the right PIN works at once.
     write_0600(&pin, format!("{PIN}\n").as_bytes());
     let out = token
@@ -249,6 +292,14 @@ async fn a_wrong_pin_is_tried_once_and_named_with_the_fix() {
     assert!(
         stdout.starts_with("created pkcs11:token=agent;object=device-key"),
         "{stdout}"
+    );
+    let key = check_key(&token, &config, &dev.path("check-2.log")).await;
+    assert_eq!(key["severity"], "ok", "{key}");
+    assert!(
+        key["message"].as_str().unwrap().contains(
+            "module loaded, token found, logged in, RSA 2048 bits, test signature verified, thumbprint "
+        ),
+        "{key}"
     );
 
     // A PIN in the URI is refused at load time.

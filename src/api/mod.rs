@@ -133,6 +133,8 @@ pub struct State {
 /// State every request handler reads.
 pub struct Shared {
     pub tokens: Handle,
+    /// The `GET /v1/token` body of `tokens`' current token, prepared once per token.
+    pub token_body: routes::token::Prepared,
     pub info: Info,
     pub policy: peer::Policy,
     pub clock: Clock,
@@ -150,6 +152,8 @@ pub struct Shared {
     pub mqtt: Option<crate::mqtt::Handle>,
     /// Where `POST /v1/reload` asks the daemon to reload.
     pub reload: routes::reload::Requests,
+    /// The file sinks, for status.
+    pub sinks: Arc<crate::sink::Sinks>,
 }
 
 impl std::fmt::Debug for Shared {

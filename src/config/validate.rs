@@ -51,6 +51,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
     let token = c.token(raw.token);
     let api = c.api(raw.api);
     let mqtt = c.mqtt(raw.mqtt, asset.as_ref().map(|a| a.device_id.as_str()));
+    let sinks = c.sinks(raw.sink);
     let log = c.log(raw.log);
     match (salesforce, auth, asset, state_dir, api) {
         (Some(salesforce), Some(auth), Some(asset), Some(dir), Some(api))
@@ -65,6 +66,7 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
                 state: State { dir },
                 api,
                 mqtt,
+                sinks,
                 log,
                 files: Vec::new(),
                 ignored_env: Vec::new(),

@@ -53,7 +53,9 @@ pub enum Error {
         #[source]
         source: CkError,
     },
-    #[error("the PKCS#11 module {module} failed to initialise (for {uri})")]
+    #[error(
+        "the PKCS#11 module {module} failed to initialise (for {uri}): check that the token is present (plugged in; for a TPM, that the TPM and its resource manager or TCTI are up) and that the module's own configuration is readable"
+    )]
     Initialize {
         module: String,
         uri: String,
@@ -213,6 +215,16 @@ impl Pkcs11Key {
         trust: &Trust,
     ) -> Result<(Self, bool), Error> {
         let uri = config.uri.to_string();
+        // Whoever may create the key holds the lock for the whole open, so a second agent
+        // starting at once neither generates a second key nor reads the token while the
+        // first is still writing it (SoftHSM's file store is not safe to read mid-write).
+        let _lock = match create {
+            true => Some(CreationLock::take(
+                lock_dir,
+                &lock_name(&config.module, &uri),
+            )?),
+            false => None,
+        };
         let module = Module::load(&config.module, &uri)?;
         let mut key = Self {
             module,
@@ -228,7 +240,7 @@ impl Pkcs11Key {
         let session = key.login(generation)?;
         let (handle, created) = match key.find(&session)? {
             Some(h) => (h, false),
-            None if create => key.create(&session, bits, lock_dir)?,
+            None if create => (key.create(&session, bits)?, true),
             None => return Err(key.no_key()),
         };
         let (n, e) = key.public_parts(&session, handle)?;
@@ -414,18 +426,9 @@ impl Pkcs11Key {
         }
     }
 
-    /// Generates the key pair on the token, unless another agent did while we waited for
-    /// the lock. Returns the private key's handle and whether this call created it.
-    fn create(
-        &self,
-        session: &Session,
-        bits: usize,
-        lock_dir: &Path,
-    ) -> Result<(ObjectHandle, bool), Error> {
-        let _lock = CreationLock::take(lock_dir, &self.lock_name())?;
-        if let Some(h) = self.find(session)? {
-            return Ok((h, false));
-        }
+    /// Generates the key pair on the token (the caller holds the creation lock and has
+    /// looked for it under the lock) and returns the private key's handle.
+    fn create(&self, session: &Session, bits: usize) -> Result<ObjectHandle, Error> {
         let label = self.config.uri.object.as_bytes().to_vec();
         let id = self.id();
         let public = [
@@ -455,21 +458,7 @@ impl Pkcs11Key {
                 source,
             })?;
         tracing::info!(key = %self.location(), bits, "generated the device key on the token");
-        Ok((private, true))
-    }
-
-    /// The lock file's name: one per module, token selector and object, so unrelated keys
-    /// never wait for each other.
-    fn lock_name(&self) -> String {
-        let what = format!("{}\n{}", self.module.path.display(), self.uri);
-        let d = ring::digest::digest(&ring::digest::SHA256, what.as_bytes());
-        let hex: String = d
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!(".pkcs11-create-{hex}.lock")
+        Ok(private)
     }
 
     /// Modulus and public exponent, read from the private key (PKCS#11 makes them
@@ -551,7 +540,13 @@ impl Pkcs11Key {
                 let seen = live
                     .take()
                     .map_or_else(|| self.module.generation(), |l| l.generation);
-                self.module.reinitialize(seen);
+                self.module
+                    .reinitialize(seen)
+                    .map_err(|source| Error::Initialize {
+                        module: self.module_name(),
+                        uri: self.uri.clone(),
+                        source,
+                    })?;
                 self.sign_once(&mut live, message).inspect_err(|_| {
                     *live = None;
                 })
@@ -675,17 +670,37 @@ impl Module {
     /// generation `seen`: a module that lost its token (unplugged, resource manager
     /// restarted) only sees it again after `C_Initialize`. Every session of the module,
     /// other keys' too, ends; they reopen on their next signature.
-    fn reinitialize(&self, seen: u64) {
+    ///
+    /// A failed initialisation leaves the generation as it was, so the next signature
+    /// tries again (once per signature, never in a loop).
+    fn reinitialize(&self, seen: u64) -> Result<(), CkError> {
         let mut generation = lock(&self.generation);
         if *generation != seen {
-            return;
+            return Ok(());
         }
         let _ = self.ctx.clone().finalize();
-        if let Err(e) = self.ctx.initialize(init_args()) {
-            tracing::warn!(module = %self.path.display(), error = %e, "could not re-initialise the PKCS#11 module");
+        match self.ctx.initialize(init_args()) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                *generation += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        *generation += 1;
     }
+}
+
+/// The creation lock's file name: one per module and URI, so unrelated keys never wait
+/// for each other.
+fn lock_name(module: &Path, uri: &str) -> String {
+    let what = format!("{}\n{uri}", module.display());
+    let d = ring::digest::digest(&ring::digest::SHA256, what.as_bytes());
+    let hex: String = d
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(".pkcs11-create-{hex}.lock")
 }
 
 fn init_args() -> CInitializeArgs {

@@ -31,6 +31,9 @@ pub struct Status {
     /// The MQTT uplink, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::mqtt::Status>,
+    /// The file sinks (`[[sink]]`), when configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<crate::sink::Status>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -111,6 +114,7 @@ pub fn build(shared: &Shared) -> Status {
             }
         }),
         mqtt: shared.mqtt.as_ref().map(crate::mqtt::Handle::status),
+        sinks: shared.sinks.status(),
     }
 }
 
