@@ -240,6 +240,7 @@ pub async fn start(
     metrics.register(sink_stats.clone());
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
+        token_body: api::routes::token::Prepared::default(),
         info: Info {
             device_id: config.asset.device_id.clone(),
             key_thumbprint: key.public_jwk().kid.clone(),

@@ -445,3 +445,50 @@ async fn exec_forwards_sigterm_to_the_child() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn exec_rewrites_the_file_and_signals_the_child_on_rotation() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let file = dev.path("tok");
+    let log = dev.path("log");
+    let mut child = exec_cmd(&dev.socket())
+        .arg("--file")
+        .arg(&file)
+        .args(["--on-rotation", "signal", "--signal", "USR1", "--"])
+        .args(["/bin/sh", "-c"])
+        .arg(format!(
+            "trap 'cat {f} >> {l}; echo >> {l}' USR1; while :; do sleep 0.05; done",
+            f = file.display(),
+            l = log.display()
+        ))
+        .spawn()
+        .unwrap();
+    // 4 s tokens rotate every 2-3.2 s: two signals within 20 s.
+    let mut tokens = Vec::new();
+    for _ in 0..200 {
+        tokens = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if tokens.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    assert_ne!(
+        tokens[0], tokens[1],
+        "each signal follows a new token in the file"
+    );
+    assert!(tokens.iter().all(|t| exp_of(t).is_some()), "{tokens:?}");
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    agent.stop().await;
+}

@@ -133,6 +133,8 @@ pub struct State {
 /// State every request handler reads.
 pub struct Shared {
     pub tokens: Handle,
+    /// The `GET /v1/token` body of `tokens`' current token, prepared once per token.
+    pub token_body: routes::token::Prepared,
     pub info: Info,
     pub policy: peer::Policy,
     pub clock: Clock,

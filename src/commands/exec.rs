@@ -29,6 +29,7 @@ use crate::cli::{ExecArgs, OnRotation};
 use crate::client::{self, Lines};
 use crate::config::Signal;
 use crate::sink::EXPIRY_MARGIN;
+use wire::Secret;
 
 /// The environment variable the token goes into when neither `--env` nor `--file` is given.
 pub const DEFAULT_ENV: &str = "ASSET_TOKEN";
@@ -40,14 +41,14 @@ const MAX_RECONNECT: Duration = Duration::from_secs(30);
 /// One line of the watch stream.
 #[derive(serde::Deserialize)]
 struct Event {
-    token: Option<String>,
+    token: Option<Secret>,
     expires_in: Option<u64>,
     reason: Option<String>,
 }
 
 /// What exec holds: the token and when to stop offering it.
 struct Held {
-    jwt: String,
+    jwt: Secret,
     until: Instant,
 }
 
@@ -108,8 +109,8 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
             ),
         }
     };
-    spec.write_file(&held.jwt)?;
-    let mut child = spec.spawn(&held.jwt)?;
+    spec.write_file(held.jwt.expose())?;
+    let mut child = spec.spawn(held.jwt.expose())?;
     let mut lines = Some(lines);
     let mut holding = true;
     let mut reconnect_at: Option<Instant> = None;
@@ -130,16 +131,16 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
                     backoff = Duration::from_secs(1);
                     let event = parse(&line)?;
                     match held_from(&event) {
-                        Some(new) if holding && new.jwt == held.jwt => held = new,
+                        Some(new) if holding && new.jwt.expose() == held.jwt.expose() => held = new,
                         Some(new) => {
                             held = new;
                             holding = true;
-                            spec.write_file(&held.jwt)?;
+                            spec.write_file(held.jwt.expose())?;
                             match on_rotation {
                                 OnRotation::Signal => forward(&child, rotation_signal.number()),
                                 OnRotation::Restart => {
                                     stop(&mut child).await;
-                                    child = spec.spawn(&held.jwt)?;
+                                    child = spec.spawn(held.jwt.expose())?;
                                 }
                                 OnRotation::None => {}
                             }

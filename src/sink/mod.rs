@@ -432,7 +432,7 @@ impl Collect for Sinks {
             "Rotation hook runs by result (ok, failed, timeout; timeouts are not counted as failed).",
         );
         for s in all.iter().filter(|s| s.hook.is_some()) {
-            let failed = s.hook_failures - s.hook_timeouts;
+            let failed = s.hook_failures.saturating_sub(s.hook_timeouts);
             for (result, n) in [
                 ("ok", s.hook_runs_ok),
                 ("failed", failed),
