@@ -200,6 +200,11 @@ impl Cache {
         Ok(body)
     }
 
+    /// Whether [`Cache::save`] may block for long: signing on a hardware token.
+    pub fn may_block(&self) -> bool {
+        self.signer.may_block()
+    }
+
     /// Saves the current tokens and the org keys held (signed, atomically, 0600).
     /// Failures are logged, not fatal: the cache is an optimisation.
     pub fn save(

@@ -525,12 +525,23 @@ impl Refresher {
                     self.flow.emit(Progress::RefreshScheduled { in_ });
                     let token = Arc::new(token);
                     if let Some(cache) = &self.cache {
-                        cache.save(
-                            Some(&token),
-                            self.flow.access_token(),
+                        let (access, keys, now) = (
+                            self.flow.access_token().cloned(),
                             self.flow.verifier.known_keys(),
                             self.flow.now(),
                         );
+                        if cache.may_block() {
+                            // A hardware key: its signature must not stall the runtime.
+                            let (cache, token) = (cache.clone(), token.clone());
+                            let saved = tokio::task::spawn_blocking(move || {
+                                cache.save(Some(&token), access.as_ref(), keys, now);
+                            });
+                            if saved.await.is_err() {
+                                tracing::warn!("saving the token cache stopped early");
+                            }
+                        } else {
+                            cache.save(Some(&token), access.as_ref(), keys, now);
+                        }
                     }
                     self.current.send_replace(Some(token));
                     self.status.send_modify(|s| {
