@@ -10,6 +10,9 @@
 //! What is live, and why the rest is not:
 //! - `log.level` is live: raising it to `debug` to diagnose a problem must not cost the
 //!   state being diagnosed.
+//! - A gateway's children (`[children.NAME]`, the files in `gateway.children_dir`) are
+//!   live: the daemon hands the new list to `gateway::Children::sync`, which starts added
+//!   children, stops removed ones and restarts changed ones, leaving the others alone.
 //! - Everything else needs `systemctl restart asset-agent`. The Salesforce client,
 //!   credentials, verifier, identity and key are built once into the refresh loop, the
 //!   socket is bound once, and the refresh policy and allow lists are owned by value by
@@ -31,7 +34,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
 
 /// Keys a reload applies without a restart.
-pub const LIVE_KEYS: &[&str] = &["log.level"];
+pub const LIVE_KEYS: &[&str] = &["log.level", "children", "gateway.children_dir"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -134,7 +137,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 31] = [
+    let rows: [(&'static str, bool); 33] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -177,6 +180,11 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("api.allow_gids", a.api.allow_gids != b.api.allow_gids),
         ("log.level", a.log.level != b.log.level),
         ("log.format", a.log.format != b.log.format),
+        ("children", a.children != b.children),
+        (
+            "gateway.children_dir",
+            a.gateway.children_dir != b.gateway.children_dir,
+        ),
         ("config files", a.files != b.files),
     ];
     let mut keys: Vec<&'static str> = rows

@@ -14,7 +14,7 @@ use super::LogFormat;
 use super::units::{self, Fraction, HumanDuration, List, Named};
 
 /// The top-level tables, in the order the example file documents them.
-pub(crate) const SECTIONS: [&str; 9] = [
+pub(crate) const SECTIONS: [&str; 11] = [
     "salesforce",
     "auth",
     "asset",
@@ -24,6 +24,8 @@ pub(crate) const SECTIONS: [&str; 9] = [
     "api",
     "mqtt",
     "log",
+    "gateway",
+    "children",
 ];
 
 /// The whole file (or the merge of all files and the environment).
@@ -39,6 +41,9 @@ pub(crate) struct RawConfig {
     pub api: RawApi,
     pub mqtt: super::mqtt::RawMqtt,
     pub log: RawLog,
+    pub gateway: super::children::RawGateway,
+    /// `[children.NAME]` tables (gateway mode).
+    pub children: std::collections::BTreeMap<String, super::children::RawChild>,
 }
 
 /// `[salesforce]`

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::api::Shared;
 use crate::api::reply::{error, with_retry_after};
 use crate::token::AssetToken;
+use crate::token::refresher::Handle;
 use wire::clock;
 use wire::http::{self, Reply};
 
@@ -28,6 +29,11 @@ pub struct TokenBody<'a> {
 
 impl<'a> TokenBody<'a> {
     pub fn new(shared: &'a Shared, token: &'a AssetToken) -> Self {
+        Self::for_device(&shared.info.device_id, token)
+    }
+
+    /// The body for `token`, held by the identity with `device_id` (a gateway's child).
+    pub fn for_device(device_id: &'a str, token: &'a AssetToken) -> Self {
         Self {
             token: token.jwt.expose(),
             token_type: &token.token_type,
@@ -35,7 +41,7 @@ impl<'a> TokenBody<'a> {
             expires_at: clock::rfc3339(token.claims.exp),
             expires_in: token.remaining().as_secs(),
             asset_id: token.asset_id(),
-            device_id: &shared.info.device_id,
+            device_id,
         }
     }
 }
@@ -60,13 +66,24 @@ pub fn parse_min_ttl(query: Option<&str>) -> Result<Duration, &'static str> {
 
 /// Answers `GET /v1/token`.
 pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    reply_for(shared, &shared.tokens, &shared.info.device_id, req).await
+}
+
+/// Answers a token request for the identity whose tokens `tokens` holds (the gateway's
+/// own, or a child's).
+pub async fn reply_for(
+    shared: &Shared,
+    tokens: &Handle,
+    device_id: &str,
+    req: &Request<Incoming>,
+) -> Reply {
     let min_ttl = match parse_min_ttl(req.uri().query()) {
         Ok(t) => t,
         Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
     };
-    let token = match shared.tokens.token_with(min_ttl, shared.min_ttl_wait).await {
+    let token = match tokens.token_with(min_ttl, shared.min_ttl_wait).await {
         Ok(t) => t,
-        Err(_) => return unavailable(shared, min_ttl),
+        Err(_) => return unavailable_for(tokens, min_ttl),
     };
     let plain = req
         .headers()
@@ -78,7 +95,7 @@ pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
         body.push('\n');
         return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
-    token_reply(shared, &token)
+    http::json(StatusCode::OK, &TokenBody::for_device(device_id, &token))
 }
 
 /// The JSON answer for a held token.
@@ -88,7 +105,12 @@ pub fn token_reply(shared: &Shared, token: &AssetToken) -> Reply {
 
 /// Why no token can be served, and when to ask again.
 pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Duration) {
-    let snap = shared.tokens.snapshot();
+    unavailable_reason_for(&shared.tokens, min_ttl)
+}
+
+/// [`unavailable_reason`] for the identity whose tokens `tokens` holds.
+pub fn unavailable_reason_for(tokens: &Handle, min_ttl: Duration) -> (String, Duration) {
+    let snap = tokens.snapshot();
     let retry = snap
         .next_refresh
         .map(|n| n.saturating_duration_since(tokio::time::Instant::now()))
@@ -107,7 +129,12 @@ pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Durati
 
 /// 503 + `Retry-After` + `{"error":"unavailable","reason"}`.
 pub fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
-    let (reason, retry) = unavailable_reason(shared, min_ttl);
+    unavailable_for(&shared.tokens, min_ttl)
+}
+
+/// [`unavailable`] for the identity whose tokens `tokens` holds.
+pub fn unavailable_for(tokens: &Handle, min_ttl: Duration) -> Reply {
+    let (reason, retry) = unavailable_reason_for(tokens, min_ttl);
     with_retry_after(
         error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &reason),
         retry,
