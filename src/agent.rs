@@ -13,7 +13,7 @@ use crate::api::{self, Info, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
 use crate::gateway::{ChildMetrics, Children};
-use crate::keys::{FileKey, LoadError, Signer};
+use crate::keys::{self, FileKey, LoadError, Mode, OpenError, Signer};
 use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
 use crate::salesforce::verify::{self, Verifier};
@@ -34,7 +34,9 @@ use wire::oauth::AssetFields;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the device key is unusable")]
-    Key(#[source] LoadError),
+    Key(#[source] OpenError),
+    #[error("the device key could not be opened: the runtime is shutting down")]
+    KeyTask,
     #[error("the JWT-bearer assertion key is unusable")]
     AssertionKey(#[source] LoadError),
     #[error("could not read the client secret file {}", path.display())]
@@ -135,8 +137,8 @@ impl Running {
 
     /// Applies the children of a reloaded `config` (already accepted by
     /// `crate::reload`): adds, removes and restarts only those that changed.
-    pub fn apply_children(&self, config: &Config) -> crate::gateway::Changes {
-        self.children.sync(&config.children)
+    pub async fn apply_children(&self, config: &Config) -> crate::gateway::Changes {
+        self.children.sync(&config.children).await
     }
 }
 
@@ -161,16 +163,16 @@ pub async fn start(
             }
         }
     }
-    let (key, key_created) =
-        FileKey::load_or_generate(&config.key.path, config.key.bits).map_err(Error::Key)?;
+    let opened = open_key(&config.key, Mode::OpenOrCreate).await?;
+    let key_created = opened.created;
     if key_created {
-        tracing::info!(path = %config.key.path.display(), bits = config.key.bits,
-            kid = %key.public_jwk().kid, "device key generated");
+        tracing::info!(backend = config.key.backend_name(), key = %opened.location,
+            bits = config.key.bits, kid = %opened.signer.public_jwk().kid, "device key generated");
     } else {
-        tracing::info!(path = %config.key.path.display(), kid = %key.public_jwk().kid,
-            "device key loaded");
+        tracing::info!(backend = config.key.backend_name(), key = %opened.location,
+            kid = %opened.signer.public_jwk().kid, "device key loaded");
     }
-    let key: Arc<dyn Signer> = Arc::new(key);
+    let key = opened.signer;
     let metrics = Arc::new(Registry::default());
     let flow = build_flow(
         config,
@@ -282,11 +284,24 @@ pub async fn start(
         tasks.spawn("MQTT uplink", uplink.run(cancel.child_token()));
     }
     if !config.children.is_empty() {
-        let changes = children.sync(&config.children);
-        tracing::info!(
-            children = changes.added.len(),
-            failed = changes.failed.len(),
-            "gateway mode: child identities started"
+        // In the background: the gateway serves its own token meanwhile, and each child
+        // is served as soon as its key is open (generating 200 keys takes a while).
+        let wanted = config.children.clone();
+        let set = children.clone();
+        let done = cancel.child_token();
+        let finished = done.clone();
+        tasks.spawn_until(
+            "children start",
+            async move {
+                let changes = set.sync(&wanted).await;
+                tracing::info!(
+                    children = changes.added.len(),
+                    failed = changes.failed.len(),
+                    "gateway mode: child identities started"
+                );
+                finished.cancel();
+            },
+            done,
         );
     }
     Ok(Running {
@@ -298,6 +313,17 @@ pub async fn start(
         children,
         tasks,
     })
+}
+
+/// Opens the device key off the async runtime: generating a key, or logging in to a
+/// token, blocks for as long as the hardware takes.
+async fn open_key(key: &config::Key, mode: Mode) -> Result<keys::Opened, Error> {
+    let key = key.clone();
+    match tokio::task::spawn_blocking(move || keys::open(&key, mode)).await {
+        Ok(opened) => opened.map_err(Error::Key),
+        // The blocking pool only drops the job when the runtime is shutting down.
+        Err(_) => Err(Error::KeyTask),
+    }
 }
 
 fn credentials(config: &Config, clock: &Clock, skew: &Arc<Skew>) -> Result<Credentials, Error> {
@@ -404,11 +430,14 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 }
 
 /// Every secret and state file the agent reads or writes under `config`, named for
-/// messages: the device key, the refresh token, the client secret, the JWT-bearer assertion
+/// messages: the device key (or a token's PIN file), the refresh token, the client secret, the JWT-bearer assertion
 /// key and the token cache. `run` refuses to start and `check` reports an error when
 /// [`secure_path::check`] refuses one of them (see [`unsafe_paths`]).
 pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
-    let mut paths = vec![("device key", config.key.path.clone())];
+    let mut paths = match &config.key.backend {
+        config::KeyBackend::File { path } => vec![("device key", path.clone())],
+        config::KeyBackend::Pkcs11(p) => vec![("PKCS#11 PIN file", p.pin_file.clone())],
+    };
     match &config.auth.method {
         AuthMethod::RefreshToken | AuthMethod::DeviceFlow { .. } => {
             paths.push(("refresh token file", config.auth.refresh_token_file.clone()));
@@ -426,7 +455,12 @@ pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
         config.state.dir.join(crate::token::cache::FILE_NAME),
     ));
     for child in &config.children {
-        paths.push(("child key", child.key.path.clone()));
+        match &child.key.backend {
+            config::KeyBackend::File { path } => paths.push(("child key", path.clone())),
+            config::KeyBackend::Pkcs11(p) => {
+                paths.push(("child's PKCS#11 PIN file", p.pin_file.clone()));
+            }
+        }
         paths.push((
             "child token cache",
             child.state_dir.join(crate::token::cache::FILE_NAME),
@@ -450,9 +484,9 @@ pub fn unsafe_paths(config: &Config, trust: &Trust) -> Vec<secure_path::Error> {
 ///
 /// # Errors
 /// As [`start`], for the key, credentials, HTTPS client and verifier.
-pub fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
+pub async fn dry_run_flow(config: &Config, clock: Clock) -> Result<Flow, Error> {
     crate::crypto::install();
-    let key: Arc<dyn Signer> = Arc::new(FileKey::load(&config.key.path).map_err(Error::Key)?);
+    let key = open_key(&config.key, Mode::Existing).await?.signer;
     build_flow(
         config,
         key,

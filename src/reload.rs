@@ -34,7 +34,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
 
 /// Keys a reload applies without a restart.
-pub const LIVE_KEYS: &[&str] = &["log.level", "children", "gateway.children_dir"];
+pub const LIVE_KEYS: &[&str] = &["log.level", "children"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -137,7 +137,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 33] = [
+    let rows: [(&'static str, bool); 34] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -161,7 +161,13 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("asset.contact_id", xa.contact_id != xb.contact_id),
         ("asset.id", xa.id != xb.id),
         ("asset.token_name", xa.token_name != xb.token_name),
-        ("key.path", a.key.path != b.key.path),
+        ("key.backend", a.key.backend_name() != b.key.backend_name()),
+        ("key.path", a.key.file() != b.key.file()),
+        (
+            "key.uri/module/pin_file",
+            matches!((&a.key.backend, &b.key.backend),
+                (config::KeyBackend::Pkcs11(x), config::KeyBackend::Pkcs11(y)) if x != y),
+        ),
         ("key.bits", a.key.bits != b.key.bits),
         (
             "token.refresh_at",
@@ -180,11 +186,8 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("api.allow_gids", a.api.allow_gids != b.api.allow_gids),
         ("log.level", a.log.level != b.log.level),
         ("log.format", a.log.format != b.log.format),
+        // Where child files come from matters only through the children it yields.
         ("children", a.children != b.children),
-        (
-            "gateway.children_dir",
-            a.gateway.children_dir != b.gateway.children_dir,
-        ),
         ("config files", a.files != b.files),
     ];
     let mut keys: Vec<&'static str> = rows
@@ -205,6 +208,7 @@ fn settings(c: &Config) -> Config {
     let mut c = c.clone();
     c.files.clear();
     c.ignored_env.clear();
+    c.gateway.children_dir = None;
     c
 }
 
@@ -272,6 +276,27 @@ socket = "/run/asset-agent/agent.sock"
             "{}",
             out.summary()
         );
+    }
+
+    #[test]
+    fn children_are_live_but_not_with_a_restart_key() {
+        let mut running = load(BASE).unwrap();
+        let child = "\n[children.pump-7]\ndevice_id = \"c1\"\nname = \"Pump 7b\"\nserial_number = \"C-1\"\n";
+        let added = format!("{BASE}{child}");
+        let out = reload(&mut running, || load(&added));
+        let Outcome::Applied { keys, .. } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(keys, &["children"]);
+        assert_eq!(running.children.len(), 1);
+        // With a restart key beside it, nothing is applied, the child neither.
+        let both = format!(
+            "{}\n[token]\nrefresh_at = \"50%\"\n",
+            BASE.replace("d1", "d2")
+        );
+        let out = reload(&mut running, || load(&both));
+        assert!(matches!(out, Outcome::NeedsRestart { .. }), "{out:?}");
+        assert_eq!(running.children.len(), 1);
     }
 
     #[test]

@@ -294,7 +294,7 @@ async fn reload_adds_and_removes_children_without_disturbing_the_others() {
             .collect::<Vec<_>>(),
         ["pump-7", "tag-9"]
     );
-    let changes = agent.running.apply_children(&new);
+    let changes = agent.running.apply_children(&new).await;
     assert_eq!(changes.added, ["tag-9"]);
     assert_eq!(changes.removed, ["meter-2"]);
     assert!(changes.restarted.is_empty() && changes.failed.is_empty());
@@ -311,7 +311,7 @@ async fn reload_adds_and_removes_children_without_disturbing_the_others() {
         "only tag-9 exchanged"
     );
     // Applying the same list again changes nothing.
-    assert_eq!(agent.running.apply_children(&new), Default::default());
+    assert_eq!(agent.running.apply_children(&new).await, Default::default());
     agent.stop().await;
 }
 

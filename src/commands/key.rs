@@ -1,48 +1,49 @@
-//! `asset-agent key show|generate`.
+//! `asset-agent key show|generate`, for either backend.
 
 use std::path::PathBuf;
 
 use super::{Error, load_config};
 use crate::cli::{KeyCommand, KeyShowArgs};
-use crate::keys::{FileKey, Signer as _};
+use crate::keys::{self, Mode, Opened};
 
 pub fn run(config_path: Option<PathBuf>, cmd: KeyCommand) -> Result<(), Error> {
     let config = load_config(config_path)?;
-    let path = &config.key.path;
     match cmd {
         KeyCommand::Generate => {
-            let (key, created) = FileKey::load_or_generate(path, config.key.bits)?;
-            if created {
-                println!("created {} ({} bits)", path.display(), key.bits());
+            let key = keys::open(&config.key, Mode::OpenOrCreate)?;
+            if key.created {
+                println!("created {} ({} bits)", key.location, key.signer.bits());
             } else {
-                println!("{} already exists; left unchanged", path.display());
+                println!("{} already exists; left unchanged", key.location);
             }
-            println!("thumbprint: {}", key.public_jwk().kid);
+            println!("thumbprint: {}", key.signer.public_jwk().kid);
         }
-        KeyCommand::Show(args) => show(&FileKey::load(path)?, &args)?,
+        KeyCommand::Show(args) => show(&keys::open(&config.key, Mode::Existing)?, &args)?,
     }
     Ok(())
 }
 
-fn show(key: &FileKey, args: &KeyShowArgs) -> Result<(), Error> {
+fn show(key: &Opened, args: &KeyShowArgs) -> Result<(), Error> {
+    let signer = &key.signer;
     let pem = || {
-        key.public_key_pem()
+        signer
+            .public_key_pem()
             .map_err(|_| Error::Failed("could not export the public key".into()))
     };
     if args.thumbprint {
-        println!("{}", key.public_jwk().kid);
+        println!("{}", signer.public_jwk().kid);
     } else if args.jwk {
-        let jwk = serde_json::to_string_pretty(key.public_jwk())
+        let jwk = serde_json::to_string_pretty(signer.public_jwk())
             .map_err(|e| Error::Failed(format!("could not encode the JWK: {e}")))?;
         println!("{jwk}");
     } else if args.pem {
         print!("{}", pem()?);
     } else {
-        println!("path:       {}", key.path().display());
-        println!("algorithm:  RSA {} bits, signs RS256", key.bits());
+        println!("path:       {}", key.location);
+        println!("algorithm:  RSA {} bits, signs RS256", signer.bits());
         println!(
             "thumbprint: {}  (RFC 7638; the actor token's kid)",
-            key.public_jwk().kid
+            signer.public_jwk().kid
         );
         print!("{}", pem()?);
     }

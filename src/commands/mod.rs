@@ -33,7 +33,7 @@ pub enum Error {
     #[error(transparent)]
     Client(#[from] crate::client::Error),
     #[error(transparent)]
-    Key(#[from] crate::keys::LoadError),
+    Key(#[from] crate::keys::OpenError),
     #[error("{0}")]
     Failed(String),
     #[error("could not set up signal handling")]
@@ -108,15 +108,15 @@ pub fn load_config(path: Option<PathBuf>) -> Result<Config, Error> {
 mod tests {
     use super::*;
     use crate::fsutil;
-    use crate::keys::LoadError;
+    use crate::keys::{LoadError, OpenError};
 
     fn key_store_error(errno: i32) -> Error {
-        Error::Agent(crate::agent::Error::Key(LoadError::Store(
+        Error::Agent(crate::agent::Error::Key(OpenError::File(LoadError::Store(
             fsutil::Error::WriteTemp {
                 path: "/var/lib/asset-agent/.device-key.pem.tmp-1".into(),
                 source: std::io::Error::from_raw_os_error(errno),
             },
-        )))
+        ))))
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                     if let Some(n) = &notifier {
                         let _ = n.reloading();
                     }
-                    reload(&mut config, config_path.clone(), &running);
+                    reload(&mut config, config_path.clone(), &running).await;
                     if let Some(n) = &notifier {
                         let _ = n.reloaded();
                     }
@@ -103,7 +103,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                 // `asset-agent reload` (the unit's ExecReload=): systemd is already in its
                 // reload state and waits for that command, which reports the outcome.
                 tracing::info!("reload requested over the socket");
-                let report = reload(&mut config, config_path.clone(), &running);
+                let report = reload(&mut config, config_path.clone(), &running).await;
                 let _ = pending.send(report);
             }
             exit = running.failed() => break Err(exit),
@@ -158,7 +158,7 @@ fn tell(notifier: Option<&Notifier>, status: &str) {
 }
 
 /// Reloads and logs the outcome; see `crate::reload`.
-fn reload(
+async fn reload(
     config: &mut Config,
     path: Option<PathBuf>,
     running: &agent::Running,
@@ -168,7 +168,7 @@ fn reload(
     });
     let mut summary = outcome.summary();
     if matches!(outcome, crate::reload::Outcome::Applied { .. }) {
-        let changes = running.apply_children(config);
+        let changes = running.apply_children(config).await;
         if let Some(line) = changes.summary() {
             summary.push_str("; ");
             summary.push_str(&line);

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::error::Error;
 use super::raw::{RawAsset, RawKey};
+
 use super::rules::Check;
 use super::units::{self, List};
 use super::{Asset, Key};
@@ -206,8 +207,9 @@ impl Check<'_> {
         }
         for d in declared {
             let before = self.problems.len();
-            let child = self.child(&d, state);
-            if let Some(file) = &d.file {
+            let file = d.file.clone();
+            let child = self.child(d, state);
+            if let Some(file) = &file {
                 for p in &mut self.problems[before..] {
                     if let Error::Invalid { origin, .. } = p {
                         origin.get_or_insert_with(|| file.display().to_string());
@@ -241,11 +243,14 @@ impl Check<'_> {
         let mut device_ids: BTreeMap<&str, String> = BTreeMap::new();
         let mut serials: BTreeMap<&str, String> = BTreeMap::new();
         let mut keys: BTreeMap<&Path, String> = BTreeMap::new();
+        // Two PKCS#11 children naming one token object are caught when the key opens.
         if let Some(a) = own {
             device_ids.insert(&a.device_id, "asset".to_owned());
             serials.insert(&a.serial_number, "asset".to_owned());
         }
-        keys.insert(&own_key.path, "key".to_owned());
+        if let Some(p) = own_key.file() {
+            keys.insert(p, "key".to_owned());
+        }
         for c in children {
             let at = format!("children.{}", c.name);
             if let Some(other) = device_ids.insert(&c.asset.device_id, at.clone()) {
@@ -266,19 +271,21 @@ impl Check<'_> {
                     ),
                 );
             }
-            if let Some(other) = keys.insert(&c.key.path, at.clone()) {
+            if let Some(path) = c.key.file()
+                && let Some(other) = keys.insert(path, at.clone())
+            {
                 self.invalid(
                     &format!("{at}.key.path"),
                     format!(
                         "{} is also {other}.key.path (or its default); every identity needs its own key",
-                        c.key.path.display()
+                        path.display()
                     ),
                 );
             }
         }
     }
 
-    fn child(&mut self, d: &Declared, state: &Path) -> Option<Child> {
+    fn child(&mut self, mut d: Declared, state: &Path) -> Option<Child> {
         let at = format!("children.{}", d.name);
         if !valid_name(&d.name) {
             let rule = format!(
@@ -310,14 +317,12 @@ impl Check<'_> {
             d.file.as_deref(),
         );
         let state_dir = state.join("children").join(&d.name);
-        let raw_key = RawKey {
-            path: r.key.as_ref().and_then(|k| k.path.clone()),
-            bits: r.key.as_ref().and_then(|k| k.bits),
-        };
-        let key = self.key_at(&format!("{at}.key"), raw_key, &state_dir);
+        let raw_key = d.raw.key.take().unwrap_or_default();
+        let key = self.key(&format!("{at}.key"), raw_key, &state_dir);
+        let r = &d.raw;
         let list = |l: &Option<List<u32>>| l.as_ref().map(|l| l.0.clone()).unwrap_or_default();
         Some(Child {
-            name: d.name.clone(),
+            name: d.name,
             asset: asset?,
             key,
             access: Access {
@@ -327,7 +332,7 @@ impl Check<'_> {
                 signer_gids: list(&r.signer_gids),
             },
             state_dir,
-            file: d.file.clone(),
+            file: d.file,
         })
     }
 
@@ -344,19 +349,22 @@ impl Check<'_> {
     }
 
     /// The Asset fields of a child, with `[asset]`'s rules under the `at.` prefix.
-    fn asset_fields(&mut self, at: &str, raw: RawAsset, file: Option<&Path>) -> Option<Asset> {
+    fn asset_fields(&mut self, at: &str, mut raw: RawAsset, file: Option<&Path>) -> Option<Asset> {
         let mut complete = true;
-        for (field, value) in [("name", &raw.name), ("serial_number", &raw.serial_number)] {
+        for (field, value) in [
+            ("name", &mut raw.name),
+            ("serial_number", &mut raw.serial_number),
+        ] {
             if value.is_none() {
                 self.child_missing(at, field, file);
                 complete = false;
+                // A stand-in, so the other fields are still checked (and not reported
+                // missing a second time).
+                *value = Some("-".to_owned());
             }
         }
-        if complete {
-            self.asset_at(at, raw)
-        } else {
-            None
-        }
+        let asset = self.asset_at(at, raw);
+        asset.filter(|_| complete)
     }
 }
 

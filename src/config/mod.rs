@@ -20,12 +20,13 @@
 //! (the only file it reads besides the config is `/etc/machine-id`), and the
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
-//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section) and
+//! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section), `key.rs` (`[key]`, reusable for any key table) and
 //! `rules.rs` (shared rules), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
 mod children;
 mod error;
+mod key;
 mod load;
 mod mqtt;
 mod origin;
@@ -46,6 +47,7 @@ use reqwest::Url;
 
 pub use children::{Access, CHILDREN_DIR, Child, Gateway, valid_name};
 pub use error::Error;
+pub use key::{DEFAULT_KEY_FILE, Key, KeyBackend, Pkcs11, Pkcs11Uri};
 pub use load::{LoadOptions, NON_CONFIG_VARS};
 pub use mqtt::{
     ClientCert, DEFAULT_MQTT_BACKOFF_MAX, DEFAULT_MQTT_HEARTBEAT, DEFAULT_MQTT_KEEP_ALIVE,
@@ -185,15 +187,6 @@ pub struct Asset {
     pub id: Option<String>,
     /// The actor token's `Name`. Default "Asset Token: <device_id>".
     pub token_name: String,
-}
-
-/// `[key]`: the device key.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Key {
-    /// PKCS#8 PEM, mode 0600; generated if absent. Default `<state.dir>/device-key.pem`.
-    pub path: PathBuf,
-    /// RSA size used when generating; one of [`KEY_BITS`].
-    pub bits: usize,
 }
 
 /// `[token]`: refreshing and verifying asset tokens.
@@ -341,8 +334,9 @@ impl fmt::Display for Config {
         let t = &self.token;
         write!(
             f,
-            " key={} ({} bits) refresh_at={} verify={} state={} socket={} log={}/{}",
-            self.key.path.display(),
+            " key={} {} ({} bits) refresh_at={} verify={} state={} socket={} log={}/{}",
+            self.key.backend_name(),
+            self.key,
             self.key.bits,
             units::percent(t.refresh_at),
             t.verify.name(),

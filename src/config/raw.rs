@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::LogFormat;
+pub(crate) use super::key::RawKey;
 use super::units::{self, Fraction, HumanDuration, List, Named};
 
 /// The top-level tables, in the order the example file documents them.
@@ -96,15 +97,6 @@ pub(crate) struct RawAsset {
     pub id: Option<String>,
     #[serde(deserialize_with = "units::strict_string")]
     pub token_name: Option<String>,
-}
-
-/// `[key]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "the [key] table")]
-pub(crate) struct RawKey {
-    #[serde(deserialize_with = "units::strict_path")]
-    pub path: Option<PathBuf>,
-    pub bits: Option<usize>,
 }
 
 /// `[token]`

@@ -12,16 +12,16 @@ use std::time::Duration;
 use super::error::Error;
 use super::paths;
 use super::raw::{
-    MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawKey, RawLog, RawSalesforce, RawToken,
-    RefreshName, VerifyName,
+    MethodName, RawApi, RawAsset, RawAuth, RawConfig, RawLog, RawSalesforce, RawToken, RefreshName,
+    VerifyName,
 };
 use super::rules::{Check, Context, instance_url};
 use super::units::{Named, percent};
 use super::{
     Api, Asset, Auth, AuthMethod, Config, DEFAULT_BACKOFF_MAX, DEFAULT_JWT_AUDIENCE,
-    DEFAULT_KEY_BITS, DEFAULT_LEEWAY, DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT,
-    DEFAULT_READY_TIMEOUT, DEFAULT_REFRESH_AT, DEFAULT_TIMEOUT, JwtBearer, KEY_BITS, Key, Log,
-    LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT, Salesforce, State, Token, Verify,
+    DEFAULT_LEEWAY, DEFAULT_LOG_LEVEL, DEFAULT_MIN_TTL_WAIT, DEFAULT_READY_TIMEOUT,
+    DEFAULT_REFRESH_AT, DEFAULT_TIMEOUT, JwtBearer, Log, LogFormat, MAX_REFRESH_AT, MIN_REFRESH_AT,
+    Salesforce, State, Token, Verify,
 };
 use super::{DEFAULT_DEMAND_WINDOW, RefreshPolicy};
 use super::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, MAX_MAX_CONNECTIONS};
@@ -51,7 +51,7 @@ pub(super) fn validate(
     let salesforce = c.salesforce(raw.salesforce);
     let auth = c.auth(raw.auth, &base, salesforce.as_ref());
     let asset = c.asset(raw.asset);
-    let key = c.key(raw.key, &base);
+    let key = c.key("key", raw.key, &base);
     let token = c.token(raw.token);
     let api = c.api(raw.api);
     let mqtt = c.mqtt(raw.mqtt, asset.as_ref().map(|a| a.device_id.as_str()));
@@ -289,26 +289,6 @@ impl Check<'_> {
                 None
             }
         }
-    }
-
-    fn key(&mut self, raw: RawKey, state: &Path) -> Key {
-        self.key_at("key", raw, state)
-    }
-
-    /// `[key]`'s rules for the table at `at` (`key`, or a child's `children.NAME.key`);
-    /// the default path is `device-key.pem` in `state`.
-    pub(super) fn key_at(&mut self, at: &str, raw: RawKey, state: &Path) -> Key {
-        let path = self
-            .path(&format!("{at}.path"), raw.path)
-            .unwrap_or_else(|| state.join("device-key.pem"));
-        let bits = raw.bits.unwrap_or(DEFAULT_KEY_BITS);
-        if !KEY_BITS.contains(&bits) {
-            self.invalid(
-                &format!("{at}.bits"),
-                format!("must be 2048, 3072 or 4096, got {bits}"),
-            );
-        }
-        Key { path, bits }
     }
 
     fn token(&mut self, raw: RawToken) -> Token {

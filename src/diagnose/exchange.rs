@@ -23,7 +23,7 @@ pub(super) async fn check(config: &Config, clock: &Clock) -> Finding {
             "stop the agent (systemctl stop asset-agent), run `asset-agent check --exchange`, start it again",
         );
     }
-    let mut flow = match crate::agent::dry_run_flow(config, clock.clone()) {
+    let mut flow = match crate::agent::dry_run_flow(config, clock.clone()).await {
         Ok(f) => f,
         Err(e) => {
             return Finding::error(

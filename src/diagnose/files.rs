@@ -95,7 +95,20 @@ fn unsafe_finding(check: &'static str, e: &secure_path::Error) -> Finding {
 }
 
 fn key(config: &Config, trust: &Trust) -> Finding {
-    let path = &config.key.path;
+    let Some(path) = config.key.file() else {
+        return match crate::keys::open_trusting(&config.key, crate::keys::Mode::Existing, trust) {
+            Ok(k) => Finding::ok(
+                "key",
+                format!(
+                    "{}: RSA {} bits, thumbprint {}",
+                    k.location,
+                    k.signer.bits(),
+                    k.signer.public_jwk().kid
+                ),
+            ),
+            Err(e) => Finding::error("key", chain(&e), "see the message"),
+        };
+    };
     if matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
         return Finding::warning(
             "key",

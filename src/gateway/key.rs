@@ -1,16 +1,15 @@
-//! Opening a child's key: the one place that turns a child's `key` table into a signer.
-
-use std::sync::Arc;
+//! Opening a child's key: its `key` table (shaped like the top-level `[key]`: a file, or a
+//! PKCS#11 token object) through the same [`keys::open`] as the gateway's own key.
 
 use crate::config::Key;
-use crate::keys::{FileKey, LoadError, Signer};
+use crate::keys::{self, Mode, OpenError, Opened};
 
-/// Opens the key `key` describes, generating it on first use; the flag says whether it
-/// was generated now.
+/// Opens the key `key` describes, generating it on first use.
+///
+/// This blocks (key generation, a token's login).
 ///
 /// # Errors
-/// The key file is unreadable, unsafe or not an RSA key, or could not be generated.
-pub fn open_key(key: &Key) -> Result<(Arc<dyn Signer>, bool), LoadError> {
-    let (k, created) = FileKey::load_or_generate(&key.path, key.bits)?;
-    Ok((Arc::new(k), created))
+/// As [`keys::open`].
+pub fn open_key(key: &Key) -> Result<Opened, OpenError> {
+    keys::open(key, Mode::OpenOrCreate)
 }

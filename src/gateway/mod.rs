@@ -33,7 +33,7 @@ use crate::api::Info;
 use crate::api::peer::{Peer, Role};
 use crate::backoff::OsJitter;
 use crate::config::{self, Child};
-use crate::keys::{LoadError, Signer};
+use crate::keys::{OpenError, Signer};
 use crate::tasks::Tasks;
 use crate::token::cache::{Cache, Owner};
 use crate::token::flow::Flow;
@@ -48,8 +48,10 @@ pub enum Error {
     Key {
         name: String,
         #[source]
-        source: LoadError,
+        source: OpenError,
     },
+    #[error("the key of child {name} could not be opened: the runtime is shutting down")]
+    KeyTask { name: String },
     #[error("the state directory of child {name} is unusable")]
     StateDir {
         name: String,
@@ -99,6 +101,8 @@ struct Factory {
 /// The running children, by name.
 pub struct Children {
     map: RwLock<BTreeMap<String, Arc<Running>>>,
+    /// One [`Children::sync`] at a time (the start-up one and a reload may overlap).
+    syncing: tokio::sync::Mutex<()>,
     factory: std::sync::Mutex<Factory>,
     tasks: Tasks,
     cancel: CancellationToken,
@@ -141,6 +145,7 @@ impl Children {
     ) -> Self {
         Self {
             map: RwLock::new(BTreeMap::new()),
+            syncing: tokio::sync::Mutex::new(()),
             factory: std::sync::Mutex::new(Factory {
                 template,
                 policy,
@@ -176,8 +181,10 @@ impl Children {
 
     /// Makes the running children those of `wanted`: starts new ones, stops removed ones
     /// (no longer served from this moment; key and cache stay), restarts changed ones and
-    /// leaves the others alone.
-    pub fn sync(&self, wanted: &[Child]) -> Changes {
+    /// leaves the others alone. Keys are opened (or generated) off the runtime, one
+    /// child after another, each child served as soon as it has started.
+    pub async fn sync(&self, wanted: &[Child]) -> Changes {
+        let _one_at_a_time = self.syncing.lock().await;
         let mut changes = Changes::default();
         let current: BTreeMap<String, Arc<Running>> =
             self.map.read().map(|m| m.clone()).unwrap_or_default();
@@ -190,7 +197,7 @@ impl Children {
                 }
                 None => {
                     self.stop(name);
-                    tracing::info!(child = %name, key = %running.config.key.path.display(),
+                    tracing::info!(child = %name, key = %running.config.key,
                         "child removed: its token is no longer served (its key is kept)");
                     changes.removed.push(name.clone());
                 }
@@ -200,7 +207,7 @@ impl Children {
             if self.get(&child.name).is_some() {
                 continue;
             }
-            match self.start(child) {
+            match self.start(child).await {
                 Ok(()) => {
                     if !changes.restarted.contains(&child.name) {
                         changes.added.push(child.name.clone());
@@ -229,19 +236,24 @@ impl Children {
     ///
     /// # Errors
     /// See [`Error`].
-    fn start(&self, child: &Child) -> Result<(), Error> {
+    async fn start(&self, child: &Child) -> Result<(), Error> {
         let name = child.name.clone();
         crate::fsutil::ensure_dir(&child.state_dir, 0o700).map_err(|source| Error::StateDir {
             name: name.clone(),
             source,
         })?;
-        let (signer, created) = open_key(&child.key).map_err(|source| Error::Key {
-            name: name.clone(),
-            source,
-        })?;
+        let key = child.key.clone();
+        let opened = tokio::task::spawn_blocking(move || open_key(&key))
+            .await
+            .map_err(|_| Error::KeyTask { name: name.clone() })?
+            .map_err(|source| Error::Key {
+                name: name.clone(),
+                source,
+            })?;
+        let signer = opened.signer;
         let kid = signer.public_jwk().kid.clone();
-        if created {
-            tracing::info!(child = %name, path = %child.key.path.display(), kid = %kid,
+        if opened.created {
+            tracing::info!(child = %name, key = %opened.location, kid = %kid,
                 "child key generated");
         }
         let Ok(factory) = self.factory.lock() else {

@@ -117,7 +117,7 @@ async fn run(args: DemoArgs) -> Result<(), Error> {
         } else {
             "loaded"
         },
-        config.key.path.display(),
+        config.key,
         config.key.bits,
         running.key.public_jwk().kid
     ));

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod children;
 mod rules;
 
 pub(super) const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
@@ -112,7 +113,7 @@ fn defaults() {
         (c.asset.account_id, c.asset.contact_id, c.asset.id),
         (None, None, None)
     );
-    assert_eq!(c.key.path, data.join("device-key.pem"));
+    assert_eq!(c.key.file(), Some(data.join("device-key.pem").as_path()));
     assert_eq!(c.key.bits, 2048);
     assert!((c.token.refresh_at - 0.8).abs() < 1e-9);
     assert_eq!(c.token.verify, Verify::Jwks);
@@ -136,7 +137,10 @@ fn root_defaults_are_system_paths() {
     f.euid = 0;
     let c = f.load(MINIMAL).unwrap();
     assert_eq!(c.state.dir, Path::new("/var/lib/asset-agent"));
-    assert_eq!(c.key.path, Path::new("/var/lib/asset-agent/device-key.pem"));
+    assert_eq!(
+        c.key.file(),
+        Some(Path::new("/var/lib/asset-agent/device-key.pem"))
+    );
     assert_eq!(c.api.socket, Path::new("/run/asset-agent/agent.sock"));
 }
 
@@ -151,11 +155,39 @@ fn systemd_directories_are_honoured() {
     f.write("sd/conf/agent.d/10-key.toml", "[key]\nbits = 4096\n");
     let c = Config::load(&f.opts(None)).unwrap();
     assert_eq!(c.state.dir, state);
-    assert_eq!(c.key.path, state.join("device-key.pem"));
+    assert_eq!(c.key.file(), Some(state.join("device-key.pem").as_path()));
     assert_eq!(c.key.bits, 4096);
     assert_eq!(c.auth.refresh_token_file, state.join("refresh-token"));
     assert_eq!(c.api.socket, run.join("agent.sock"));
     assert_eq!(c.files.len(), 2);
+}
+
+#[test]
+fn a_pkcs11_key_takes_its_module_from_the_uri_or_the_setting() {
+    let f = Fixture::new();
+    let c = f
+        .load(&format!(
+            "{MINIMAL}\n[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=dev;object=agent?module-path=/usr/lib/softhsm/libsofthsm2.so\"\npin_file = \"/etc/asset-agent/pin\"\n"
+        ))
+        .unwrap();
+    assert_eq!(c.key.file(), None);
+    let KeyBackend::Pkcs11(p) = &c.key.backend else {
+        panic!("{:?}", c.key)
+    };
+    assert_eq!(p.module, Path::new("/usr/lib/softhsm/libsofthsm2.so"));
+    assert_eq!(p.pin_file, Path::new("/etc/asset-agent/pin"));
+    assert_eq!(p.uri.object, "agent");
+    assert_eq!(
+        c.key.to_string(),
+        "pkcs11:token=dev;object=agent (module /usr/lib/softhsm/libsofthsm2.so)"
+    );
+    let mut f = Fixture::new();
+    f.set("ASSET_AGENT_KEY__BACKEND", "pkcs11")
+        .set("ASSET_AGENT_KEY__URI", "pkcs11:token=dev;object=agent")
+        .set("ASSET_AGENT_KEY__MODULE", "/m.so")
+        .set("ASSET_AGENT_KEY__PIN_FILE", "/pin");
+    let c = f.load(MINIMAL).unwrap();
+    assert!(matches!(&c.key.backend, KeyBackend::Pkcs11(p) if p.module == Path::new("/m.so")));
 }
 
 #[test]
@@ -166,7 +198,7 @@ fn explicit_settings_beat_systemd_defaults() {
         .load(&format!("{MINIMAL}\n[state]\ndir = \"/srv/agent\"\n"))
         .unwrap();
     assert_eq!(c.state.dir, Path::new("/srv/agent"));
-    assert_eq!(c.key.path, Path::new("/srv/agent/device-key.pem"));
+    assert_eq!(c.key.file(), Some(Path::new("/srv/agent/device-key.pem")));
 }
 
 #[test]

@@ -36,6 +36,47 @@ fn invalid_values_in_files() {
         ("[key]\nbits = \"big\"", "key.bits", "big"),
         ("[key]\nbits = 1024", "key.bits", "2048, 3072 or 4096"),
         ("[key]\npath = \"keys/device.pem\"", "key.path", "absolute"),
+        ("[key]\nbackend = \"tpm\"", "key.backend", "\"pkcs11\""),
+        (
+            "[key]\nuri = \"pkcs11:token=t;object=o\"",
+            "key.uri",
+            "only used when key.backend = \"pkcs11\"",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\npin_file = \"/p\"\nmodule = \"/m.so\"",
+            "key.uri",
+            "required when key.backend = \"pkcs11\"",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=t;object=o\"\nmodule = \"/m.so\"",
+            "key.pin_file",
+            "required when key.backend = \"pkcs11\"",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=t;object=o\"\npin_file = \"/p\"",
+            "key.module",
+            "libsofthsm2.so",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=t;object=o?pin-value=1\"\nmodule = \"/m.so\"\npin_file = \"/p\"",
+            "key.uri",
+            "pin-value is not accepted",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=t;object=o?module-path=/a.so\"\nmodule = \"/m.so\"\npin_file = \"/p\"",
+            "key.module",
+            "give the module once",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=t;object=o\"\nmodule = \"/m.so\"\npin_file = \"pin\"",
+            "key.pin_file",
+            "absolute",
+        ),
+        (
+            "[key]\nbackend = \"pkcs11\"\npath = \"/k.pem\"\nuri = \"pkcs11:token=t;object=o\"\nmodule = \"/m.so\"\npin_file = \"/p\"",
+            "key.path",
+            "only used when key.backend = \"file\"",
+        ),
         (
             "[token]\nrefresh_at = \"99%\"",
             "token.refresh_at",
