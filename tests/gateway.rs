@@ -148,6 +148,33 @@ async fn three_children_each_with_its_own_asset_key_and_token() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
     assert!(metrics.contains("asset_agent_children 3"), "{metrics}");
+    // The CLI takes the identity's name.
+    let s = socket.clone();
+    let (raw, status_json) = tokio::task::spawn_blocking(move || {
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+                .args(args)
+                .arg("--socket")
+                .arg(&s)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        (
+            cli(&["token", "pump-7", "--raw"]),
+            cli(&["status", "meter-2", "--json"]),
+        )
+    })
+    .await
+    .unwrap();
+    let pump_jwt = tokens.iter().find(|(n, _)| n == "pump-7").unwrap().1["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(raw.trim(), pump_jwt);
+    let status_json: serde_json::Value = serde_json::from_str(&status_json).unwrap();
+    assert_eq!(status_json["device_id"], "gw-meter-2");
     // Signing with a child's key: the child's kid, the child's device id.
     let signed = asset_agent::client::post_json(
         &socket,

@@ -59,9 +59,10 @@ fn present(path: &Path) -> bool {
 
 pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error> {
     let socket = socket(config, args.socket)?;
+    let base = args.asset.base();
     let path = match args.min_ttl {
-        Some(s) => format!("/v1/token?min_ttl={s}"),
-        None => "/v1/token".to_owned(),
+        Some(s) => format!("{base}/token?min_ttl={s}"),
+        None => format!("{base}/token"),
     };
     let accept = if args.raw {
         "text/plain"
@@ -80,7 +81,7 @@ pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error
 
 pub async fn status(config: Option<PathBuf>, args: StatusArgs) -> Result<(), Error> {
     let socket = socket(config, args.socket)?;
-    let resp = client::get_json(&socket, "/v1/status").await?;
+    let resp = client::get_json(&socket, &format!("{}/status", args.asset.base())).await?;
     if resp.status != StatusCode::OK {
         return Err(refused(&socket, &resp));
     }
