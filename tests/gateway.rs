@@ -466,3 +466,63 @@ async fn two_hundred_children_boot_at_ten_exchanges_a_second() {
     );
     assert!(peak <= 10, "{per_second:?}");
 }
+
+/// The daemon itself: a child file dropped into children.d and SIGHUP, then the file
+/// removed and `asset-agent reload` (what `systemctl reload` runs): added, then no longer
+/// served, the gateway's own token served throughout.
+#[tokio::test]
+async fn the_daemon_applies_children_on_sighup_and_reload() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let log = dev.path("agent.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = dev.socket();
+    let own = wait_for_token(&socket).await;
+    assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
+
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let key = dev.path("pump-7-key.pem");
+    write_0600(&key, CHILD_KEYS[0].as_bytes());
+    std::fs::write(
+        dir.join("pump-7.toml"),
+        format!(
+            "device_id = \"gw-pump-7\"\nname = \"Pump 7\"\nserial_number = \"P-7\"\n[key]\npath = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let pump = wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    assert_eq!(pump["device_id"], "gw-pump-7");
+
+    std::fs::remove_file(dir.join("pump-7.toml")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("children removed: pump-7"), "{text}");
+    assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
+    assert!(key.exists(), "the removed child's key is kept");
+    let after = wait_for_token(&socket).await;
+    assert_eq!(
+        own["token"], after["token"],
+        "the gateway's own token untouched"
+    );
+    child.kill().await.unwrap();
+}
