@@ -397,6 +397,19 @@ async fn one_childs_refused_asset_does_not_affect_the_others() {
             ("tag-9".to_owned(), "ready".to_owned()),
         ]
     );
+    let s = socket.clone();
+    let human = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+            .args(["status", "--socket"])
+            .arg(&s)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("children:     3 (2 ready"), "{human}");
+    assert!(human.contains("  ghost: failing ("), "{human}");
     assert_eq!(emu.assets().len(), 3, "no Asset for the refused child");
     agent.stop().await;
 }

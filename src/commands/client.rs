@@ -153,6 +153,18 @@ fn human(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error:   {e}");
     }
+    if let Some(children) = &s.children {
+        let ready = children.iter().filter(|c| c.state == "ready").count();
+        let _ = writeln!(
+            out,
+            "children:     {} ({ready} ready; `asset-agent status NAME` for one)",
+            children.len()
+        );
+        for c in children.iter().filter(|c| c.state != "ready") {
+            let why = c.last_error_reason.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  {}: {} ({why})", c.name, c.state);
+        }
+    }
     let _ = writeln!(out, "version:      {}", s.version);
     out
 }

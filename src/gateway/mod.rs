@@ -172,13 +172,6 @@ impl Children {
             .unwrap_or_default()
     }
 
-    /// Whether `peer` may use some child (so it may connect although it has no role).
-    pub fn admits(&self, peer: &Peer) -> bool {
-        self.map
-            .read()
-            .is_ok_and(|m| m.values().any(|c| c.grant(peer).is_some()))
-    }
-
     /// Makes the running children those of `wanted`: starts new ones, stops removed ones
     /// (no longer served from this moment; key and cache stay), restarts changed ones and
     /// leaves the others alone. Keys are opened (or generated) off the runtime, one
