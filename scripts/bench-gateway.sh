@@ -40,7 +40,12 @@ chmod 600 "$WORK/refresh-token"
 mkdir -p "$WORK/keys" "$WORK/children.d"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/device-key.pem" 2>/dev/null
 gen() { openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/keys/c$1.pem" 2>/dev/null; }
-for i in $(seq -w 1 "$CHILDREN"); do gen "$i" & if (( 10#$i % 16 == 0 )); then wait; fi; done; wait
+GEN=()
+for i in $(seq -w 1 "$CHILDREN"); do
+  gen "$i" & GEN+=($!)
+  if (( ${#GEN[@]} == 16 )); then wait "${GEN[@]}"; GEN=(); fi
+done
+if (( ${#GEN[@]} > 0 )); then wait "${GEN[@]}"; fi
 chmod 600 "$WORK"/keys/*.pem "$WORK/device-key.pem"
 for i in $(seq -w 1 "$CHILDREN"); do
   cat >"$WORK/children.d/c$i.toml" <<TOML
