@@ -1,52 +1,65 @@
 #!/usr/bin/env bash
-# Whole-process benchmarks of asset-agent (issue 7; results and method in docs/benchmarks.md).
+# Whole-process benchmarks of asset-agent (results and method in docs/benchmarks.md).
 #
 #   scripts/bench.sh [SECTION...]
 #
-# Sections (default: all, in this order):
-#   setup      install what the runs need: nginx, hyperfine, gnuplot (apt), oha (cargo install),
-#              the aarch64 target and cross linker
-#   build      the release builds (agent, emulator) for x86_64 and aarch64 (glibc),
-#              and x86_64 static musl (for comparison: AGENT=target/x86_64-unknown-linux-musl/
-#              device/asset-agent scripts/bench.sh memory)
+# With no section, the quick suite (under 5 minutes once built) that reruns the figures of
+# docs/benchmarks.md "Lean on the device", then prints one summary table:
+#   build      the shipped release build of the agent and the emulator (x86_64)
+#   memory     RSS and PSS idle with a token held, and after load (keep-alive and
+#              new-connection requests)
+#   socket     GET /v1/token vs nginx serving the same bytes, over Unix sockets (oha): four
+#              cells (keep-alive / new connection per request, 1 / 16 clients), rounds
+#              interleaved
+#   coldstart  process start to first token served (no token cache), p50 / p90
+#   idle       agent CPU while idle with 60 s tokens, and CPU per refresh (refreshes are
+#              budgeted since fleet-safe refresh, so they cannot be forced in bulk any more)
+#   summary    the table, from the results of the sections above
+# Other sections (not in the default run):
+#   setup      install what the runs need (nginx, hyperfine, valgrind, bc, oha, the aarch64 target)
+#   aarch64    the aarch64 release build, and its RSS/PSS idle under qemu-user (guest mappings)
 #   size       the stripped shipped binaries
-#   socket     GET /v1/token vs nginx serving a same-size static file, over Unix sockets, oha
-#   memory     RSS/PSS idle, after 100k requests, after 1000 rotations (twice)
-#   coldstart  process start to socket / ready / first token / READY=1, cold and cached
-#   idle       agent CPU over 5 minutes with 60 s tokens
 #   criterion  cargo bench --bench refresh (mint, verify, whole cycle)
-#   instr      instructions per GET /v1/token (callgrind): device build, release build, nginx
+#   instr      instructions per GET /v1/token (callgrind): the agent(s) and nginx
 #   fleet      fleet simulation, 1k and 10k agents, plotted to docs/fleet.png
 #
-# Knobs (environment): BENCH_OUT (results dir, default target/bench), SOCKET_SECS (length of
-# each oha run, default 10), SOCKET_REPEAT (interleaved repeats, default 3), IDLE_SECS (300),
-# COLD_RUNS (50), ROTATIONS (1000), REQUESTS (100000), FLEET_AGENTS ("1000 10000"), AGENT
-# (the agent binary under test, default target/release/asset-agent).
+# Before/after in one run: BASELINE=path/to/old/asset-agent adds that binary as "before" to
+# every agent measurement, interleaved with the one under test ("after"), so both see the
+# same machine load.
+#
+# Knobs (environment): BENCH_OUT (results dir, default target/bench), SOCKET_SECS (length
+# of each oha run, default 5), SOCKET_ROUNDS (interleaved rounds, default 3), IDLE_SECS (60),
+# COLD_RUNS (30 per binary), REQUESTS (100000), AGENT
+# (default target/release/asset-agent), BASELINE (unset), FLEET_AGENTS ("1000 10000").
 #
 # All load goes to Unix sockets and to the emulator on 127.0.0.1; every loop is bounded.
-# The agent under test is the shipped release binary (target/release/asset-agent); the
-# emulator is the release build. Servers are pinned to CPU 0 and the load generator to CPU 1
-# when the machine has two or more CPUs.
+# Servers (agents, nginx) are pinned to CPU 0 and the load generator to CPU 1 when the
+# machine has two or more CPUs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
 OUT=${BENCH_OUT:-$ROOT/target/bench}
-SOCKET_SECS=${SOCKET_SECS:-10}
-SOCKET_REPEAT=${SOCKET_REPEAT:-3}
-IDLE_SECS=${IDLE_SECS:-300}
-COLD_RUNS=${COLD_RUNS:-50}
-ROTATIONS=${ROTATIONS:-1000}
+SOCKET_SECS=${SOCKET_SECS:-5}
+SOCKET_ROUNDS=${SOCKET_ROUNDS:-3}
+IDLE_SECS=${IDLE_SECS:-60}
+COLD_RUNS=${COLD_RUNS:-30}
 REQUESTS=${REQUESTS:-100000}
 FLEET_AGENTS=${FLEET_AGENTS:-"1000 10000"}
 AGENT=${AGENT:-$ROOT/target/release/asset-agent}
 EMU_BIN=${EMU_BIN:-$ROOT/target/release/asset-agent-emulator}
 AARCH64=aarch64-unknown-linux-gnu
-# Static musl build: not the documented device build, measured as the fix for the RSS gap.
-MUSL=x86_64-unknown-linux-musl
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/asset-agent-bench.XXXXXX)
 PIDS=()
+
+# The binaries under test, as "label=path" (first the baseline, if any).
+AGENTS=()
+if [ -n "${BASELINE:-}" ]; then
+  AGENTS+=("before=$(realpath "$BASELINE")" "after=$AGENT")
+else
+  AGENTS+=("agent=$AGENT")
+fi
 
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -56,6 +69,9 @@ cleanup() {
 trap cleanup EXIT
 
 say() { printf '\n== %s ==\n' "$*"; }
+# Agents run in a service's environment: systemd sets no SSL_CERT_FILE / SSL_CERT_DIR (a
+# developer shell often does, and that changes where the CA store is read from).
+AGENT_ENV=(env -u SSL_CERT_FILE -u SSL_CERT_DIR)
 if [ "$(nproc)" -ge 2 ]; then
   SERVER_CPU=(taskset -c 0)
   LOAD_CPU=(taskset -c 1)
@@ -66,7 +82,7 @@ fi
 
 machine() {
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r), $(free -g | awk '/Mem:/{print $2}') GiB"
-  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -80,29 +96,30 @@ setup() {
   command -v bc >/dev/null || need+=(bc)
   command -v file >/dev/null || need+=(file)
   command -v valgrind >/dev/null || need+=(valgrind)
+  command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
   command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
-  command -v musl-gcc >/dev/null || need+=(musl-tools)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
   fi
   command -v oha >/dev/null || cargo install oha --locked
   rustup target list --installed | grep -qx "$AARCH64" || rustup target add "$AARCH64"
-  rustup target list --installed | grep -qx "$MUSL" || rustup target add "$MUSL"
 }
 
 build() {
   say build
-  cargo build --release
+  cargo build --release -p asset-agent -p asset-agent-emulator
+}
+
+aarch64_build() {
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
     cargo build --release -p asset-agent --target "$AARCH64"
-  cargo build --release -p asset-agent --target "$MUSL"
 }
 
 size() {
   say "size (the shipped release profile, stripped)"
   local f
-  for f in target/release/asset-agent "target/$AARCH64/release/asset-agent" "target/$MUSL/release/asset-agent"; do
+  for f in target/release/asset-agent "target/$AARCH64/release/asset-agent"; do
     [ -f "$f" ] || { echo "$f: not built"; continue; }
     printf '%-50s %9d bytes  %5.2f MiB  (%s)\n' "$f" "$(stat -c %s "$f")" \
       "$(echo "$(stat -c %s "$f") / 1048576" | bc -l)" "$(file -b "$f" | cut -d, -f1-2,6-)"
@@ -114,12 +131,13 @@ size() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_emulator LIFETIME_SECS: sets EMU_URL, EMU_PID.
+# start_emulator LIFETIME_SECS: sets EMU_URL, EMU_PID. The emulator runs on the load
+# generator's CPU: it is only busy while an agent refreshes, never during the socket runs.
 start_emulator() {
   local port
   port=$(free_port)
   EMU_URL="http://127.0.0.1:$port"
-  "${SERVER_CPU[@]}" "$EMU_BIN" --listen "127.0.0.1:$port" --token-lifetime "$1" \
+  "${LOAD_CPU[@]}" "$EMU_BIN" --listen "127.0.0.1:$port" --token-lifetime "$1" \
     >"$WORK/emulator.log" 2>&1 &
   EMU_PID=$!
   PIDS+=("$EMU_PID")
@@ -132,10 +150,10 @@ start_emulator() {
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# write_agent DIR [TOKEN_EXTRA]: agent.toml for the running emulator, a refresh token and a
-# device key (generated once per DIR, outside any measurement).
+# write_agent DIR BINARY [TOKEN_EXTRA]: agent.toml for the running emulator, a refresh
+# token and a device key (generated once per DIR, outside any measurement).
 write_agent() {
-  local d=$1 extra=${2:-}
+  local d=$1 bin=$2 extra=${3:-}
   mkdir -p "$d/state"
   curl -sf -X POST "$EMU_URL/__emulator/refresh-tokens" |
     python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["refresh_token"])' >"$d/refresh-token"
@@ -167,13 +185,13 @@ $extra
 [api]
 socket = "$d/run/agent.sock"
 EOF
-  [ -f "$d/device-key.pem" ] || "$AGENT" --config "$d/agent.toml" key generate >/dev/null
+  [ -f "$d/device-key.pem" ] || "$bin" --config "$d/agent.toml" key generate >/dev/null
 }
 
-# start_agent DIR: sets AGENT_PID and waits (bounded) for the first token.
+# start_agent DIR BINARY: sets AGENT_PID and waits (bounded) for the first token.
 start_agent() {
-  local d=$1
-  "${SERVER_CPU[@]}" "$AGENT" --config "$d/agent.toml" run >"$d/agent.log" 2>&1 &
+  local d=$1 bin=$2
+  "${AGENT_ENV[@]}" "${SERVER_CPU[@]}" "$bin" --config "$d/agent.toml" run >"$d/agent.log" 2>&1 &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
   for _ in $(seq 1 400); do
@@ -186,11 +204,12 @@ start_agent() {
 # cpu_ticks PID: utime+stime in clock ticks (includes threads that have exited).
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # cpu_ns PID: on-CPU nanoseconds summed over live threads (schedstat).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
-# mem PID LABEL: one line of RSS/PSS from smaps_rollup.
-mem() {
-  awk -v label="$2" '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{pa=$2} /^Pss_File:/{pf=$2} /^Private_Dirty:/{pd=$2}
-    END {printf "%-44s RSS %6d KiB (%.2f MiB)  PSS %6d KiB (anon %d, file %d)  private dirty %d KiB\n", label, r, r/1024, p, pa, pf, pd}' \
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
+# mem_json PID LABEL STATE: one JSON line of RSS/PSS (KiB) from smaps_rollup.
+mem_json() {
+  awk -v label="$2" -v state="$3" -v threads="$(ls /proc/"$1"/task | wc -l)" \
+    '/^Rss:/{r=$2} /^Pss:/{p=$2} /^Pss_Anon:/{pa=$2} /^Pss_File:/{pf=$2} /^Private_Dirty:/{pd=$2}
+    END {printf "{\"agent\":\"%s\",\"state\":\"%s\",\"rss\":%d,\"pss\":%d,\"pss_anon\":%d,\"pss_file\":%d,\"private_dirty\":%d,\"threads\":%d}\n", label, state, r, p, pa, pf, pd, threads}' \
     "/proc/$1/smaps_rollup"
 }
 # mem_breakdown PID: RSS and PSS per mapping (binary, libc, heap, anonymous, stack...).
@@ -206,44 +225,53 @@ refreshes_ok() {
 }
 
 # ---------------------------------------------------------------------------------------
-# oha_run NAME SOCKET PATH CONCURRENCY KEEPALIVE(yes|no) SECS: appends one JSON line.
+# oha_run NAME SOCKET C KEEPALIVE(yes|no) SECS SERVER_PID ROUND: appends one JSON line.
 oha_run() {
-  local name=$1 sock=$2 path=$3 c=$4 ka=$5 secs=$6 server_pid=$7 flags=()
+  local name=$1 sock=$2 c=$3 ka=$4 secs=$5 server_pid=$6 round=$7 flags=()
   [ "$ka" = no ] && flags+=(--disable-keepalive)
-  local t0 t1 s0 s1
-  t0=$(date +%s.%N); s0=$(cpu_ticks "$server_pid")
+  local t0 t1 n0 n1
+  t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
   "${LOAD_CPU[@]}" oha --no-tui --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
-    --unix-socket "$sock" "http://localhost$path" >"$WORK/oha.json"
-  t1=$(date +%s.%N); s1=$(cpu_ticks "$server_pid")
-  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$(echo "($s1 - $s0) / $(getconf CLK_TCK) / ($t1 - $t0) * 100" | bc -l)" <<'EOF' >>"$OUT/socket.jsonl"
+    --unix-socket "$sock" "http://localhost/v1/token" >"$WORK/oha.json"
+  t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
+  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)" "$round" "$((n1 - n0))" <<'EOF' >>"$OUT/socket.jsonl"
 import json, sys
-name, c, ka, path, cpu = sys.argv[1:6]
+name, c, ka, path, cpu, rnd, ns = sys.argv[1:8]
 d = json.load(open(path))
 s = d["summary"]
 lat = d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
-print(json.dumps({"server": name, "c": int(c), "keepalive": ka == "yes",
+answered = sum(codes.values())
+print(json.dumps({"server": name, "c": int(c), "keepalive": ka == "yes", "round": int(rnd),
     "rps": s["requestsPerSec"], "p50_ms": lat["p50"] * 1e3, "p99_ms": lat["p99"] * 1e3,
+    # Server CPU (schedstat, all threads) per answered request: what other load on the
+    # machine hardly changes, unlike req/s and latency.
+    "cpu_us_per_req": int(ns) / 1e3 / answered if answered else None,
     "ok": codes.get("200", 0), "other": sum(v for k, v in codes.items() if k != "200"),
     # oha cancels the requests in flight when -z runs out and counts them as errors.
-    "errors": sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k),
+    "errors": sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k and "aborted" not in k),
     "error_kinds": d.get("errorDistribution", {}), "server_cpu_pct": float(cpu)}))
 EOF
 }
 
 socket() {
-  say "socket: GET /v1/token vs nginx (oha over Unix sockets, ${SOCKET_SECS}s x ${SOCKET_REPEAT} per cell)"
+  say "socket: GET /v1/token vs nginx (oha over Unix sockets, ${SOCKET_SECS}s per run, ${SOCKET_ROUNDS} interleaved rounds)"
   machine | tee "$OUT/socket-machine.txt"
   start_emulator 3600
-  local d=$WORK/socket
-  write_agent "$d"
-  start_agent "$d"
-  # nginx serves the agent's own answer as a static file of exactly the same size.
-  local n=$WORK/nginx
+  local spec label bin d names=() socks=() pids=()
+  for spec in "${AGENTS[@]}"; do
+    label=${spec%%=*} bin=${spec#*=} d=$WORK/socket-$label
+    write_agent "$d" "$bin"
+    start_agent "$d" "$bin"
+    names+=("$label") socks+=("$d/run/agent.sock") pids+=("$AGENT_PID")
+  done
+  # nginx serves the first agent's own answer as a static file of exactly the same size.
+  local n=$WORK/nginx first=$WORK/socket-${names[0]}
   mkdir -p "$n/www/v1" "$n/tmp"
   # nginx's worker runs as an unprivileged user: let it reach the document root.
   chmod 755 "$WORK" "$n" "$n/www" "$n/www/v1"
-  curl -s --unix-socket "$d/run/agent.sock" http://localhost/v1/token >"$n/www/v1/token"
+  curl -s --unix-socket "$first/run/agent.sock" http://localhost/v1/token >"$n/www/v1/token"
+  chmod 644 "$n/www/v1/token"
   cat >"$n/nginx.conf" <<EOF
 worker_processes 1;
 pid $n/nginx.pid;
@@ -271,163 +299,288 @@ EOF
   local nginx_pid=$!
   PIDS+=("$nginx_pid")
   for _ in $(seq 1 100); do [ -S "$n/nginx.sock" ] && break; sleep 0.05; done
-  local a_size n_size
-  a_size=$(curl -s --unix-socket "$d/run/agent.sock" http://localhost/v1/token | wc -c)
+  local sizes="" i
+  for i in "${!names[@]}"; do
+    sizes+="${names[$i]} $(curl -s --unix-socket "${socks[$i]}" http://localhost/v1/token | wc -c) bytes, "
+  done
+  local n_size
   n_size=$(curl -s --unix-socket "$n/nginx.sock" http://localhost/v1/token | wc -c)
-  echo "body size: agent $a_size bytes, nginx $n_size bytes" | tee "$OUT/socket-body.txt"
-  if [ "$a_size" != "$n_size" ] ||
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$n/nginx.sock" http://localhost/v1/token)" != 200 ]; then
-    echo "nginx does not serve the same-size file; see $n/error.log"; exit 1
+  echo "body size: ${sizes}nginx $n_size bytes" | tee "$OUT/socket-body.txt"
+  if [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$n/nginx.sock" http://localhost/v1/token)" != 200 ]; then
+    echo "nginx does not serve the file; see $n/error.log"; exit 1
   fi
   # nginx's worker is the process doing the work; the master only supervises.
   local worker
   worker=$(pgrep -P "$nginx_pid" | head -1)
+  names+=(nginx) socks+=("$n/nginx.sock") pids+=("$worker")
   : >"$OUT/socket.jsonl"
   # Warm-up, not recorded.
-  "${LOAD_CPU[@]}" oha --no-tui -z 2s -c 16 --unix-socket "$d/run/agent.sock" http://localhost/v1/token >/dev/null
-  "${LOAD_CPU[@]}" oha --no-tui -z 2s -c 16 --unix-socket "$n/nginx.sock" http://localhost/v1/token >/dev/null
-  local r mode c ka
-  for r in $(seq 1 "$SOCKET_REPEAT"); do
+  for i in "${!names[@]}"; do
+    "${LOAD_CPU[@]}" oha --no-tui -z 1s -c 16 --unix-socket "${socks[$i]}" http://localhost/v1/token >/dev/null
+  done
+  # Each round runs every cell for every server; the servers' order rotates per round so
+  # none always runs first (or right after the same neighbour).
+  local r mode c ka k j count=${#names[@]}
+  for r in $(seq 1 "$SOCKET_ROUNDS"); do
     for mode in "1 yes" "16 yes" "1 no" "16 no"; do
       read -r c ka <<<"$mode"
-      oha_run agent "$d/run/agent.sock" /v1/token "$c" "$ka" "$SOCKET_SECS" "$AGENT_PID"
-      oha_run nginx "$n/nginx.sock" /v1/token "$c" "$ka" "$SOCKET_SECS" "$worker"
+      for k in $(seq 0 $((count - 1))); do
+        j=$(((k + r) % count))
+        oha_run "${names[$j]}" "${socks[$j]}" "$c" "$ka" "$SOCKET_SECS" "${pids[$j]}" "$r"
+      done
     done
   done
-  echo "agent refreshes during the runs (should be 1, the initial fetch): $(refreshes_ok "$d")"
-  stop "$nginx_pid"; stop "$AGENT_PID"; stop "$EMU_PID"
-  python3 - "$OUT/socket.jsonl" <<'EOF' | tee "$OUT/socket.md"
+  for i in "${!names[@]}"; do
+    [ "${names[$i]}" = nginx ] || echo "${names[$i]}: refreshes during the runs (1 = only the initial fetch): $(refreshes_ok "$WORK/socket-${names[$i]}")"
+  done
+  stop "$nginx_pid"
+  for i in "${!names[@]}"; do [ "${names[$i]}" = nginx ] || stop "${pids[$i]}"; done
+  stop "$EMU_PID"
+  socket_table | tee "$OUT/socket.md"
+}
+
+socket_table() {
+  python3 - "$OUT/socket.jsonl" <<'EOF'
 import json, sys, statistics as st
 rows = [json.loads(l) for l in open(sys.argv[1])]
+servers = [s for s in dict.fromkeys(r["server"] for r in rows) if s != "nginx"]
 def agg(server, c, ka):
     v = [r for r in rows if r["server"] == server and r["c"] == c and r["keepalive"] == ka]
     f = lambda k: (st.median(x[k] for x in v), min(x[k] for x in v), max(x[k] for x in v))
-    return {k: f(k) for k in ("rps", "p50_ms", "p99_ms", "server_cpu_pct")}, sum(x["other"] + x["errors"] for x in v)
-print("| load | agent req/s | nginx req/s | agent/nginx | agent p50 / p99 ms | nginx p50 / p99 ms | p99 agent/nginx | server CPU agent / nginx |")
+    return {k: f(k) for k in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "cpu_us_per_req")}, sum(x["other"] + x["errors"] for x in v)
+print("| load | server | req/s (range) | vs nginx | p50 / p99 ms | p99 vs nginx | server CPU | CPU µs per request |")
 print("|---|---|---|---|---|---|---|---|")
 for c, ka in [(1, True), (16, True), (1, False), (16, False)]:
-    a, ae = agg("agent", c, ka); n, ne = agg("nginx", c, ka)
-    label = f"{'keep-alive' if ka else 'new connection per request'}, {c} client{'s' if c > 1 else ''}"
-    rng = lambda t: f"{t[0]:,.0f} ({t[1]:,.0f}–{t[2]:,.0f})"
-    print(f"| {label} | {rng(a['rps'])} | {rng(n['rps'])} | {a['rps'][0]/n['rps'][0]:.2f} | "
-          f"{a['p50_ms'][0]:.3f} / {a['p99_ms'][0]:.3f} | {n['p50_ms'][0]:.3f} / {n['p99_ms'][0]:.3f} | "
-          f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {a['server_cpu_pct'][0]:.0f} % / {n['server_cpu_pct'][0]:.0f} % |"
-          + (f" non-200 or errors: agent {ae}, nginx {ne}" if ae or ne else ""))
-print(f"\nmedian of {len(rows)//8} interleaved runs per cell (range in parentheses)")
+    label = f"{'keep-alive' if ka else 'new connection'}, {c} client{'s' if c > 1 else ''}"
+    n, ne = agg("nginx", c, ka)
+    for s in servers + ["nginx"]:
+        a, ae = agg(s, c, ka)
+        rng = f"{a['rps'][0]:,.0f} ({a['rps'][1]:,.0f}–{a['rps'][2]:,.0f})"
+        print(f"| {label} | {s} | {rng} | {a['rps'][0]/n['rps'][0]:.2f} | {a['p50_ms'][0]:.3f} / {a['p99_ms'][0]:.3f} | "
+              f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {a['server_cpu_pct'][0]:.0f} % | {a['cpu_us_per_req'][0]:.1f} |"
+              + (f" non-200 or errors: {ae}" if ae else ""))
+print(f"\nmedian of {max(r['round'] for r in rows)} interleaved {'rounds'} per cell (range in parentheses)")
 EOF
 }
 
 # ---------------------------------------------------------------------------------------
+# memory: RSS and PSS of each agent, idle with a token held and after load. Agents are
+# measured one after the other, twice, in alternating order.
 memory() {
-  say "memory: RSS/PSS of the device-profile agent"
+  say "memory: RSS/PSS, idle with a token held and after load"
   start_emulator 3600
-  local d=$WORK/memory
-  # min_ttl_wait = 0: a `?min_ttl=3600` request asks for a refresh and returns at once.
-  write_agent "$d" 'min_ttl_wait = "0s"'
-  start_agent "$d"
-  : >"$OUT/memory.txt"
-  sleep 5
-  mem "$AGENT_PID" "idle, token held" | tee -a "$OUT/memory.txt"
-  local round
+  : >"$OUT/memory.jsonl"
+  : >"$OUT/memory-maps.txt"
+  local round spec label bin d order=()
   for round in 1 2; do
-    "${LOAD_CPU[@]}" oha --no-tui -n "$REQUESTS" -c 16 --unix-socket "$d/run/agent.sock" \
-      http://localhost/v1/token >"$WORK/oha.txt"
-    grep -E 'Success rate|Requests/sec' "$WORK/oha.txt" | tr -s ' ' | sed 's/^/  /' >>"$OUT/memory.txt"
-    mem "$AGENT_PID" "round $round: after $REQUESTS more requests" | tee -a "$OUT/memory.txt"
-    rotate "$d" "$ROTATIONS"
-    mem "$AGENT_PID" "round $round: after $ROTATIONS more rotations" | tee -a "$OUT/memory.txt"
+    order=("${AGENTS[@]}")
+    [ "$round" = 2 ] && order=($(printf '%s\n' "${AGENTS[@]}" | tac))
+    for spec in "${order[@]}"; do
+      label=${spec%%=*} bin=${spec#*=} d=$WORK/memory-$label-$round
+      write_agent "$d" "$bin"
+      start_agent "$d" "$bin"
+      sleep 3
+      mem_json "$AGENT_PID" "$label" idle >>"$OUT/memory.jsonl"
+      [ "$round" = 1 ] && { echo "$label, idle with a token held, by mapping:"; mem_breakdown "$AGENT_PID"; } | tee -a "$OUT/memory-maps.txt"
+      "${LOAD_CPU[@]}" oha --no-tui -n "$REQUESTS" -c 16 --unix-socket "$d/run/agent.sock" \
+        http://localhost/v1/token >/dev/null
+      "${LOAD_CPU[@]}" oha --no-tui -n $((REQUESTS / 10)) -c 16 --disable-keepalive \
+        --unix-socket "$d/run/agent.sock" http://localhost/v1/token >/dev/null
+      sleep 2
+      mem_json "$AGENT_PID" "$label" "after load" >>"$OUT/memory.jsonl"
+      stop "$AGENT_PID"
+    done
   done
-  sleep 5
-  mem "$AGENT_PID" "idle again (5 s later)" | tee -a "$OUT/memory.txt"
-  echo "  by mapping:" | tee -a "$OUT/memory.txt"
-  mem_breakdown "$AGENT_PID" | tee -a "$OUT/memory.txt"
-  # Beyond the goal's scenario: many clients at once (the server allows 256 connections).
-  for round in 1 2 3; do
-    "${LOAD_CPU[@]}" oha --no-tui -n 50000 -c 200 --unix-socket "$d/run/agent.sock" \
-      http://localhost/v1/token >/dev/null
-    mem "$AGENT_PID" "wide $round: after 50000 requests, 200 clients" | tee -a "$OUT/memory.txt"
-  done
-  stop "$AGENT_PID"; stop "$EMU_PID"
+  stop "$EMU_PID"
+  memory_table | tee "$OUT/memory.md"
 }
 
-# rotate DIR N: N full refresh cycles (actor token, exchange, verify, cache write, publish)
-# forced through the public API: `GET /v1/token?min_ttl=3600` against 3600 s tokens asks for
-# more than any token has left, so each request wakes the refresh loop (the answer is 503
-# at once with min_ttl_wait = 0; requests during a refresh coalesce into one more refresh).
-rotate() {
-  local d=$1 n=$2 before t0 s0
-  before=$(refreshes_ok "$d"); t0=$(date +%s.%N); s0=$(cpu_ticks "$AGENT_PID")
-  python3 - "$d/run/agent.sock" "$n" <<'EOF' | tee -a "$OUT/memory.txt"
-import http.client, json, socket, sys, time
-path, n = sys.argv[1], int(sys.argv[2])
-class C(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(path)
-c = C("localhost")
-def ok():
-    c.request("GET", "/v1/status"); r = c.getresponse(); return json.loads(r.read())["refreshes_ok"]
-start, sent, deadline = ok(), 0, time.time() + 600
-while time.time() < deadline:
-    c.request("GET", "/v1/token?min_ttl=3600"); c.getresponse().read(); sent += 1
-    if sent % 10 == 0 and ok() - start >= n:
-        break
-    time.sleep(0.0005)
-print(f"  rotations: {ok() - start} (asked {n}), trigger requests: {sent}")
+memory_table() {
+  python3 - "$OUT/memory.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| agent | state | RSS KiB (MiB) | PSS KiB | PSS anon / file KiB | threads |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['agent']} | {r['state']} | {r['rss']:,} ({r['rss']/1024:.2f}) | {r['pss']:,} | {r['pss_anon']:,} / {r['pss_file']:,} | {r['threads']} |")
 EOF
-  local after t1 s1
-  after=$(refreshes_ok "$d"); t1=$(date +%s.%N); s1=$(cpu_ticks "$AGENT_PID")
-  echo "  $((after - before)) rotations in $(printf '%.1f' "$(echo "$t1 - $t0" | bc -l)") s, agent CPU $(printf '%.2f' "$(echo "($s1 - $s0) * 1000 / $(getconf CLK_TCK) / ($after - $before)" | bc -l)") ms per rotation (incl. trigger requests)" |
-    tee -a "$OUT/memory.txt"
 }
 
 # ---------------------------------------------------------------------------------------
+# coldstart: process start to the first `GET /v1/token` answered 200, key present, no token
+# cache (access token, exchange, JWKS, verification all happen), the socket polled every
+# 250 µs from just before the spawn; runs alternate between the binaries.
 coldstart() {
-  say "cold start: process start to first token (key present)"
+  say "cold start: process start to first token (key present, no token cache), $COLD_RUNS runs each"
   start_emulator 3600
-  local d=$WORK/cold
-  write_agent "$d"
-  cargo bench --bench coldstart --no-run >/dev/null 2>&1
-  : >"$OUT/coldstart.txt"
-  local cache
-  for cache in remove keep; do
-    # One start fills the cache for the `keep` runs (and warms the page cache for both).
-    start_agent "$d"; stop "$AGENT_PID"
-    cargo bench --bench coldstart -- --agent "$AGENT" --config "$d/agent.toml" \
-      --socket "$d/run/agent.sock" --state-dir "$d/state" --runs "$COLD_RUNS" --cache "$cache" |
-      grep -v '^fleet\|^$' | tee -a "$OUT/coldstart.txt"
+  local spec label bin d args=()
+  for spec in "${AGENTS[@]}"; do
+    label=${spec%%=*} bin=${spec#*=} d=$WORK/cold-$label
+    write_agent "$d" "$bin"
+    # One start outside the measurement warms the page cache.
+    start_agent "$d" "$bin"; stop "$AGENT_PID"
+    args+=("$label" "$bin" "$d")
   done
-  echo "hyperfine: one-shot clients fetching a token from a running agent" | tee -a "$OUT/coldstart.txt"
-  start_agent "$d"
-  hyperfine -N --warmup 20 --runs 300 --export-markdown "$OUT/client.md" \
-    "curl -s --unix-socket $d/run/agent.sock http://localhost/v1/token" \
-    "$AGENT token --raw --socket $d/run/agent.sock" | tee -a "$OUT/coldstart.txt"
-  stop "$AGENT_PID"; stop "$EMU_PID"
+  python3 - "$COLD_RUNS" "${AGENT_ENV[*]} ${SERVER_CPU[*]:-}" "${args[@]}" <<'EOF' | tee "$OUT/coldstart.txt"
+import json, os, signal, socket, subprocess, sys, time
+runs, pin, rest = int(sys.argv[1]), sys.argv[2].split(), sys.argv[3:]
+agents = [rest[i:i + 3] for i in range(0, len(rest), 3)]
+def status(sock_path):
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(sock_path)
+        s.sendall(b"GET /v1/token HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        head = s.recv(12)
+        s.close()
+        return int(head[9:12])
+    except (OSError, ValueError):
+        return None
+res = {label: [] for label, _, _ in agents}
+for run in range(runs):
+    for label, bin_, d in (agents if run % 2 == 0 else agents[::-1]):
+        try:
+            os.remove(os.path.join(d, "state", "token-cache.json"))
+        except FileNotFoundError:
+            pass
+        sock = os.path.join(d, "run", "agent.sock")
+        t0 = time.perf_counter()
+        p = subprocess.Popen(pin + [bin_, "--config", os.path.join(d, "agent.toml"), "run"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        got = None
+        while time.perf_counter() - t0 < 20:
+            if status(sock) == 200:
+                got = (time.perf_counter() - t0) * 1e3
+                break
+            time.sleep(0.00025)
+        p.send_signal(signal.SIGTERM)
+        p.wait()
+        if got is not None:
+            res[label].append(got)
+for label, v in res.items():
+    v.sort()
+    q = lambda f: v[min(len(v) - 1, int(f * len(v)))]
+    print(json.dumps({"agent": label, "runs": len(v), "p50_ms": q(0.5), "p90_ms": q(0.9), "max_ms": v[-1]}))
+EOF
+  stop "$EMU_PID"
 }
 
+# ---------------------------------------------------------------------------------------
+# idle: every agent at once (independent processes), 60 s tokens, so the window holds
+# refreshes as a device's idle time does.
 idle() {
   say "idle CPU over ${IDLE_SECS}s with 60 s tokens"
   start_emulator 60
-  local d=$WORK/idle
-  write_agent "$d"
-  start_agent "$d"
+  local spec label bin d labels=() dirs=() pids=()
+  for spec in "${AGENTS[@]}"; do
+    label=${spec%%=*} bin=${spec#*=} d=$WORK/idle-$label
+    write_agent "$d" "$bin" 'refresh = "eager"'
+    start_agent "$d" "$bin"
+    labels+=("$label") dirs+=("$d") pids+=("$AGENT_PID")
+  done
   sleep 5
-  local r0 t0 s0 n0 r1 t1 s1 n1 hz
+  local i t0 t1 hz r0=() s0=() n0=() w0=()
   hz=$(getconf CLK_TCK)
-  local w0 w1
-  r0=$(refreshes_ok "$d"); t0=$(date +%s.%N); s0=$(cpu_ticks "$AGENT_PID"); n0=$(cpu_ns "$AGENT_PID")
-  w0=$(cat /proc/"$AGENT_PID"/task/*/status | awk '/^voluntary_ctxt_switches/{s += $2} END {print s}')
+  wakeups() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt_switches/{s += $2} END {print s}'; }
+  t0=$(date +%s.%N)
+  for i in "${!labels[@]}"; do
+    r0+=("$(refreshes_ok "${dirs[$i]}")") s0+=("$(cpu_ticks "${pids[$i]}")") n0+=("$(cpu_ns "${pids[$i]}")") w0+=("$(wakeups "${pids[$i]}")")
+  done
   sleep "$IDLE_SECS"
-  t1=$(date +%s.%N); s1=$(cpu_ticks "$AGENT_PID"); n1=$(cpu_ns "$AGENT_PID")
-  w1=$(cat /proc/"$AGENT_PID"/task/*/status | awk '/^voluntary_ctxt_switches/{s += $2} END {print s}')
-  r1=$(refreshes_ok "$d")
-  {
-    echo "window $(printf '%.1f' "$(echo "$t1 - $t0" | bc -l)") s, refreshes in it: $((r1 - r0))"
-    echo "utime+stime: $((s1 - s0)) ticks of 1/$hz s = $(printf '%.4f' "$(echo "($s1 - $s0) / $hz / ($t1 - $t0) * 100" | bc -l)") % of one CPU"
-    echo "schedstat:   $(printf '%.1f' "$(echo "($n1 - $n0) / 1000000" | bc -l)") ms on CPU = $(printf '%.4f' "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)") % of one CPU"
-    echo "wake-ups (voluntary context switches, live threads): $((w1 - w0)); threads: $(ls /proc/"$AGENT_PID"/task | wc -l)"
-    [ $((r1 - r0)) -gt 0 ] && echo "per refresh: $(printf '%.2f' "$(echo "($n1 - $n0) / 1000000 / ($r1 - $r0)" | bc -l)") ms of agent CPU (schedstat; the idle time between refreshes included)"
-  } | tee "$OUT/idle.txt"
+  t1=$(date +%s.%N)
+  : >"$OUT/idle.jsonl"
+  for i in "${!labels[@]}"; do
+    local r1 s1 n1 w1
+    r1=$(refreshes_ok "${dirs[$i]}") s1=$(cpu_ticks "${pids[$i]}") n1=$(cpu_ns "${pids[$i]}") w1=$(wakeups "${pids[$i]}")
+    python3 -c 'import json,sys; a=sys.argv[1:]; w=float(a[1])-float(a[0]); print(json.dumps({"agent":a[2],"window_s":round(w,1),"refreshes":int(a[3]),
+      "cpu_pct_ticks":int(a[4])/int(a[5])/w*100,"cpu_ms_schedstat":int(a[6])/1e6,"cpu_pct":int(a[6])/1e9/w*100,"wakeups":int(a[7]),
+      "ms_per_refresh":(int(a[6])/1e6/int(a[3])) if int(a[3]) else None}))' \
+      "$t0" "$t1" "${labels[$i]}" $((r1 - ${r0[$i]})) $((s1 - ${s0[$i]})) "$hz" $((n1 - ${n0[$i]})) $((w1 - ${w0[$i]})) |
+      tee -a "$OUT/idle.jsonl"
+    stop "${pids[$i]}"
+  done
+  stop "$EMU_PID"
+}
+
+# ---------------------------------------------------------------------------------------
+# aarch64: the aarch64 build's memory under qemu-user. qemu's own memory is not the
+# agent's, so only the guest's file mappings (the agent binary and the aarch64 libraries)
+# are summed; the guest heap is inside qemu's anonymous memory and is not separable.
+aarch64() {
+  say "aarch64 (qemu-user): RSS of the guest's file mappings, idle with a token held"
+  aarch64_build
+  start_emulator 3600
+  local bin=$ROOT/target/$AARCH64/release/asset-agent d=$WORK/arm
+  write_agent "$d" "$AGENT"
+  "${AGENT_ENV[@]}" QEMU_LD_PREFIX=/usr/aarch64-linux-gnu "${SERVER_CPU[@]}" qemu-aarch64 "$bin" --config "$d/agent.toml" run >"$d/agent.log" 2>&1 &
+  AGENT_PID=$!
+  PIDS+=("$AGENT_PID")
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
+    sleep 0.1
+  done
+  sleep 3
+  awk -v bin="$bin" '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6) ? $6 : ""; guest = (name == bin || name ~ /aarch64-linux-gnu/) }
+       guest && /^Rss:/ { r += $2 } guest && /^Pss:/ { p += $2 }
+       END { printf "{\"agent\":\"aarch64 (qemu)\",\"guest_file_rss\":%d,\"guest_file_pss\":%d}\n", r, p }' \
+    "/proc/$AGENT_PID/smaps" | tee "$OUT/aarch64.jsonl"
+  mem_json "$AGENT_PID" "qemu-aarch64 process (qemu included)" idle | tee -a "$OUT/aarch64.jsonl"
   stop "$AGENT_PID"; stop "$EMU_PID"
+}
+
+# ---------------------------------------------------------------------------------------
+summary() {
+  say "summary"
+  python3 - "$OUT" <<'EOF' | tee "$OUT/summary.md"
+import json, os, statistics as st, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name)
+    return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
+mem, sock, idle = load("memory.jsonl"), load("socket.jsonl"), load("idle.jsonl")
+cold = [json.loads(l) for l in open(os.path.join(out, "coldstart.txt")) if l.startswith("{")] if os.path.exists(os.path.join(out, "coldstart.txt")) else []
+agents = list(dict.fromkeys([r["agent"] for r in mem] + [r["server"] for r in sock if r["server"] != "nginx"] + [r["agent"] for r in cold] + [r["agent"] for r in idle]))
+rows = []
+def cell(a, f):
+    try:
+        return f(a)
+    except (ValueError, ZeroDivisionError, KeyError, st.StatisticsError):
+        return "–"
+def med(rs, k):
+    return st.median(r[k] for r in rs)
+def memv(a, state, k):
+    v = [r[k] for r in mem if r["agent"] == a and r["state"] == state]
+    return f"{max(v):,} KiB ({max(v) / 1024:.2f} MiB)"
+def sockv(a, c, ka):
+    mine = [r for r in sock if r["server"] == a and r["c"] == c and r["keepalive"] == ka]
+    ng = [r for r in sock if r["server"] == "nginx" and r["c"] == c and r["keepalive"] == ka]
+    return (f"{med(mine, 'rps') / med(ng, 'rps'):.2f}x / {med(mine, 'p99_ms') / med(ng, 'p99_ms'):.2f}x"
+            f" ({med(mine, 'cpu_us_per_req'):.1f} vs {med(ng, 'cpu_us_per_req'):.1f} µs CPU/req)")
+def coldv(a):
+    r = next(r for r in cold if r["agent"] == a)
+    return f"{r['p50_ms']:.1f} ms (p90 {r['p90_ms']:.1f})"
+def idlev(a):
+    r = next(r for r in idle if r["agent"] == a)
+    return f"{r['cpu_pct']:.4f} % ({r['refreshes']} refreshes, {r['cpu_ms_schedstat']:.1f} ms)"
+lines = [
+    ("RSS idle, token held (max of 2)", lambda a: memv(a, "idle", "rss")),
+    ("PSS idle, token held", lambda a: memv(a, "idle", "pss")),
+    ("RSS after load", lambda a: memv(a, "after load", "rss")),
+    ("PSS after load", lambda a: memv(a, "after load", "pss")),
+    ("keep-alive, 1 client: req/s / p99 vs nginx", lambda a: sockv(a, 1, True)),
+    ("keep-alive, 16 clients", lambda a: sockv(a, 16, True)),
+    ("new connection, 1 client", lambda a: sockv(a, 1, False)),
+    ("new connection, 16 clients", lambda a: sockv(a, 16, False)),
+    ("cold start to first token, p50", coldv),
+    (f"idle CPU", idlev),
+]
+print("| figure | " + " | ".join(agents) + " |")
+print("|---|" + "---|" * len(agents))
+for name, f in lines:
+    print(f"| {name} | " + " | ".join(cell(a, f) for a in agents) + " |")
+print()
+print("socket cells: throughput / p99 as a multiple of nginx's (median of the interleaved rounds), and server CPU per request (agent vs nginx)")
+EOF
 }
 
 criterion() {
@@ -505,12 +658,12 @@ instr() {
   say "instructions per request (callgrind, 5000 keep-alive requests, 1 client)"
   command -v valgrind >/dev/null || { apt-get update -qq; apt-get install -y -qq valgrind; }
   start_emulator 3600
-  local bin d vp size=0
+  local spec label bin d vp size=0
   : >"$OUT/instr.txt"
-  for bin in "$AGENT" "$EMU_BIN"; do
-    d=$WORK/cg-$(basename "$(dirname "$bin")")
-    write_agent "$d"
-    valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" "$bin" --config "$d/agent.toml" run \
+  for spec in "${AGENTS[@]}"; do
+    label=${spec%%=*} bin=${spec#*=} d=$WORK/cg-$label
+    write_agent "$d" "$bin"
+    "${AGENT_ENV[@]}" valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out.%p" "$bin" --config "$d/agent.toml" run \
       >"$d/agent.log" 2>&1 &
     vp=$!
     PIDS+=("$vp")
@@ -519,7 +672,7 @@ instr() {
       sleep 0.1
     done
     size=$(curl -s --unix-socket "$d/run/agent.sock" http://localhost/v1/token | wc -c)
-    echo "agent $bin: $(callgrind_per_request "$vp" "$d/run/agent.sock" 5000) instructions per request" |
+    echo "$label ($bin): $(callgrind_per_request "$vp" "$d/run/agent.sock" 5000) instructions per request" |
       tee -a "$OUT/instr.txt"
     stop "$vp"
   done
@@ -551,10 +704,10 @@ NGINX
 # Sourced (for one-off experiments with the functions above): define, run nothing.
 [[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 sections=("$@")
-[ ${#sections[@]} -gt 0 ] || sections=(setup build size socket memory coldstart idle criterion instr fleet)
+[ ${#sections[@]} -gt 0 ] || sections=(build memory socket coldstart idle summary)
 for s in "${sections[@]}"; do
   case $s in
-    setup | build | size | socket | memory | coldstart | idle | criterion | fleet | plot_fleet | instr) "$s" ;;
+    setup | build | size | socket | memory | coldstart | idle | summary | aarch64 | criterion | fleet | plot_fleet | instr) "$s" ;;
     *) echo "unknown section: $s"; exit 2 ;;
   esac
 done

@@ -66,6 +66,8 @@ pub enum Error {
     Mqtt(#[source] crate::mqtt::Error),
     #[error("a secret or state file is not safe to use")]
     UnsafePath(#[source] secure_path::Error),
+    #[error("a file sink ([[sink]]) cannot be used")]
+    Sink(#[source] crate::sink::Error),
 }
 
 impl Error {
@@ -237,6 +239,16 @@ pub async fn start(
         None => None,
     };
 
+    let sinks = config
+        .sinks
+        .iter()
+        .map(|s| crate::sink::Writer::new(s.clone(), config.asset.device_id.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Sink)?;
+    let sink_stats = Arc::new(crate::sink::Sinks(
+        sinks.iter().map(|w| w.stats().clone()).collect(),
+    ));
+
     let server = Server::listen(&config.api.socket)
         .await
         .map_err(Error::Socket)?;
@@ -255,8 +267,10 @@ pub async fn start(
     if let Some((_, handle)) = &mqtt {
         metrics.register(handle.stats().clone());
     }
+    metrics.register(sink_stats.clone());
     let shared = Arc::new(Shared {
         tokens: tokens.clone(),
+        token_body: api::routes::token::Prepared::default(),
         info: Info {
             device_id: config.asset.device_id.clone(),
             key_thumbprint: key.public_jwk().kid.clone(),
@@ -273,6 +287,7 @@ pub async fn start(
         mqtt: mqtt.as_ref().map(|(_, handle)| handle.clone()),
         reload: options.reload,
         children: Some(children.clone()),
+        sinks: sink_stats,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
     tasks.spawn("refresh loop", refresher.run(cancel.child_token()));
@@ -303,6 +318,12 @@ pub async fn start(
             },
             done,
         );
+    }
+    // A sink wants a fresh token at all times: it holds demand (on demand acts as eager).
+    for sink in sinks {
+        let demand = Some(tokens.hold());
+        let run = sink.run(tokens.current.clone(), demand, cancel.child_token());
+        tasks.spawn("file sink", run);
     }
     Ok(Running {
         tokens,

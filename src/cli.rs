@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// asset-agent: gives this device its Salesforce identity and hands asset tokens to local apps.
 #[derive(Debug, Parser)]
@@ -40,6 +43,45 @@ pub enum Command {
     /// Enroll this device with the OAuth device flow: shows a code to approve in a browser,
     /// then stores the refresh token for the agent.
     Enroll,
+    /// Run a command with the asset token in an environment variable and/or a file, kept
+    /// current on rotation; forwards signals and exits with the command's status.
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Put the token in this environment variable (default ASSET_TOKEN when neither
+    /// --env nor --file is given).
+    #[arg(long, value_name = "NAME")]
+    pub env: Option<String>,
+    /// Keep the token in this file (mode 0600, yours), rewritten on every rotation and
+    /// removed when no valid token is held and when the command ends.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// On rotation: restart the command with the new token (the default with --env),
+    /// send it --signal (the file is rewritten first), or do nothing but rewrite the file
+    /// (the default with only --file).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_rotation: Option<OnRotation>,
+    /// The signal --on-rotation=signal sends.
+    #[arg(long, default_value = "HUP", value_name = "SIG")]
+    pub signal: String,
+    /// How long to wait for a first token before giving up.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `exec --on-rotation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnRotation {
+    Restart,
+    Signal,
+    None,
 }
 
 /// Which identity a client command is about (gateway mode).

@@ -31,6 +31,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("could not remove {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("could not sync directory {}", path.display())]
     SyncDir {
         path: PathBuf,
@@ -59,6 +65,24 @@ pub fn write_secret_atomic_as(
     contents: &[u8],
     owner: Option<(u32, u32)>,
 ) -> Result<(), Error> {
+    let (uid, gid) = owner.unzip();
+    write_atomic(path, contents, 0o600, uid, gid)
+}
+
+/// Writes `contents` to `path` atomically: a temporary file created 0600, given `uid` and
+/// `gid` (each left alone when `None`) and then `mode`, fsynced, renamed over `path`, and
+/// the directory fsynced. The temporary file is created with `O_EXCL` and the rename
+/// replaces a symlink rather than following it, so no link is ever written through.
+///
+/// # Errors
+/// As [`write_secret_atomic`].
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), Error> {
     let dir = parent_dir(path)?;
     let file_name = path
         .file_name()
@@ -72,10 +96,14 @@ pub fn write_secret_atomic_as(
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)?;
         f.write_all(contents)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::fchown(&f, uid, gid)?;
+        }
+        if mode != 0o600 {
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
         }
         f.sync_all()
     };
@@ -91,6 +119,25 @@ pub fn write_secret_atomic_as(
         });
     }
     sync_dir(&dir)
+}
+
+/// Removes `path` (not following a symlink) and fsyncs its directory. A missing file is
+/// not an error. Returns whether a file was removed.
+///
+/// # Errors
+/// [`Error::Remove`]; [`Error::SyncDir`].
+pub fn remove_synced(path: &Path) -> Result<bool, Error> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            sync_dir(&parent_dir(path)?)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(Error::Remove {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Creates `path` with `contents` (0600) only if it does not exist, so that a crash at any

@@ -17,7 +17,7 @@
 //! - the token: [`token`] (one fetch: `flow`; keeping it fresh: `refresher`; the cache;
 //!   state);
 //! - serving: [`api`] (the socket: `router`, `routes/*`, peer roles), [`mqtt`] (the
-//!   uplink), [`systemd`] (notify, watchdog);
+//!   uplink), [`sink`] (token files and rotation hooks), [`systemd`] (notify, watchdog);
 //! - assembly: [`agent`] (builds and starts everything, `tasks` supervises it), `reload`,
 //!   [`commands`] + [`cli`] + [`client`] (the binary's subcommands).
 //!
@@ -44,6 +44,7 @@ pub mod mqtt;
 pub(crate) mod reload;
 pub mod salesforce;
 pub mod secure_path;
+pub mod sink;
 pub mod skew;
 pub mod systemd;
 pub(crate) mod tasks;

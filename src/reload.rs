@@ -137,7 +137,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 34] = [
+    let rows: [(&'static str, bool); 35] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -184,6 +184,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("api.socket", a.api.socket != b.api.socket),
         ("api.allow_uids", a.api.allow_uids != b.api.allow_uids),
         ("api.allow_gids", a.api.allow_gids != b.api.allow_gids),
+        ("sink", a.sinks != b.sinks),
         ("log.level", a.log.level != b.log.level),
         ("log.format", a.log.format != b.log.format),
         // Where child files come from matters only through the children it yields.

@@ -1,12 +1,32 @@
 //! TLS trust for every outbound connection (Salesforce and the MQTT broker): the system CA
 //! store, else Mozilla's roots bundled in the binary (many device images ship without
 //! ca-certificates), plus an optional extra CA file.
+//!
+//! The system store is parsed once per process, on first use, and shared (one `Arc`) by
+//! every client that adds no CA file of its own. When neither `SSL_CERT_FILE` nor
+//! `SSL_CERT_DIR` is set and the distribution's bundle file exists, only that file is read,
+//! as a stream: each certificate becomes a trust anchor as it is parsed and its DER is
+//! dropped at once. A generic loader also reads every file of `/etc/ssl/certs`, which on
+//! Debian holds the same certificates a second time, one per file: twice the parsing at
+//! start-up, and all of it held in memory at once (a higher heap high-water mark for the
+//! process's whole life).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
+
+/// Where distributions keep their CA bundle (the paths OpenSSL's probe also tries).
+const BUNDLES: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/ssl/cert.pem",
+];
 
 /// The trust anchors could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -27,37 +47,121 @@ pub enum RootsError {
     NoCertificate { path: PathBuf },
 }
 
-/// Where TLS trust comes from.
-pub fn root_store(ca_file: Option<&Path>) -> Result<(RootCertStore, &'static str), RootsError> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    let (added, _) = roots.add_parsable_certificates(native.certs);
-    let mut source = "system CA store";
-    if added == 0 {
-        // Many device images ship without ca-certificates: fall back to Mozilla's roots.
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        source = "bundled webpki roots";
+/// Where TLS trust comes from: the system (or bundled) anchors, plus those of `ca_file`.
+///
+/// # Errors
+/// When `ca_file` cannot be read or holds no usable certificate.
+pub fn root_store(
+    ca_file: Option<&Path>,
+) -> Result<(Arc<RootCertStore>, &'static str), RootsError> {
+    let (system, source) = system();
+    let Some(path) = ca_file else {
+        return Ok((system.clone(), source));
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect())
+        .map_err(|source| RootsError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(RootsError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
-    if let Some(path) = ca_file {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect())
-            .map_err(|source| RootsError::ReadFile {
+    let mut roots = RootCertStore::clone(system);
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|source| RootsError::BadCertificate {
                 path: path.to_owned(),
                 source,
             })?;
-        if certs.is_empty() {
-            return Err(RootsError::NoCertificate {
-                path: path.to_owned(),
-            });
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|source| RootsError::BadCertificate {
-                    path: path.to_owned(),
-                    source,
-                })?;
-        }
     }
-    Ok((roots, source))
+    Ok((Arc::new(roots), source))
+}
+
+/// The system's anchors, else the bundled ones; parsed on the first call only.
+fn system() -> &'static (Arc<RootCertStore>, &'static str) {
+    static SYSTEM: OnceLock<(Arc<RootCertStore>, &'static str)> = OnceLock::new();
+    SYSTEM.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        let configured = std::env::var_os("SSL_CERT_FILE").is_some()
+            || std::env::var_os("SSL_CERT_DIR").is_some();
+        let bundle = BUNDLES.iter().map(Path::new).find(|p| p.is_file());
+        match bundle.filter(|_| !configured) {
+            Some(path) => add_bundle(&mut roots, path),
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(native.certs);
+            }
+        }
+        if roots.is_empty() {
+            // Many device images ship without ca-certificates: fall back to Mozilla's roots.
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            return (Arc::new(roots), "bundled webpki roots");
+        }
+        (Arc::new(roots), "system CA store")
+    })
+}
+
+/// Adds every usable certificate of the PEM bundle at `path`, one at a time; what cannot be
+/// read or parsed is skipped, as the generic loader does.
+fn add_bundle(roots: &mut RootCertStore, path: &Path) {
+    let Ok(certs) = CertificateDer::pem_file_iter(path) else {
+        return;
+    };
+    for cert in certs.flatten() {
+        let _ = roots.add(cert);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_store_is_parsed_once_and_shared() {
+        let (a, _) = root_store(None).unwrap();
+        let (b, _) = root_store(None).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn a_bundle_is_read_certificate_by_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        let pem: String = test_pem(2) + "garbage between\n";
+        std::fs::write(&path, pem).unwrap();
+        let mut roots = RootCertStore::empty();
+        add_bundle(&mut roots, &path);
+        assert_eq!(roots.len(), 2);
+        let mut none = RootCertStore::empty();
+        add_bundle(&mut none, &dir.path().join("missing.pem"));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn an_extra_ca_file_adds_to_the_system_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("extra.pem");
+        std::fs::write(&path, test_pem(1)).unwrap();
+        let (system, _) = root_store(None).unwrap();
+        let (with, _) = root_store(Some(&path)).unwrap();
+        assert!(!Arc::ptr_eq(&system, &with));
+        assert_eq!(with.len(), system.len() + 1);
+    }
+
+    /// `n` self-signed test certificates as PEM.
+    fn test_pem(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                rcgen::generate_simple_self_signed(vec![format!("ca{i}.example")])
+                    .unwrap()
+                    .cert
+                    .pem()
+            })
+            .collect()
+    }
 }

@@ -484,3 +484,40 @@ async fn exchange_runs_the_real_flow() {
     let c = check(&config, &["--exchange"], &[], None).await;
     c.expect("exchange", "warning", "an agent is running");
 }
+
+#[tokio::test]
+async fn sinks_are_checked_for_path_mode_and_hook() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let (dev, config) = device(&emu);
+    std::fs::create_dir(dev.path("run")).unwrap();
+    let sinks = dev.path("sinks");
+    std::fs::create_dir(&sinks).unwrap();
+    let open = dev.path("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    std::fs::write(sinks.join("old.jwt"), "x").unwrap();
+    chmod(&sinks.join("old.jwt"), 0o600);
+    std::os::unix::fs::symlink("/etc/passwd", sinks.join("link")).unwrap();
+    let pid_file = dev.path("app.pid");
+    std::fs::write(&pid_file, "1234").unwrap();
+    chmod(&pid_file, 0o666);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[sink]]\npath = \"{s}/good.jwt\"\ncommand = [\"/bin/true\"]\n\n[[sink]]\npath = \"{s}/link\"\n\n[[sink]]\npath = \"{o}/token\"\n\n[[sink]]\npath = \"{s}/old.jwt\"\npid_file = \"{p}\"\n\n[[sink]]\npath = \"{s}/x\"\ncommand = [\"/nonexistent/reload\"]\n",
+        s = sinks.display(),
+        o = open.display(),
+        p = pid_file.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let c = check(&config, &[], &[], None).await;
+    assert_eq!(c.code, Some(1), "{:#}", c.report);
+    c.expect("sink", "ok", "good.jwt");
+    c.expect("sink", "error", "is a symbolic link");
+    assert!(
+        c.fix("sink", "error", "anyone can write")
+            .contains("chmod o-w")
+    );
+    c.expect("sink", "warning", "is mode 0600");
+    assert!(c.fix("sink", "error", "PID file").contains("chmod o-w"));
+    c.expect("sink", "error", "/nonexistent/reload is not an executable");
+}

@@ -72,6 +72,8 @@ fn every_shipped_file_loads() {
 fn schema_keys(tmp: &Path, section: &str) -> Vec<String> {
     let text = if section.is_empty() {
         "zzz_not_a_key = 1\n".to_owned()
+    } else if ARRAYS.contains(&section) {
+        format!("[[{section}]]\nzzz_not_a_key = 1\n")
     } else {
         format!("[{section}]\nzzz_not_a_key = 1\n")
     };
@@ -88,12 +90,18 @@ fn schema_keys(tmp: &Path, section: &str) -> Vec<String> {
     }
 }
 
+/// Arrays of tables: documented as a commented-out `# [[name]]` example.
+const ARRAYS: [&str; 1] = ["sink"];
+
 /// Splits agent.toml into (section, line) pairs.
 fn lines_by_section(text: &str) -> Vec<(String, &str)> {
     let mut section = String::new();
     let mut out = Vec::new();
     for line in text.lines() {
+        let array = line.strip_prefix("# [[").and_then(|l| l.strip_suffix("]]"));
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if let Some(name) = array {
             section = name.to_owned();
         }
         out.push((section.clone(), line));
@@ -113,7 +121,9 @@ fn agent_toml_documents_every_key() {
             continue;
         }
         assert!(
-            text.contains(&format!("\n[{section}]\n")),
+            text.contains(&format!("\n[{section}]\n"))
+                || ARRAYS.contains(&section.as_str())
+                    && text.contains(&format!("\n# [[{section}]]\n")),
             "[{section}] missing"
         );
         let keys = schema_keys(tmp.path(), section);

@@ -104,8 +104,12 @@ impl AsyncWrite for TimedIo {
         self.check(cx, polled)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    /// A no-op: hyper shuts a connection down only to close it, and the stream is dropped
+    /// (closed) right after. On a Unix stream, `close` ends the peer's reads just as
+    /// `shutdown(SHUT_WR)` would, with nothing to linger or flush; skipping it saves one
+    /// system call per connection.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

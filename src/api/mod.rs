@@ -133,6 +133,8 @@ pub struct State {
 /// State every request handler reads.
 pub struct Shared {
     pub tokens: Handle,
+    /// The `GET /v1/token` body of `tokens`' current token, prepared once per token.
+    pub token_body: routes::token::Prepared,
     pub info: Info,
     pub policy: peer::Policy,
     pub clock: Clock,
@@ -152,6 +154,8 @@ pub struct Shared {
     pub reload: routes::reload::Requests,
     /// A gateway's child identities (`/v1/assets/NAME/...`); `None` outside `agent::start`.
     pub children: Option<Arc<crate::gateway::Children>>,
+    /// The file sinks, for status.
+    pub sinks: Arc<crate::sink::Sinks>,
 }
 
 impl std::fmt::Debug for Shared {

@@ -35,7 +35,8 @@ pub struct Peer {
     /// Primary gid.
     pub gid: u32,
     pub pid: Option<i32>,
-    /// Supplementary gids (empty when the kernel could not tell).
+    /// Supplementary gids: empty when the kernel could not tell, or when they could not
+    /// change the caller's role (see [`Policy::groups_matter`]), so they were not read.
     pub groups: Vec<u32>,
 }
 
@@ -73,25 +74,30 @@ pub struct Policy {
 // === impl Peer ===
 
 impl Peer {
-    /// The credentials of the process at the other end of `stream`.
+    /// The credentials of the process at the other end of `stream`: one `SO_PEERCRED`,
+    /// and `SO_PEERGROUPS` only when a supplementary group could change its role under
+    /// `policy` (root, or a caller whose uid or primary gid already decides, costs no
+    /// second system call per connection).
     ///
     /// # Errors
     /// When the kernel cannot tell (not a Unix socket).
-    pub fn of(stream: &tokio::net::UnixStream) -> std::io::Result<Self> {
+    pub fn of(stream: &tokio::net::UnixStream, policy: &Policy) -> std::io::Result<Self> {
         let cred = stream.peer_cred()?;
-        let groups = match super::sys::peer_groups(stream.as_fd()) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!(error = %e, "SO_PEERGROUPS unavailable; using the primary gid only");
-                Vec::new()
-            }
-        };
-        Ok(Self {
+        let mut peer = Self {
             uid: cred.uid(),
             gid: cred.gid(),
             pid: cred.pid(),
-            groups,
-        })
+            groups: Vec::new(),
+        };
+        if policy.groups_matter(&peer) {
+            match super::sys::peer_groups(stream.as_fd()) {
+                Ok(g) => peer.groups = g,
+                Err(e) => {
+                    tracing::debug!(error = %e, "SO_PEERGROUPS unavailable; using the primary gid only");
+                }
+            }
+        }
+        Ok(peer)
     }
 
     fn in_any(&self, gids: &[u32]) -> bool {
@@ -136,6 +142,24 @@ impl Policy {
             signer: members(&api.signer_uids, &api.signer_gids),
             admin: members(&api.admin_uids, &api.admin_gids),
         }
+    }
+
+    /// Whether `peer`'s supplementary groups could raise the role its uid and primary gid
+    /// give it: some role above that one is granted to a group.
+    pub fn groups_matter(&self, peer: &Peer) -> bool {
+        let without = Peer {
+            groups: Vec::new(),
+            ..peer.clone()
+        };
+        let granted_to_groups = |role: Role| match role {
+            Role::Admin => !self.admin.gids.is_empty(),
+            Role::Signer => !self.signer.gids.is_empty(),
+            Role::Token => !self.token.gids.is_empty() || self.socket_gid.is_some(),
+        };
+        let has = self.role(&without);
+        [Role::Admin, Role::Signer, Role::Token]
+            .into_iter()
+            .any(|r| has < Some(r) && granted_to_groups(r))
     }
 
     /// The highest role `peer` holds, or `None`: no access at all.
@@ -202,6 +226,53 @@ mod tests {
             assert_eq!(p.role(&peer), role, "{peer:?}");
         }
         assert!(Role::Admin > Role::Signer && Role::Signer > Role::Token);
+    }
+
+    #[test]
+    fn groups_are_read_only_when_they_could_raise_the_role() {
+        let socket_group = Policy {
+            own_uid: 990,
+            socket_gid: Some(991),
+            ..Policy::default()
+        };
+        let signer_group = Policy {
+            signer: Members {
+                uids: vec![],
+                gids: vec![60],
+            },
+            ..socket_group.clone()
+        };
+        let admin_uid = Policy {
+            admin: Members {
+                uids: vec![1002],
+                gids: vec![],
+            },
+            ..Policy::default()
+        };
+        let table = [
+            // Root and the agent's own uid are admin whatever their groups.
+            (&signer_group, peer(0, 0, &[]), false),
+            (&signer_group, peer(990, 5, &[]), false),
+            // Primary gid is the socket's: token already; a group could still make it a signer.
+            (&socket_group, peer(1234, 991, &[]), false),
+            (&signer_group, peer(1234, 991, &[]), true),
+            // Not in the socket's group by primary gid: only a supplementary group can tell.
+            (&socket_group, peer(1234, 1234, &[]), true),
+            // Nothing is granted to any group: groups change nothing.
+            (&admin_uid, peer(1234, 1234, &[]), false),
+            (&Policy::default(), peer(1234, 1234, &[]), false),
+        ];
+        for (policy, p, matter) in &table {
+            assert_eq!(policy.groups_matter(p), *matter, "{p:?} under {policy:?}");
+        }
+        // Whenever groups are skipped, reading them would not have changed the role.
+        for (policy, p, matter) in &table {
+            if !matter {
+                let mut with = p.clone();
+                with.groups = vec![60, 70, 991];
+                assert_eq!(policy.role(&with), policy.role(p), "{p:?}");
+            }
+        }
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Server {
                     }
                 },
             };
-            let peer = match Peer::of(&stream) {
+            let peer = match Peer::of(&stream, &shared.policy) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the caller's credentials; closing");

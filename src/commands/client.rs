@@ -165,6 +165,32 @@ fn human(s: &Status) -> String {
             let _ = writeln!(out, "  {}: {} ({why})", c.name, c.state);
         }
     }
+    for k in &s.sinks {
+        let state = if k.present {
+            "holds a token"
+        } else {
+            "no file"
+        };
+        let _ = write!(
+            out,
+            "sink:         {} ({state}; {} writes",
+            k.path, k.writes
+        );
+        if k.write_failures > 0 {
+            let _ = write!(out, ", {} failed", k.write_failures);
+        }
+        if let Some(h) = &k.hook {
+            let _ = write!(
+                out,
+                "; {h} hook: {} ok, {} failed",
+                k.hook_runs_ok, k.hook_failures
+            );
+        }
+        let _ = writeln!(out, ")");
+        if let Some(e) = k.last_error.as_ref().or(k.last_hook_error.as_ref()) {
+            let _ = writeln!(out, "              {e}");
+        }
+    }
     let _ = writeln!(out, "version:      {}", s.version);
     out
 }

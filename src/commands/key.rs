@@ -18,12 +18,15 @@ pub fn run(config_path: Option<PathBuf>, cmd: KeyCommand) -> Result<(), Error> {
             }
             println!("thumbprint: {}", key.signer.public_jwk().kid);
         }
-        KeyCommand::Show(args) => show(&keys::open(&config.key, Mode::Existing)?, &args)?,
+        KeyCommand::Show(args) => {
+            let key = keys::open(&config.key, Mode::Existing)?;
+            show(&key, config.key.file().is_some(), &args)?;
+        }
     }
     Ok(())
 }
 
-fn show(key: &Opened, args: &KeyShowArgs) -> Result<(), Error> {
+fn show(key: &Opened, config_file: bool, args: &KeyShowArgs) -> Result<(), Error> {
     let signer = &key.signer;
     let pem = || {
         signer
@@ -39,7 +42,10 @@ fn show(key: &Opened, args: &KeyShowArgs) -> Result<(), Error> {
     } else if args.pem {
         print!("{}", pem()?);
     } else {
-        println!("path:       {}", key.location);
+        match config_file {
+            true => println!("path:       {}", key.location),
+            false => println!("token:      {}", key.location),
+        }
         println!("algorithm:  RSA {} bits, signs RS256", signer.bits());
         println!(
             "thumbprint: {}  (RFC 7638; the actor token's kid)",

@@ -4,6 +4,7 @@
 mod check;
 mod client;
 pub mod enroll;
+pub mod exec;
 mod key;
 mod refresh;
 mod reload;
@@ -42,6 +43,9 @@ pub enum Error {
     Task(#[source] std::sync::Arc<crate::tasks::Unexpected>),
     #[error(transparent)]
     Enroll(#[from] enroll::Error),
+    /// `exec`: the child ended with this exit code (not a failure of ours; nothing to print).
+    #[error("the command exited with status {0}")]
+    Exit(u8),
     #[error("could not bind {addr}")]
     Bind {
         addr: String,
@@ -59,6 +63,7 @@ impl Error {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
             Error::Enroll(e) => e.exit_code(),
+            Error::Exit(code) => *code,
             _ => EXIT_FAILURE,
         }
     }
@@ -93,6 +98,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Check(args) => check::run(cli.config, args).await,
         Command::Key(cmd) => key::run(cli.config, cmd),
         Command::Enroll => enroll::run(cli.config).await,
+        Command::Exec(args) => exec::run(cli.config, args).await,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Pkcs11 {
     pub module: PathBuf,
     /// The user PIN, in an owner-only file; read when the key is opened, never logged.
     pub pin_file: PathBuf,
+    /// Where agents sharing the token serialise key creation: the state directory.
+    pub lock_dir: PathBuf,
 }
 
 /// An RFC 7512 PKCS#11 URI, reduced to the attributes the agent uses. The query
@@ -433,6 +435,7 @@ impl Check<'_> {
                             uri,
                             module,
                             pin_file,
+                            lock_dir: state.to_owned(),
                         }))
                     }
                     _ => placeholder(),

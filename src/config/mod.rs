@@ -33,6 +33,7 @@ mod origin;
 mod paths;
 mod raw;
 mod rules;
+mod sink;
 mod units;
 mod validate;
 
@@ -55,6 +56,9 @@ pub use mqtt::{
     Mqtt,
 };
 pub use paths::{DROP_IN_DIR, SYSTEM_CONFIG_FILE, SYSTEM_SOCKET, SYSTEM_STATE_DIR};
+pub use sink::{
+    DEFAULT_HOOK_TIMEOUT, DEFAULT_SINK_MODE, Group, Hook, SINK_MODE_MASK, Signal, Sink, SinkFormat,
+};
 
 /// Default for `salesforce.timeout`: the limit on every upstream HTTP call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +109,8 @@ pub struct Config {
     pub api: Api,
     /// `[mqtt]`: the MQTT uplink, `None` (off) unless `mqtt.url` is set.
     pub mqtt: Option<Mqtt>,
+    /// `[[sink]]`: files kept holding the current token (empty: none).
+    pub sinks: Vec<Sink>,
     pub log: Log,
     /// `[gateway]`: where child files come from.
     pub gateway: Gateway,
@@ -347,6 +353,9 @@ impl fmt::Display for Config {
         )?;
         if let Some(m) = &self.mqtt {
             write!(f, " mqtt={} client_id={:?}", m.url, m.client_id)?;
+        }
+        for s in &self.sinks {
+            write!(f, " sink={} ({})", s.path.display(), s.format.name())?;
         }
         let files: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
         write!(f, " files=[{}]", files.join(", "))

@@ -395,6 +395,8 @@ mod documented_defaults {
             .split("\n[mqtt]\n")
             .nth(1)
             .and_then(|rest| rest.split("\n[").next())
+            // A commented-out table after [mqtt] (`# [[sink]]`) is not part of it.
+            .and_then(|rest| rest.split("\n# [").next())
             .unwrap()
             .lines()
             .filter_map(|l| l.strip_prefix("# "))

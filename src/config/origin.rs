@@ -27,6 +27,14 @@ impl Origins {
     /// Reads the origin of every leaf of `sections` in the merged config.
     pub(crate) fn of(merged: &config::Config, sections: &[&str]) -> Self {
         let mut map = HashMap::new();
+        // An array of tables (`[[sink]]`): each entry is named by its own source.
+        if let Ok(entries) = merged.get_array("sink") {
+            for (i, entry) in entries.iter().enumerate() {
+                if let Some(origin) = entry.origin() {
+                    map.insert(format!("sink[{i}]"), origin.to_owned());
+                }
+            }
+        }
         for &section in sections {
             let Ok(table) = merged.get_table(section) else {
                 continue;
@@ -44,8 +52,12 @@ impl Origins {
         Self(map)
     }
 
-    /// The file or variable that set dotted `key`, if any did.
+    /// The file or variable that set dotted `key`, if any did. An array entry's key
+    /// (`sink[0].mode`) is named by the source of the whole array.
     pub(crate) fn get(&self, key: &str) -> Option<String> {
-        self.0.get(key).cloned()
+        self.0.get(key).cloned().or_else(|| {
+            let (entry, _) = key.split_once("].")?;
+            self.0.get(&format!("{entry}]")).cloned()
+        })
     }
 }

@@ -41,6 +41,7 @@ pub(crate) struct RawConfig {
     pub state: RawState,
     pub api: RawApi,
     pub mqtt: super::mqtt::RawMqtt,
+    pub sink: Vec<super::sink::RawSink>,
     pub log: RawLog,
     pub gateway: super::children::RawGateway,
     /// `[children.NAME]` tables (gateway mode).

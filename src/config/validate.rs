@@ -55,6 +55,7 @@ pub(super) fn validate(
     let token = c.token(raw.token);
     let api = c.api(raw.api);
     let mqtt = c.mqtt(raw.mqtt, asset.as_ref().map(|a| a.device_id.as_str()));
+    let sinks = c.sinks(raw.sink);
     let log = c.log(raw.log);
     let gateway = super::Gateway {
         children_dir: c.children_dir(raw.gateway.children_dir),
@@ -82,6 +83,7 @@ pub(super) fn validate(
                 state: State { dir },
                 api,
                 mqtt,
+                sinks,
                 log,
                 gateway,
                 children,

@@ -96,18 +96,7 @@ fn unsafe_finding(check: &'static str, e: &secure_path::Error) -> Finding {
 
 fn key(config: &Config, trust: &Trust) -> Finding {
     let Some(path) = config.key.file() else {
-        return match crate::keys::open_trusting(&config.key, crate::keys::Mode::Existing, trust) {
-            Ok(k) => Finding::ok(
-                "key",
-                format!(
-                    "{}: RSA {} bits, thumbprint {}",
-                    k.location,
-                    k.signer.bits(),
-                    k.signer.public_jwk().kid
-                ),
-            ),
-            Err(e) => Finding::error("key", chain(&e), "see the message"),
-        };
+        return token_key(config, trust);
     };
     if matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound) {
         return Finding::warning(
@@ -150,6 +139,66 @@ fn key(config: &Config, trust: &Trust) -> Finding {
             };
             Finding::error("key", chain(&e), fix)
         }
+    }
+}
+
+/// A key in a PKCS#11 token: the module loads, the token is found, the PIN logs in, the
+/// key is there, and a test signature verifies with its public key (checked with ring, not
+/// by the token). Never creates a key.
+fn token_key(config: &Config, trust: &Trust) -> Finding {
+    use crate::keys::{Mode, OpenError, Pkcs11Error as P};
+    let opened = match crate::keys::open_trusting(&config.key, Mode::Existing, trust) {
+        Ok(k) => k,
+        Err(e) => {
+            let fix = match &e {
+                OpenError::Pkcs11(P::LoadModule { .. }) => {
+                    "install the token's PKCS#11 module and name it in key.module"
+                }
+                OpenError::Pkcs11(P::Initialize { .. } | P::Slots { .. } | P::NoToken { .. }) => {
+                    "plug in or initialise the token (softhsm2-util --show-slots, pkcs11-tool -L), or fix token= in key.uri"
+                }
+                OpenError::Pkcs11(P::PinFile { source, .. }) => {
+                    return unsafe_finding("key", source);
+                }
+                OpenError::Pkcs11(P::PinEmpty { .. } | P::WrongPin { .. }) => {
+                    "put the token's user PIN into key.pin_file (owner-only); the agent offers it once and never retries a refused PIN"
+                }
+                OpenError::Pkcs11(P::PinLocked { .. }) => {
+                    "unlock the user PIN with the security officer PIN (pkcs11-tool --init-pin --login --login-type so)"
+                }
+                OpenError::Pkcs11(P::NoKey { .. }) => {
+                    "on a first install nothing: `asset-agent run` generates the key on the token on first start; otherwise run `asset-agent key generate`"
+                }
+                _ => "see the message; `asset-agent key show` repeats the same steps",
+            };
+            return Finding::error("key", chain(&e), fix);
+        }
+    };
+    let jwk = opened.signer.public_jwk();
+    let probe = b"asset-agent check: test signature";
+    match opened.signer.sign_rs256(probe) {
+        Ok(sig) if jwk.verify_rs256(probe, &sig) => Finding::ok(
+            "key",
+            format!(
+                "{}: module loaded, token found, logged in, RSA {} bits, test signature verified, thumbprint {}",
+                opened.location,
+                opened.signer.bits(),
+                jwk.kid
+            ),
+        ),
+        Ok(_) => Finding::error(
+            "key",
+            format!(
+                "{}: the token's test signature does not verify with the key's public half",
+                opened.location
+            ),
+            "the object's public key and private key do not belong together: move the key away and run `asset-agent key generate`",
+        ),
+        Err(e) => Finding::error(
+            "key",
+            format!("{}: {}", opened.location, chain(&e)),
+            "check that the token allows CKM_SHA256_RSA_PKCS signatures with this key (CKA_SIGN)",
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `credentials` | refresh token / client secret / JWT-bearer key for `auth.method` |
 //! | `state_dir` | the state directory is writable (or can be created) |
 //! | `runtime_dir` | the socket's directory is writable (or can be created) |
+//! | `sink` | each `[[sink]]`: path rule, group, existing file's mode, hook PID file or program |
 //! | `socket` | the socket path is free, stale, or served; matches the socket unit |
 //! | `clock` | the system clock's year is plausible |
 //! | `dns` | `instance_url`'s host resolves |
@@ -27,6 +28,7 @@
 mod exchange;
 mod files;
 mod net;
+mod sinks;
 
 use std::path::PathBuf;
 
@@ -155,6 +157,7 @@ pub async fn run(opts: &Options) -> Report {
         ));
     }
     findings.extend(files::check(&config));
+    findings.extend(sinks::check(&config));
     findings.extend(net::check(&config, &opts.clock).await);
     if opts.exchange {
         findings.push(exchange::check(&config, &opts.clock).await);

@@ -66,6 +66,8 @@ pub struct Running {
     pub tokens: Handle,
     pub signer: Arc<dyn Signer>,
     pub info: Info,
+    /// Its `GET .../token` body, prepared once per token.
+    pub token_body: crate::api::routes::token::Prepared,
     stop: CancellationToken,
 }
 
@@ -285,6 +287,7 @@ impl Children {
                 key_thumbprint: kid,
                 auth_method: factory.auth_method,
             },
+            token_body: crate::api::routes::token::Prepared::default(),
             stop: stop.clone(),
         });
         drop(factory);

@@ -241,7 +241,7 @@ impl std::fmt::Debug for FileKey {
     }
 }
 
-fn bit_length(be: &[u8]) -> usize {
+pub(super) fn bit_length(be: &[u8]) -> usize {
     let be = &be[be.iter().position(|&b| b != 0).unwrap_or(be.len())..];
     match be.first() {
         Some(first) => be.len() * 8 - first.leading_zeros() as usize,

@@ -9,10 +9,12 @@
 //! through `tokio::task::spawn_blocking`, never on the runtime's thread.
 
 mod file;
+mod pkcs11;
 
 use std::sync::Arc;
 
 pub use file::{FileKey, LoadError};
+pub use pkcs11::{Error as Pkcs11Error, Pkcs11Key};
 pub use wire::jose::{SignError, Signer};
 
 use crate::config::{self, KeyBackend};
@@ -42,10 +44,8 @@ pub struct Opened {
 pub enum OpenError {
     #[error(transparent)]
     File(#[from] LoadError),
-    #[error(
-        "PKCS#11 key {uri} (module {module}): this build cannot use PKCS#11 tokens yet; set key.backend = \"file\""
-    )]
-    Pkcs11Unavailable { uri: String, module: String },
+    #[error(transparent)]
+    Pkcs11(#[from] Pkcs11Error),
 }
 
 // === impl Opened ===
@@ -91,10 +91,15 @@ pub fn open_trusting(key: &config::Key, mode: Mode, trust: &Trust) -> Result<Ope
                 location: path.display().to_string(),
             })
         }
-        KeyBackend::Pkcs11(p) => Err(OpenError::Pkcs11Unavailable {
-            uri: p.uri.to_string(),
-            module: p.module.display().to_string(),
-        }),
+        KeyBackend::Pkcs11(p) => {
+            let create = mode == Mode::OpenOrCreate;
+            let (signer, created) = Pkcs11Key::open(p, key.bits, create, &p.lock_dir, trust)?;
+            Ok(Opened {
+                location: signer.location(),
+                signer: Arc::new(signer),
+                created,
+            })
+        }
     }
 }
 

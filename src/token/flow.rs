@@ -333,8 +333,17 @@ impl Flow {
     }
 
     async fn exchange_once(&mut self, access: &AccessToken) -> Result<AssetToken, Error> {
-        let minted =
-            actor::mint(self.signer.as_ref(), &self.identity, self.now()).map_err(Error::Mint)?;
+        let now = self.now();
+        let minted = if self.signer.may_block() {
+            // A hardware key: signing must not stall the runtime (and the socket with it).
+            let (signer, identity) = (self.signer.clone(), self.identity.clone());
+            tokio::task::spawn_blocking(move || actor::mint(signer.as_ref(), &identity, now))
+                .await
+                .unwrap_or_else(|_| Err(jws::Error::Sign(wire::jose::SignError::default())))
+        } else {
+            actor::mint(self.signer.as_ref(), &self.identity, now)
+        }
+        .map_err(Error::Mint)?;
         tracing::debug!(did = %minted.claims.did, jti = %minted.claims.jti, "actor token minted");
         self.emit(Progress::ActorMinted {
             claims: Box::new(minted.claims.clone()),

@@ -149,9 +149,16 @@ pub async fn reply(
         return full(method_not_allowed(action.method()));
     }
     match action {
-        Action::Token => {
-            full(token::reply_for(shared, &child.tokens, &child.info.device_id, &req).await)
-        }
+        Action::Token => full(
+            token::reply_for(
+                shared,
+                &child.tokens,
+                &child.token_body,
+                &child.info.device_id,
+                &req,
+            )
+            .await,
+        ),
         Action::Watch => watch::reply_for(
             child.tokens.clone(),
             child.info.device_id.clone(),

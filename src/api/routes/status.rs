@@ -35,6 +35,9 @@ pub struct Status {
     /// A gateway's child identities, one line each (absent without children).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub children: Option<Vec<ChildSummary>>,
+    /// The file sinks (`[[sink]]`), when configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sinks: Vec<crate::sink::Status>,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -71,6 +74,7 @@ pub struct RefreshStatus {
 pub fn build(shared: &Shared) -> Status {
     let mut status = build_for(shared, &shared.tokens, &shared.info);
     status.mqtt = shared.mqtt.as_ref().map(crate::mqtt::Handle::status);
+    status.sinks = shared.sinks.status();
     status.children = shared
         .children
         .as_ref()
@@ -133,6 +137,7 @@ pub fn build_for(shared: &Shared, tokens: &Handle, info: &Info) -> Status {
         }),
         mqtt: None,
         children: None,
+        sinks: Vec::new(),
     }
 }
 

@@ -100,7 +100,7 @@ fn line(tokens: &Handle, device_id: &str, token: Option<&AssetToken>) -> Bytes {
         reason: &'a str,
     }
     let json = match token {
-        Some(t) => serde_json::to_vec(&TokenBody::for_device(device_id, t)),
+        Some(t) => serde_json::to_vec(&TokenBody::of(device_id, t)),
         None => {
             let (reason, _) = unavailable_reason_for(tokens, std::time::Duration::ZERO);
             serde_json::to_vec(&Unavailable {

@@ -589,3 +589,19 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_drop_in_sink_list_replaces_the_main_files() {
+    let f = Fixture::new();
+    f.write(
+        "etc/agent.d/10-sinks.toml",
+        "[[sink]]\npath = \"/run/b.jwt\"\nformat = \"json\"\n",
+    );
+    let c = f
+        .load(&format!(
+            "{MINIMAL}\n[[sink]]\npath = \"/run/a.jwt\"\nmode = \"0600\"\n"
+        ))
+        .unwrap();
+    let sinks: Vec<_> = c.sinks.iter().map(|s| (s.path.clone(), s.mode)).collect();
+    assert_eq!(sinks, [(std::path::PathBuf::from("/run/b.jwt"), 0o640)]);
+}

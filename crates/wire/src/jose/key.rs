@@ -42,7 +42,7 @@ impl Signer for RsaKey {
                 message,
                 &mut out,
             )
-            .map_err(|_| SignError)?;
+            .map_err(|_| SignError::default())?;
         Ok(out)
     }
 

@@ -44,10 +44,23 @@ pub fn b64url_decode(data: &str) -> Result<Vec<u8>, base64::DecodeError> {
     URL_SAFE_NO_PAD.decode(data)
 }
 
-/// Signing failed inside the key backend.
-#[derive(Debug, thiserror::Error)]
+/// Signing failed inside the key backend. The cause, when the backend has one (a token's
+/// error naming the module and the fix), is the source; the text never holds key material.
+#[derive(Debug, Default, thiserror::Error)]
 #[error("the device key could not sign")]
-pub struct SignError;
+pub struct SignError {
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SignError {
+    /// A failure whose cause is `source`.
+    pub fn caused_by(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            source: Some(source.into()),
+        }
+    }
+}
 
 /// An RSA key that can sign RS256 and tell its public half. The device key (a PKCS#8 file
 /// or a key inside a hardware token) and the emulator's signing key both implement it, so
@@ -68,11 +81,17 @@ pub trait Signer: Send + Sync {
     /// When the backend cannot export its public key.
     fn public_key_pem(&self) -> Result<String, SignError> {
         let jwk = self.public_jwk();
-        let n = b64url_decode(&jwk.n).map_err(|_| SignError)?;
-        let e = b64url_decode(&jwk.e).map_err(|_| SignError)?;
+        let n = b64url_decode(&jwk.n).map_err(|_| SignError::default())?;
+        let e = b64url_decode(&jwk.e).map_err(|_| SignError::default())?;
         Ok(spki_pem(&n, &e))
     }
 
     /// Key size in bits.
     fn bits(&self) -> usize;
+
+    /// Whether signing may block for long (a hardware token): async callers then sign on
+    /// a blocking thread. In-memory keys answer `false` and are signed with inline.
+    fn may_block(&self) -> bool {
+        false
+    }
 }

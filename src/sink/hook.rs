@@ -1,0 +1,253 @@
+//! Rotation hooks: what a sink does after it wrote a new token.
+//!
+//! A hook runs beside the sink's writer, never in the refresh loop's way: rotations that
+//! arrive while a hook still runs are coalesced into one more run after it. A command hook
+//! runs without a shell in its own process group, with stdin closed and its output logged
+//! line by line (at most [`MAX_LOG_LINES`] lines of [`MAX_LINE`] bytes per run); at its
+//! time limit the whole group is killed.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Hook, Signal};
+
+/// Output lines logged per hook run; the rest are counted.
+pub const MAX_LOG_LINES: usize = 20;
+/// Longest output line logged; longer ones are cut.
+pub const MAX_LINE: usize = 512;
+
+/// How one hook run ended, when not well.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("the hook command did not finish within {}; its process group was killed", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("the hook command exited with {0}")]
+    Exit(std::process::ExitStatus),
+    #[error("could not start the hook command {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read PID file {}", path.display())]
+    PidFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("PID file {} is not trusted: {why}", path.display())]
+    PidFileUnsafe {
+        path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("could not send SIG{} to pid {pid}", signal.name())]
+    Kill {
+        signal: Signal,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent is stopping")]
+    Cancelled,
+}
+
+// === impl Failure ===
+
+impl Failure {
+    /// Whether it hit the time limit (counted apart in metrics).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut(_))
+    }
+}
+
+/// Runs `hook` once for the sink at `sink`.
+///
+/// # Errors
+/// How it failed; see [`Failure`].
+pub async fn run(hook: &Hook, sink: &Path, cancel: &CancellationToken) -> Result<(), Failure> {
+    match hook {
+        Hook::Command { argv, timeout } => command(argv, *timeout, sink, cancel).await,
+        Hook::Unit { unit, signal } => {
+            let argv = [
+                "systemctl".to_owned(),
+                "kill".to_owned(),
+                "--kill-who=main".to_owned(),
+                format!("--signal=SIG{}", signal.name()),
+                "--".to_owned(),
+                unit.clone(),
+            ];
+            command(&argv, Duration::from_secs(30), sink, cancel).await
+        }
+        Hook::PidFile { path, signal } => signal_pid_file(path, *signal),
+    }
+}
+
+/// Sends `signal` to the process `path` names. The PID file must be a regular file (not a
+/// link) owned by root or the agent's user and not writable by others: whoever can write
+/// it chooses which process the agent signals.
+fn signal_pid_file(path: &Path, signal: Signal) -> Result<(), Failure> {
+    use std::io::Read as _;
+    let read_err = |source| Failure::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let unsafe_file = |why: String| Failure::PidFileUnsafe {
+        path: path.to_owned(),
+        why,
+    };
+    let f = crate::secure_path::open_nofollow(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            unsafe_file("it is a symbolic link".to_owned())
+        } else {
+            read_err(e)
+        }
+    })?;
+    let meta = f.metadata().map_err(read_err)?;
+    let euid = rustix::process::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err(unsafe_file("it is not a regular file".to_owned()));
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(unsafe_file(format!(
+            "it belongs to uid {}, neither root nor the agent's user",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Err(unsafe_file(format!(
+            "anyone can write it (mode {:04o}); fix it with: chmod o-w {}",
+            meta.mode() & 0o7777,
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    f.take(64).read_to_string(&mut text).map_err(read_err)?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| unsafe_file(format!("it does not hold a process id ({:?})", text.trim())))?;
+    let sig = rustix::process::Signal::from_named_raw(signal.number())
+        .ok_or_else(|| unsafe_file("unsupported signal".to_owned()))?;
+    let target = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| unsafe_file(format!("{pid} is not a process id")))?;
+    rustix::process::kill_process(target, sig).map_err(|e| Failure::Kill {
+        signal,
+        pid,
+        source: e.into(),
+    })
+}
+
+/// Runs `argv` in its own process group with `ASSET_AGENT_SINK` set to the sink's path,
+/// killing the group at `timeout` (or when the agent stops).
+async fn command(
+    argv: &[String],
+    timeout: Duration,
+    sink: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), Failure> {
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .env("ASSET_AGENT_SINK", sink)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| Failure::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+    let pid = child.id();
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let logged = async {
+        tokio::join!(
+            log_lines(out, program, "stdout"),
+            log_lines(err, program, "stderr")
+        );
+    };
+    let finished = async { tokio::join!(child.wait(), logged).0 };
+    let outcome = tokio::select! {
+        status = finished => Some(status),
+        () = tokio::time::sleep(timeout) => None,
+        () = cancel.cancelled() => None,
+    };
+    match outcome {
+        Some(Ok(status)) if status.success() => Ok(()),
+        Some(Ok(status)) => Err(Failure::Exit(status)),
+        Some(Err(source)) => Err(Failure::Spawn {
+            program: program.clone(),
+            source,
+        }),
+        None => {
+            // The group id is the child's pid (process_group(0)): this reaches whatever
+            // the hook started too, unless it left the group on purpose.
+            if let Some(pgid) = pid
+                .and_then(|p| i32::try_from(p).ok())
+                .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+            let _ = child.wait().await;
+            if cancel.is_cancelled() {
+                Err(Failure::Cancelled)
+            } else {
+                Err(Failure::TimedOut(timeout))
+            }
+        }
+    }
+}
+
+/// Logs what `stream` says, line by line, within the caps.
+async fn log_lines(stream: Option<impl AsyncRead + Unpin>, program: &str, name: &str) {
+    let Some(mut stream) = stream else { return };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let mut logged = 0usize;
+    let mut dropped = 0usize;
+    let mut emit = |line: &[u8]| {
+        if logged < MAX_LOG_LINES {
+            let text = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]);
+            tracing::info!(hook = program, stream = name, "{}", text.trim_end());
+            logged += 1;
+        } else {
+            dropped += 1;
+        }
+    };
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                emit(&buf);
+                buf.clear();
+            } else if buf.len() < MAX_LINE {
+                buf.push(b);
+            }
+        }
+    }
+    if !buf.is_empty() {
+        emit(&buf);
+    }
+    if dropped > 0 {
+        tracing::info!(
+            hook = program,
+            stream = name,
+            "{dropped} more lines not logged"
+        );
+    }
+}
