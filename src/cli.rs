@@ -84,6 +84,28 @@ pub enum OnRotation {
     None,
 }
 
+/// Which identity a client command is about (gateway mode).
+#[derive(Debug, Args)]
+pub struct AssetArg {
+    /// A child asset of a gateway, by name (`[children.NAME]` or children.d/NAME.toml);
+    /// the agent's own identity when absent.
+    #[arg(value_name = "NAME")]
+    pub asset: Option<String>,
+}
+
+// === impl AssetArg ===
+
+impl AssetArg {
+    /// The API prefix for the identity: `/v1` for the agent's own,
+    /// `/v1/assets/NAME` for a child.
+    pub fn base(&self) -> String {
+        match &self.asset {
+            Some(name) => format!("/v1/assets/{name}"),
+            None => "/v1".to_owned(),
+        }
+    }
+}
+
 /// Where client commands find the agent.
 #[derive(Debug, Args)]
 pub struct SocketArg {
@@ -105,6 +127,8 @@ pub struct TokenArgs {
     #[arg(long, value_name = "SECS")]
     pub min_ttl: Option<u64>,
     #[command(flatten)]
+    pub asset: AssetArg,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
@@ -113,6 +137,8 @@ pub struct StatusArgs {
     /// Print the status document as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub asset: AssetArg,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -125,6 +151,8 @@ pub struct WatchArgs {
     /// Print only each new JWT, one per line (for `while read -r token` loops).
     #[arg(long)]
     pub raw: bool,
+    #[command(flatten)]
+    pub asset: AssetArg,
     #[command(flatten)]
     pub socket: SocketArg,
 }

@@ -120,10 +120,18 @@ pub async fn send(
 /// # Errors
 /// As [`request`].
 pub async fn watch(socket: &Path) -> Result<Lines, Error> {
+    watch_path(socket, "/v1/token/watch").await
+}
+
+/// Starts a watch stream at `path` (a gateway child's `/v1/assets/NAME/token/watch`).
+///
+/// # Errors
+/// As [`request`].
+pub async fn watch_path(socket: &Path, path: &str) -> Result<Lines, Error> {
     open(
         socket,
         Method::GET,
-        "/v1/token/watch",
+        path,
         "application/x-ndjson",
         Bytes::new(),
     )

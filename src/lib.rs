@@ -36,6 +36,7 @@ pub mod crypto;
 pub(crate) mod diagnose;
 pub(crate) mod error;
 pub mod fsutil;
+pub mod gateway;
 pub mod keys;
 pub mod logging;
 pub(crate) mod metrics;

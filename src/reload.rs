@@ -10,6 +10,9 @@
 //! What is live, and why the rest is not:
 //! - `log.level` is live: raising it to `debug` to diagnose a problem must not cost the
 //!   state being diagnosed.
+//! - A gateway's children (`[children.NAME]`, the files in `gateway.children_dir`) are
+//!   live: the daemon hands the new list to `gateway::Children::sync`, which starts added
+//!   children, stops removed ones and restarts changed ones, leaving the others alone.
 //! - Everything else needs `systemctl restart asset-agent`. The Salesforce client,
 //!   credentials, verifier, identity and key are built once into the refresh loop, the
 //!   socket is bound once, and the refresh policy and allow lists are owned by value by
@@ -31,7 +34,7 @@ use crate::config::{self, Config};
 use crate::logging::{self, LevelChange};
 
 /// Keys a reload applies without a restart.
-pub const LIVE_KEYS: &[&str] = &["log.level"];
+pub const LIVE_KEYS: &[&str] = &["log.level", "children"];
 
 /// What a reload did.
 #[derive(Debug)]
@@ -134,7 +137,7 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let (sa, sb) = (&a.salesforce, &b.salesforce);
     let (xa, xb) = (&a.asset, &b.asset);
     let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 34] = [
+    let rows: [(&'static str, bool); 35] = [
         (
             "salesforce.instance_url",
             sa.instance_url != sb.instance_url,
@@ -184,6 +187,8 @@ pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
         ("sink", a.sinks != b.sinks),
         ("log.level", a.log.level != b.log.level),
         ("log.format", a.log.format != b.log.format),
+        // Where child files come from matters only through the children it yields.
+        ("children", a.children != b.children),
         ("config files", a.files != b.files),
     ];
     let mut keys: Vec<&'static str> = rows
@@ -204,6 +209,7 @@ fn settings(c: &Config) -> Config {
     let mut c = c.clone();
     c.files.clear();
     c.ignored_env.clear();
+    c.gateway.children_dir = None;
     c
 }
 
@@ -271,6 +277,27 @@ socket = "/run/asset-agent/agent.sock"
             "{}",
             out.summary()
         );
+    }
+
+    #[test]
+    fn children_are_live_but_not_with_a_restart_key() {
+        let mut running = load(BASE).unwrap();
+        let child = "\n[children.pump-7]\ndevice_id = \"c1\"\nname = \"Pump 7b\"\nserial_number = \"C-1\"\n";
+        let added = format!("{BASE}{child}");
+        let out = reload(&mut running, || load(&added));
+        let Outcome::Applied { keys, .. } = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(keys, &["children"]);
+        assert_eq!(running.children.len(), 1);
+        // With a restart key beside it, nothing is applied, the child neither.
+        let both = format!(
+            "{}\n[token]\nrefresh_at = \"50%\"\n",
+            BASE.replace("d1", "d2")
+        );
+        let out = reload(&mut running, || load(&both));
+        assert!(matches!(out, Outcome::NeedsRestart { .. }), "{out:?}");
+        assert_eq!(running.children.len(), 1);
     }
 
     #[test]

@@ -82,7 +82,17 @@ impl Tasks {
         F: Future + Send + 'static,
         F::Output: Outcome,
     {
-        let cancel = self.cancel.clone();
+        self.spawn_until(name, task, self.cancel.clone());
+    }
+
+    /// Like [`Tasks::spawn`], for a task that may also be stopped on its own: when
+    /// `stop` (a child of the agent's token) has fired, returning is expected.
+    pub fn spawn_until<F>(&self, name: &'static str, task: F, stop: CancellationToken)
+    where
+        F: Future + Send + 'static,
+        F::Output: Outcome,
+    {
+        let cancel = stop;
         let first_exit = self.first_exit.clone();
         let inner = tokio::spawn(task);
         self.tracker.spawn(async move {

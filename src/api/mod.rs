@@ -152,6 +152,8 @@ pub struct Shared {
     pub mqtt: Option<crate::mqtt::Handle>,
     /// Where `POST /v1/reload` asks the daemon to reload.
     pub reload: routes::reload::Requests,
+    /// A gateway's child identities (`/v1/assets/NAME/...`); `None` outside `agent::start`.
+    pub children: Option<Arc<crate::gateway::Children>>,
     /// The file sinks, for status.
     pub sinks: Arc<crate::sink::Sinks>,
 }

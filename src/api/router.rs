@@ -16,7 +16,9 @@ use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Caller, Role};
 use super::reply::error;
-use super::routes::{health, metrics, mqtt_publish, refresh, reload, sign, status, token, watch};
+use super::routes::{
+    assets, health, metrics, mqtt_publish, refresh, reload, sign, status, token, watch,
+};
 use wire::http::Reply;
 
 /// Every route of the API.
@@ -95,6 +97,19 @@ pub async fn handle(
     req: Request<Incoming>,
     busy: BusyGuard,
 ) -> ApiReply {
+    // Child routes (gateway mode); the path is copied only for them, not on the hot path.
+    if req.uri().path().starts_with(assets::PREFIX) {
+        let path = req.uri().path().to_owned();
+        if let Some(target) = assets::parse(&path) {
+            let counted = match &target {
+                assets::Target::List => assets::PREFIX,
+                assets::Target::Child(_, action) => action.template(),
+            };
+            let reply = assets::reply(&shared, &caller, target, req, busy).await;
+            shared.state.requests.count(counted, reply.status());
+            return reply;
+        }
+    }
     let route = Route::find(req.uri().path());
     let reply = dispatch(&shared, &caller, route, req, busy).await;
     shared

@@ -59,9 +59,10 @@ fn present(path: &Path) -> bool {
 
 pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error> {
     let socket = socket(config, args.socket)?;
+    let base = args.asset.base();
     let path = match args.min_ttl {
-        Some(s) => format!("/v1/token?min_ttl={s}"),
-        None => "/v1/token".to_owned(),
+        Some(s) => format!("{base}/token?min_ttl={s}"),
+        None => format!("{base}/token"),
     };
     let accept = if args.raw {
         "text/plain"
@@ -80,7 +81,7 @@ pub async fn token(config: Option<PathBuf>, args: TokenArgs) -> Result<(), Error
 
 pub async fn status(config: Option<PathBuf>, args: StatusArgs) -> Result<(), Error> {
     let socket = socket(config, args.socket)?;
-    let resp = client::get_json(&socket, "/v1/status").await?;
+    let resp = client::get_json(&socket, &format!("{}/status", args.asset.base())).await?;
     if resp.status != StatusCode::OK {
         return Err(refused(&socket, &resp));
     }
@@ -151,6 +152,18 @@ fn human(s: &Status) -> String {
     }
     if let Some(e) = &s.last_error {
         let _ = writeln!(out, "last error:   {e}");
+    }
+    if let Some(children) = &s.children {
+        let ready = children.iter().filter(|c| c.state == "ready").count();
+        let _ = writeln!(
+            out,
+            "children:     {} ({ready} ready; `asset-agent status NAME` for one)",
+            children.len()
+        );
+        for c in children.iter().filter(|c| c.state != "ready") {
+            let why = c.last_error_reason.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "  {}: {} ({why})", c.name, c.state);
+        }
     }
     for k in &s.sinks {
         let state = if k.present {

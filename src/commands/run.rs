@@ -92,7 +92,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                     if let Some(n) = &notifier {
                         let _ = n.reloading();
                     }
-                    reload(&mut config, config_path.clone());
+                    reload(&mut config, config_path.clone(), &running).await;
                     if let Some(n) = &notifier {
                         let _ = n.reloaded();
                     }
@@ -103,7 +103,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<(), Error> {
                 // `asset-agent reload` (the unit's ExecReload=): systemd is already in its
                 // reload state and waits for that command, which reports the outcome.
                 tracing::info!("reload requested over the socket");
-                let report = reload(&mut config, config_path.clone());
+                let report = reload(&mut config, config_path.clone(), &running).await;
                 let _ = pending.send(report);
             }
             exit = running.failed() => break Err(exit),
@@ -158,18 +158,31 @@ fn tell(notifier: Option<&Notifier>, status: &str) {
 }
 
 /// Reloads and logs the outcome; see `crate::reload`.
-fn reload(config: &mut Config, path: Option<PathBuf>) -> crate::api::routes::reload::Report {
+async fn reload(
+    config: &mut Config,
+    path: Option<PathBuf>,
+    running: &agent::Running,
+) -> crate::api::routes::reload::Report {
     let outcome = crate::reload::reload(config, || {
         Config::load(&crate::config::LoadOptions::from_process(path))
     });
-    let summary = outcome.summary();
+    let mut summary = outcome.summary();
+    if matches!(outcome, crate::reload::Outcome::Applied { .. }) {
+        let changes = running.apply_children(config).await;
+        if let Some(line) = changes.summary() {
+            summary.push_str("; ");
+            summary.push_str(&line);
+        }
+    }
     match outcome {
         crate::reload::Outcome::Invalid(_) | crate::reload::Outcome::NeedsRestart { .. } => {
             tracing::error!("{summary}");
         }
         _ => tracing::info!("{summary}"),
     }
-    outcome.report()
+    let mut report = outcome.report();
+    report.summary = summary;
+    report
 }
 
 /// The signals `run` reacts to.

@@ -24,7 +24,8 @@ struct Event {
 
 pub async fn run(config: Option<PathBuf>, args: WatchArgs) -> Result<(), Error> {
     let socket = socket(config, args.socket)?;
-    let mut lines = client::watch(&socket).await?;
+    let path = format!("{}/token/watch", args.asset.base());
+    let mut lines = client::watch_path(&socket, &path).await?;
     if lines.status != StatusCode::OK {
         let body = lines.next_line().await?.unwrap_or_default();
         let resp = client::Response {

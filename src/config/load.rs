@@ -179,7 +179,21 @@ impl Config {
             main_file: main.as_deref(),
             main_found,
         };
-        let mut config = validate::validate(raw, &ctx)?;
+        // Child files: `gateway.children_dir`, else `children.d` next to the main file.
+        let children_dir = match &raw.gateway.children_dir {
+            Some(d) if d.is_absolute() => Some(d.clone()),
+            Some(_) => None,
+            None => main.as_deref().map(|m| {
+                m.parent()
+                    .unwrap_or(Path::new("/"))
+                    .join(super::CHILDREN_DIR)
+            }),
+        };
+        let declared = match &children_dir {
+            Some(d) => super::children::read_dir(d)?,
+            None => Vec::new(),
+        };
+        let mut config = validate::validate(raw, &ctx, declared)?;
         config.files = files;
         config.ignored_env = env.ignored;
         Ok(config)

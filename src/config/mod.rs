@@ -24,6 +24,7 @@
 //! `rules.rs` (shared rules), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
+mod children;
 mod error;
 mod key;
 mod load;
@@ -45,6 +46,7 @@ use std::time::Duration;
 
 use url::Url;
 
+pub use children::{Access, CHILDREN_DIR, Child, Gateway, valid_name};
 pub use error::Error;
 pub use key::{DEFAULT_KEY_FILE, Key, KeyBackend, Pkcs11, Pkcs11Uri};
 pub use load::{LoadOptions, NON_CONFIG_VARS};
@@ -110,6 +112,10 @@ pub struct Config {
     /// `[[sink]]`: files kept holding the current token (empty: none).
     pub sinks: Vec<Sink>,
     pub log: Log,
+    /// `[gateway]`: where child files come from.
+    pub gateway: Gateway,
+    /// Child identities (gateway mode), sorted by name; empty for a plain device.
+    pub children: Vec<Child>,
     /// The files that were read, in the order they were applied (main file, drop-ins).
     pub files: Vec<PathBuf>,
     /// `ASSET_AGENT_*` variables that are neither config keys (no `__`) nor one of

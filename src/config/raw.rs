@@ -15,7 +15,7 @@ pub(crate) use super::key::RawKey;
 use super::units::{self, Fraction, HumanDuration, List, Named};
 
 /// The top-level tables, in the order the example file documents them.
-pub(crate) const SECTIONS: [&str; 9] = [
+pub(crate) const SECTIONS: [&str; 11] = [
     "salesforce",
     "auth",
     "asset",
@@ -25,6 +25,8 @@ pub(crate) const SECTIONS: [&str; 9] = [
     "api",
     "mqtt",
     "log",
+    "gateway",
+    "children",
 ];
 
 /// The whole file (or the merge of all files and the environment).
@@ -41,6 +43,9 @@ pub(crate) struct RawConfig {
     pub mqtt: super::mqtt::RawMqtt,
     pub sink: Vec<super::sink::RawSink>,
     pub log: RawLog,
+    pub gateway: super::children::RawGateway,
+    /// `[children.NAME]` tables (gateway mode).
+    pub children: std::collections::BTreeMap<String, super::children::RawChild>,
 }
 
 /// `[salesforce]`

@@ -37,7 +37,11 @@ const MAX_SERIAL: usize = 80;
 ///
 /// # Errors
 /// The problem found, or [`Error::Several`] when there is more than one.
-pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Error> {
+pub(super) fn validate(
+    raw: RawConfig,
+    ctx: &Context<'_>,
+    mut declared: Vec<super::children::Declared>,
+) -> Result<Config, Error> {
     let mut c = Check {
         ctx,
         problems: Vec::new(),
@@ -53,6 +57,19 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
     let mqtt = c.mqtt(raw.mqtt, asset.as_ref().map(|a| a.device_id.as_str()));
     let sinks = c.sinks(raw.sink);
     let log = c.log(raw.log);
+    let gateway = super::Gateway {
+        children_dir: c.children_dir(raw.gateway.children_dir),
+    };
+    declared.extend(
+        raw.children
+            .into_iter()
+            .map(|(name, raw)| super::children::Declared {
+                name,
+                raw,
+                file: None,
+            }),
+    );
+    let children = c.children(declared, &base, asset.as_ref(), &key);
     match (salesforce, auth, asset, state_dir, api) {
         (Some(salesforce), Some(auth), Some(asset), Some(dir), Some(api))
             if c.problems.is_empty() =>
@@ -68,6 +85,8 @@ pub(super) fn validate(raw: RawConfig, ctx: &Context<'_>) -> Result<Config, Erro
                 mqtt,
                 sinks,
                 log,
+                gateway,
+                children,
                 files: Vec::new(),
                 ignored_env: Vec::new(),
             })
@@ -94,6 +113,18 @@ impl Check<'_> {
             });
         }
         found
+    }
+
+    /// `gateway.children_dir`, else `children.d` next to the main file (if there is one).
+    fn children_dir(&mut self, dir: Option<PathBuf>) -> Option<PathBuf> {
+        if dir.is_some() {
+            return self.path("gateway.children_dir", dir);
+        }
+        self.ctx.main_file.map(|f| {
+            f.parent()
+                .unwrap_or(Path::new("/"))
+                .join(super::CHILDREN_DIR)
+        })
     }
 
     fn salesforce(&mut self, raw: RawSalesforce) -> Option<Salesforce> {
@@ -197,28 +228,34 @@ impl Check<'_> {
     }
 
     fn asset(&mut self, raw: RawAsset) -> Option<Asset> {
+        self.asset_at("asset", raw)
+    }
+
+    /// `[asset]`'s rules for the table at `at` (`asset`, or a child's `children.NAME`).
+    pub(super) fn asset_at(&mut self, at: &str, raw: RawAsset) -> Option<Asset> {
+        let k = |field: &str| format!("{at}.{field}");
         let device_id = match raw.device_id {
-            Some(id) => self.not_blank("asset.device_id", id),
+            Some(id) => self.not_blank(&k("device_id"), id),
             None => self.machine_id(),
         };
         if device_id
             .as_ref()
             .is_some_and(|id| id.chars().any(char::is_control))
         {
-            self.invalid("asset.device_id", "must not contain control characters");
+            self.invalid(&k("device_id"), "must not contain control characters");
         }
-        let name = self.required("asset.name", raw.name, "");
-        self.max_len("asset.name", name.as_deref(), MAX_NAME);
-        let serial_number = self.required("asset.serial_number", raw.serial_number, "");
-        self.max_len("asset.serial_number", serial_number.as_deref(), MAX_SERIAL);
-        let account_id = self.record_id("asset.account_id", raw.account_id, "001", "Account");
-        let contact_id = self.record_id("asset.contact_id", raw.contact_id, "003", "Contact");
-        let id = self.record_id("asset.id", raw.id, "02i", "Asset");
+        let name = self.required(&k("name"), raw.name, "");
+        self.max_len(&k("name"), name.as_deref(), MAX_NAME);
+        let serial_number = self.required(&k("serial_number"), raw.serial_number, "");
+        self.max_len(&k("serial_number"), serial_number.as_deref(), MAX_SERIAL);
+        let account_id = self.record_id(&k("account_id"), raw.account_id, "001", "Account");
+        let contact_id = self.record_id(&k("contact_id"), raw.contact_id, "003", "Contact");
+        let id = self.record_id(&k("id"), raw.id, "02i", "Asset");
         let token_name = match raw.token_name {
-            Some(n) => self.not_blank("asset.token_name", n),
+            Some(n) => self.not_blank(&k("token_name"), n),
             None => device_id.as_ref().map(|d| format!("Asset Token: {d}")),
         };
-        self.max_len("asset.token_name", token_name.as_deref(), MAX_NAME);
+        self.max_len(&k("token_name"), token_name.as_deref(), MAX_NAME);
         Some(Asset {
             device_id: device_id?,
             name: name?,

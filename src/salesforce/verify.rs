@@ -75,8 +75,8 @@ pub enum CertError {
 /// Where the signing key comes from.
 #[derive(Debug)]
 pub enum Keys {
-    /// The org's JWKS, cached by kid.
-    Jwks(Mutex<JwksCache>),
+    /// The org's JWKS, cached by kid (one cache shared by every identity of a gateway).
+    Jwks(std::sync::Arc<Mutex<JwksCache>>),
     /// A pinned certificate's key; `kid` is not consulted.
     Pinned(RsaPublicJwk),
     /// No signature check (`verify = "none"`).
@@ -128,9 +128,26 @@ impl Verifier {
         self
     }
 
+    /// A verifier with the same keys (the same JWKS cache), audience, issuer and leeway,
+    /// bound to another device key: for another identity of a gateway.
+    pub fn sibling(&self, thumbprint: String) -> Self {
+        let keys = match &self.keys {
+            Keys::Jwks(cache) => Keys::Jwks(cache.clone()),
+            Keys::Pinned(jwk) => Keys::Pinned(jwk.clone()),
+            Keys::Unverified => Keys::Unverified,
+        };
+        Self {
+            keys,
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+            leeway: self.leeway,
+            bound_to: Some(thumbprint),
+        }
+    }
+
     /// Verifies with keys from the org's JWKS.
     pub fn jwks() -> Keys {
-        Keys::Jwks(Mutex::new(JwksCache::default()))
+        Keys::Jwks(std::sync::Arc::new(Mutex::new(JwksCache::default())))
     }
 
     /// Verifies with the key of the PEM certificate at `path`.

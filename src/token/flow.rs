@@ -118,16 +118,51 @@ impl Error {
     }
 }
 
+/// The subject access token, shared by every identity of a gateway: one is obtained at a
+/// time (single flight), and one rejected by an exchange is replaced once, not once per
+/// identity.
+#[derive(Default)]
+pub struct SharedAccess {
+    token: std::sync::Mutex<Option<AccessToken>>,
+    obtaining: tokio::sync::Mutex<()>,
+}
+
 /// Everything one pass needs.
 pub struct Flow {
     pub upstream: Upstream,
-    pub credentials: Credentials,
+    /// Shared with the other identities of a gateway.
+    pub credentials: Arc<Credentials>,
     pub signer: Arc<dyn Signer>,
     pub identity: Identity,
     pub verifier: Verifier,
     pub clock: Clock,
     pub progress: broadcast::Sender<Progress>,
-    access: Option<AccessToken>,
+    access: Arc<SharedAccess>,
+}
+
+// === impl SharedAccess ===
+
+impl SharedAccess {
+    fn get(&self) -> Option<AccessToken> {
+        self.token.lock().ok().and_then(|t| t.clone())
+    }
+
+    fn set(&self, token: Option<AccessToken>) {
+        if let Ok(mut t) = self.token.lock() {
+            *t = token;
+        }
+    }
+
+    /// Drops `used` if it is still the shared token (another identity may have replaced
+    /// it already).
+    fn forget(&self, used: &AccessToken) {
+        if let Ok(mut t) = self.token.lock()
+            && t.as_ref()
+                .is_some_and(|held| held.token.expose() == used.token.expose())
+        {
+            *t = None;
+        }
+    }
 }
 
 // === impl Flow ===
@@ -144,13 +179,35 @@ impl Flow {
     ) -> Self {
         Self {
             upstream,
-            credentials,
+            credentials: Arc::new(credentials),
             signer,
             identity,
             verifier,
             clock,
             progress,
-            access: None,
+            access: Arc::new(SharedAccess::default()),
+        }
+    }
+
+    /// A flow for another identity of the same gateway: its own key, identity and
+    /// verifier binding, sharing this flow's HTTPS client, credentials, subject access
+    /// token and JWKS cache.
+    pub fn sibling(
+        &self,
+        signer: Arc<dyn Signer>,
+        identity: Identity,
+        progress: broadcast::Sender<Progress>,
+    ) -> Self {
+        let verifier = self.verifier.sibling(signer.public_jwk().kid.clone());
+        Self {
+            upstream: self.upstream.clone(),
+            credentials: self.credentials.clone(),
+            signer,
+            identity,
+            verifier,
+            clock: self.clock.clone(),
+            progress,
+            access: self.access.clone(),
         }
     }
 
@@ -171,14 +228,14 @@ impl Flow {
     /// The failing step; see [`Error::class`].
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
         self.credentials.persist_pending();
-        let had_access = self.access.is_some();
+        let had_access = self.access.get().is_some();
         let access = self.obtain_access_token().await?;
         match self.exchange_on_corrected_clock(&access).await {
             Err(Error::Exchange(e)) if e.class() == Class::Reauthenticate => {
                 self.emit(Progress::AccessTokenRejected);
                 tracing::info!(reason = %e.reason(), reused = had_access,
                     "the exchange refused the access token; obtaining a new one and retrying once");
-                self.access = None;
+                self.access.forget(&access);
                 let access = self.obtain_access_token().await?;
                 self.exchange_on_corrected_clock(&access).await
             }
@@ -223,26 +280,34 @@ impl Flow {
 
     /// Drops the cached access token (a new one is obtained on the next pass).
     pub fn forget_access_token(&mut self) {
-        self.access = None;
+        self.access.set(None);
     }
 
     /// The access token in use, if any (for the token cache).
-    pub fn access_token(&self) -> Option<&wire::Secret> {
-        self.access.as_ref().map(|a| &a.token)
+    pub fn access_token(&self) -> Option<wire::Secret> {
+        self.access.get().map(|a| a.token)
     }
 
     /// Reuses an access token from the token cache; if it has expired meanwhile, the first
     /// exchange says so and the flow gets a new one.
     pub fn restore_access_token(&mut self, token: wire::Secret) {
-        self.access = Some(AccessToken {
-            token,
-            instance_url: None,
-        });
+        if self.access.get().is_none() {
+            self.access.set(Some(AccessToken {
+                token,
+                instance_url: None,
+            }));
+        }
     }
 
     async fn obtain_access_token(&mut self) -> Result<AccessToken, Error> {
-        if let Some(a) = &self.access {
-            return Ok(a.clone());
+        if let Some(a) = self.access.get() {
+            return Ok(a);
+        }
+        // One identity obtains it; the others wait here and then take it.
+        let access = self.access.clone();
+        let _obtaining = access.obtaining.lock().await;
+        if let Some(a) = self.access.get() {
+            return Ok(a);
         }
         let before = self.upstream.skew().correction();
         let a = match self.credentials.obtain(&self.upstream).await {
@@ -263,7 +328,7 @@ impl Flow {
         self.emit(Progress::AccessTokenObtained {
             method: self.credentials.method(),
         });
-        self.access = Some(a.clone());
+        self.access.set(Some(a.clone()));
         Ok(a)
     }
 

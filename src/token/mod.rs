@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod flow;
+pub mod gate;
 pub(crate) mod metrics;
 pub mod refresher;
 pub mod status;

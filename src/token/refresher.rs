@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
+use super::gate::Gate;
 use super::status::{LIVENESS_SLACK, Snapshot, State};
 use super::{AssetToken, Current, live};
 use crate::backoff::{self, Backoff, Jitter};
@@ -168,6 +169,9 @@ pub struct Refresher {
     lifetime: Option<Duration>,
     /// The agent started from a token cache (a restart, not a first boot).
     restarted: bool,
+    /// Shared with the agent's other refresh loops (gateway mode): bounds how many
+    /// attempts are in flight and how fast they start.
+    gate: Option<Arc<Gate>>,
 }
 
 /// What other tasks hold: the current token, the status, and a way to ask for a refresh.
@@ -297,8 +301,16 @@ impl Refresher {
             admin: admin_rx,
             lifetime,
             restarted: lifetime.is_some(),
+            gate: None,
         };
         (refresher, handle)
+    }
+
+    /// Passes every attempt through `gate` (shared by the agent's refresh loops).
+    #[must_use]
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The normal refresh interval, once a token's lifetime is known.
@@ -491,6 +503,20 @@ impl Refresher {
             }
             budget.take();
             let attempt_budget = self.policy.attempt_budget;
+            let gate = self.gate.clone();
+            let _permit = match &gate {
+                Some(gate) => {
+                    let slot = gate.reserve();
+                    self.status.send_modify(|s| {
+                        s.expect_by = slot + attempt_budget + LIVENESS_SLACK;
+                    });
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        p = gate.enter(slot) => p,
+                    }
+                }
+                None => None,
+            };
             self.status.send_modify(|s| {
                 s.expect_by = Instant::now() + attempt_budget + LIVENESS_SLACK;
                 s.attempts += 1;
@@ -526,7 +552,7 @@ impl Refresher {
                     let token = Arc::new(token);
                     if let Some(cache) = &self.cache {
                         let (access, keys, now) = (
-                            self.flow.access_token().cloned(),
+                            self.flow.access_token(),
                             self.flow.verifier.known_keys(),
                             self.flow.now(),
                         );

@@ -29,6 +29,9 @@ struct DemoArgs {
     /// Asset token lifetime the emulator issues.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     token_lifetime: u64,
+    /// Run as a gateway with this many child Assets (each its own key, Asset and token).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    children: u16,
 }
 
 /// Why the demo stopped early.
@@ -95,7 +98,7 @@ async fn run(args: DemoArgs) -> Result<(), Error> {
         refresh.expose().as_bytes(),
     )
     .map_err(|e| Error::Failed(format!("could not write the demo refresh token: {e}")))?;
-    let config = demo_config(&dir.0, emu.base_url())?;
+    let config = demo_config(&dir.0, emu.base_url(), args.children)?;
     say(&format!(
         "agent config written to {} (refresh-token grant, JWKS verification)",
         dir.0.join("agent.toml").display()
@@ -121,6 +124,33 @@ async fn run(args: DemoArgs) -> Result<(), Error> {
         config.key.bits,
         running.key.public_jwk().kid
     ));
+    if !config.children.is_empty() {
+        say(&format!(
+            "gateway mode: {} child assets, each with its own key (generated now), Asset and token at /v1/assets/NAME/token",
+            config.children.len()
+        ));
+        let children = running.children.clone();
+        let want = config.children.len();
+        tokio::spawn(async move {
+            let mut shown = std::collections::BTreeSet::new();
+            while shown.len() < want {
+                for c in children.all() {
+                    if let Some(t) = asset_agent::token::live(&c.tokens.current)
+                        && shown.insert(c.name().to_owned())
+                    {
+                        say(&format!(
+                            "child {}: asset token for Asset {} (device {}, key {})",
+                            c.name(),
+                            t.asset_id().unwrap_or("-"),
+                            c.info.device_id,
+                            c.info.key_thumbprint
+                        ));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
     let narrator = narrate(rx, &emu, &config.api.socket);
     let stop = async {
         match args.for_secs {
@@ -232,8 +262,8 @@ fn say(line: &str) {
     println!("[{time}] {line}");
 }
 
-fn demo_config(dir: &Path, instance_url: &str) -> Result<Config, Error> {
-    let toml = format!(
+fn demo_config(dir: &Path, instance_url: &str, children: u16) -> Result<Config, Error> {
+    let mut toml = format!(
         r#"# Written by `asset-agent-demo`.
 [salesforce]
 instance_url = "{instance_url}"
@@ -266,6 +296,11 @@ socket = "{dir}/run/agent.sock"
         audience = emulator::DEFAULT_AUDIENCE,
         dir = dir.display(),
     );
+    for i in 1..=children {
+        toml.push_str(&format!(
+            "\n[children.meter-{i}]\ndevice_id = \"demo-meter-{i:04}\"\nname = \"Demo Meter {i}\"\nserial_number = \"DEMO-M-{i:04}\"\n"
+        ));
+    }
     let path = dir.join("agent.toml");
     std::fs::write(&path, toml)
         .map_err(|e| Error::Failed(format!("could not write {}: {e}", path.display())))?;

@@ -2,6 +2,7 @@
 //! authorises each request and dispatches it here; replies are built with
 //! `api::reply`.
 
+pub mod assets;
 pub mod health;
 pub mod metrics;
 pub mod mqtt_publish;

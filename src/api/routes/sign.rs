@@ -169,6 +169,18 @@ pub fn claims(
 }
 
 pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incoming>) -> Reply {
+    let device_id = shared.info.device_id.clone();
+    reply_with(shared, shared.signer.clone(), &device_id, caller, req).await
+}
+
+/// Signs with `signer` for the identity `device_id` (the gateway's own, or a child's).
+pub async fn reply_with(
+    shared: &Shared,
+    signer: std::sync::Arc<dyn crate::keys::Signer>,
+    device_id: &str,
+    caller: &Caller,
+    req: hyper::Request<Incoming>,
+) -> Reply {
     let read = tokio::time::timeout(shared.limits.body_timeout, http::read_body(req, MAX_BODY));
     let body = match read.await {
         Ok(Ok(b)) => b,
@@ -191,11 +203,10 @@ pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incomin
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
-    let signer = shared.signer.clone();
     let kid = signer.public_jwk().kid.clone();
     let now = shared.skew.corrected_unix(&shared.clock);
     let jti = new_jti();
-    let claims = claims(&request, &shared.info.device_id, &kid, now, &jti);
+    let claims = claims(&request, device_id, &kid, now, &jti);
     let exp = now.saturating_add(i64::try_from(request.lifetime).unwrap_or(0));
     // RSA signing takes milliseconds (far more with a hardware key): off the event loop.
     let signed = tokio::task::spawn_blocking(move || jws::sign(signer.as_ref(), &claims)).await;
@@ -217,7 +228,7 @@ pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incomin
             );
         }
     };
-    tracing::info!(uid = caller.peer.uid, pid = caller.peer.pid, aud = ?request.aud,
+    tracing::info!(uid = caller.peer.uid, pid = caller.peer.pid, device_id, aud = ?request.aud,
         jti = %jti, lifetime_s = request.lifetime, "signed a proof-of-possession JWT");
     http::json(
         StatusCode::OK,

@@ -3,7 +3,8 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::api::Shared;
+use crate::api::{Info, Shared};
+use crate::token::refresher::Handle;
 use wire::clock;
 use wire::http::{self, Reply};
 
@@ -31,6 +32,9 @@ pub struct Status {
     /// The MQTT uplink, when configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::mqtt::Status>,
+    /// A gateway's child identities, one line each (absent without children).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<Vec<ChildSummary>>,
     /// The file sinks (`[[sink]]`), when configured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sinks: Vec<crate::sink::Status>,
@@ -68,8 +72,26 @@ pub struct RefreshStatus {
 
 /// Builds the status from the live state.
 pub fn build(shared: &Shared) -> Status {
-    let snap = shared.tokens.snapshot();
-    let token = crate::token::live(&shared.tokens.current);
+    let mut status = build_for(shared, &shared.tokens, &shared.info);
+    status.mqtt = shared.mqtt.as_ref().map(crate::mqtt::Handle::status);
+    status.sinks = shared.sinks.status();
+    status.children = shared
+        .children
+        .as_ref()
+        .map(|c| {
+            c.all()
+                .iter()
+                .map(|child| ChildSummary::of(child.name(), &child.tokens, &child.info))
+                .collect()
+        })
+        .filter(|v: &Vec<ChildSummary>| !v.is_empty());
+    status
+}
+
+/// The status of one identity: the gateway's own (`info`, `tokens`) or a child's.
+pub fn build_for(shared: &Shared, tokens: &Handle, info: &Info) -> Status {
+    let snap = tokens.snapshot();
+    let token = crate::token::live(&tokens.current);
     let now_mono = Instant::now();
     let now_wall = shared.clock.unix();
     // Monotonic instants → wall-clock strings at the moment of answering.
@@ -82,9 +104,9 @@ pub fn build(shared: &Shared) -> Status {
     Status {
         state: snap.state.as_str().to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        device_id: shared.info.device_id.clone(),
-        key_thumbprint: shared.info.key_thumbprint.clone(),
-        auth_method: shared.info.auth_method.to_owned(),
+        device_id: info.device_id.clone(),
+        key_thumbprint: info.key_thumbprint.clone(),
+        auth_method: info.auth_method.to_owned(),
         asset_id: token.as_ref().and_then(|t| t.asset_id().map(str::to_owned)),
         token: token.as_ref().map(|t| TokenStatus {
             issued_at: t.claims.iat.map(clock::rfc3339),
@@ -100,7 +122,7 @@ pub fn build(shared: &Shared) -> Status {
         refreshes_failed: snap.refreshes_failed,
         clock_skew_seconds: shared.skew.measured(),
         refresh: Some({
-            let demand = shared.tokens.demand();
+            let demand = tokens.demand();
             RefreshStatus {
                 policy: snap.policy.as_str().to_owned(),
                 demand: demand.active,
@@ -113,8 +135,37 @@ pub fn build(shared: &Shared) -> Status {
                 interval_s: snap.interval.map(|i| i.as_secs()),
             }
         }),
-        mqtt: shared.mqtt.as_ref().map(crate::mqtt::Handle::status),
-        sinks: shared.sinks.status(),
+        mqtt: None,
+        children: None,
+        sinks: Vec::new(),
+    }
+}
+
+/// One line of `children` in the gateway's status.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ChildSummary {
+    pub name: String,
+    pub state: String,
+    pub device_id: String,
+    pub asset_id: Option<String>,
+    pub expires_in: Option<u64>,
+    pub consecutive_failures: u32,
+    pub last_error_reason: Option<String>,
+}
+
+impl ChildSummary {
+    fn of(name: &str, tokens: &Handle, info: &Info) -> Self {
+        let snap = tokens.snapshot();
+        let token = crate::token::live(&tokens.current);
+        Self {
+            name: name.to_owned(),
+            state: snap.state.as_str().to_owned(),
+            device_id: info.device_id.clone(),
+            asset_id: token.as_ref().and_then(|t| t.asset_id().map(str::to_owned)),
+            expires_in: token.as_ref().map(|t| t.remaining().as_secs()),
+            consecutive_failures: snap.consecutive_failures,
+            last_error_reason: snap.last_error_reason,
+        }
     }
 }
 

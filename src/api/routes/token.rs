@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::api::Shared;
 use crate::api::reply::{error, with_retry_after};
 use crate::token::AssetToken;
+use crate::token::refresher::Handle;
 use wire::clock;
 use wire::http::{self, Reply};
 
@@ -167,13 +168,32 @@ pub fn parse_min_ttl(query: Option<&str>) -> Result<Duration, &'static str> {
 
 /// Answers `GET /v1/token`.
 pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
+    reply_for(
+        shared,
+        &shared.tokens,
+        &shared.token_body,
+        &shared.info.device_id,
+        req,
+    )
+    .await
+}
+
+/// Answers a token request for the identity whose tokens `tokens` holds (the gateway's
+/// own, or a child's).
+pub async fn reply_for(
+    shared: &Shared,
+    tokens: &Handle,
+    prepared: &Prepared,
+    device_id: &str,
+    req: &Request<Incoming>,
+) -> Reply {
     let min_ttl = match parse_min_ttl(req.uri().query()) {
         Ok(t) => t,
         Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
     };
-    let token = match shared.tokens.token_with(min_ttl, shared.min_ttl_wait).await {
+    let token = match tokens.token_with(min_ttl, shared.min_ttl_wait).await {
         Ok(t) => t,
-        Err(_) => return unavailable(shared, min_ttl),
+        Err(_) => return unavailable_for(tokens, min_ttl),
     };
     let plain = req
         .headers()
@@ -185,7 +205,10 @@ pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
         body.push('\n');
         return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
-    token_reply(shared, &token)
+    match prepared.body(device_id, &token) {
+        Some(body) => http::with_type(StatusCode::OK, "application/json", body),
+        None => http::json(StatusCode::OK, &TokenBody::of(device_id, &token)),
+    }
 }
 
 /// The JSON answer for a held token.
@@ -198,7 +221,12 @@ pub fn token_reply(shared: &Shared, token: &Arc<AssetToken>) -> Reply {
 
 /// Why no token can be served, and when to ask again.
 pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Duration) {
-    let snap = shared.tokens.snapshot();
+    unavailable_reason_for(&shared.tokens, min_ttl)
+}
+
+/// [`unavailable_reason`] for the identity whose tokens `tokens` holds.
+pub fn unavailable_reason_for(tokens: &Handle, min_ttl: Duration) -> (String, Duration) {
+    let snap = tokens.snapshot();
     let retry = snap
         .next_refresh
         .map(|n| n.saturating_duration_since(tokio::time::Instant::now()))
@@ -217,7 +245,12 @@ pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Durati
 
 /// 503 + `Retry-After` + `{"error":"unavailable","reason"}`.
 pub fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
-    let (reason, retry) = unavailable_reason(shared, min_ttl);
+    unavailable_for(&shared.tokens, min_ttl)
+}
+
+/// [`unavailable`] for the identity whose tokens `tokens` holds.
+pub fn unavailable_for(tokens: &Handle, min_ttl: Duration) -> Reply {
+    let (reason, retry) = unavailable_reason_for(tokens, min_ttl);
     with_retry_after(
         error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &reason),
         retry,

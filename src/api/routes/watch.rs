@@ -18,19 +18,31 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::token::{TokenBody, unavailable_reason};
+use super::token::{TokenBody, unavailable_reason_for};
 use crate::api::Shared;
 use crate::api::body::{ApiBody, ApiReply};
 use crate::api::conns::BusyGuard;
 use crate::token::AssetToken;
+use crate::token::refresher::Handle;
 
 /// Lines buffered for a slow reader before the producer waits.
 const BUFFER: usize = 4;
 
 /// Starts the stream.
 pub fn reply(shared: Arc<Shared>, shutdown: CancellationToken, busy: BusyGuard) -> ApiReply {
+    let device_id = shared.info.device_id.clone();
+    reply_for(shared.tokens.clone(), device_id, shutdown, busy)
+}
+
+/// Starts the stream for the identity whose tokens `tokens` holds (a gateway's child).
+pub fn reply_for(
+    tokens: Handle,
+    device_id: String,
+    shutdown: CancellationToken,
+    busy: BusyGuard,
+) -> ApiReply {
     let (tx, body) = ApiBody::lines(busy, BUFFER);
-    tokio::spawn(produce(shared, shutdown, tx));
+    tokio::spawn(produce(tokens, device_id, shutdown, tx));
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();
@@ -42,10 +54,15 @@ pub fn reply(shared: Arc<Shared>, shutdown: CancellationToken, busy: BusyGuard) 
     resp
 }
 
-async fn produce(shared: Arc<Shared>, shutdown: CancellationToken, tx: mpsc::Sender<Bytes>) {
+async fn produce(
+    tokens: Handle,
+    device_id: String,
+    shutdown: CancellationToken,
+    tx: mpsc::Sender<Bytes>,
+) {
     // An open stream uses the token: an on-demand refresher keeps it fresh meanwhile.
-    let _demand = shared.tokens.hold();
-    let mut current = shared.tokens.current.clone();
+    let _demand = tokens.hold();
+    let mut current = tokens.current.clone();
     // What the last line said: a token (by identity) or "none".
     let mut last: Option<Option<Arc<AssetToken>>> = None;
     loop {
@@ -60,7 +77,7 @@ async fn produce(shared: Arc<Shared>, shutdown: CancellationToken, tx: mpsc::Sen
             _ => false,
         });
         if !same {
-            let line = line(&shared, now.as_deref());
+            let line = line(&tokens, &device_id, now.as_deref());
             tokio::select! {
                 sent = tx.send(line) => if sent.is_err() { return },
                 () = shutdown.cancelled() => return,
@@ -76,16 +93,16 @@ async fn produce(shared: Arc<Shared>, shutdown: CancellationToken, tx: mpsc::Sen
 }
 
 /// One NDJSON line for the token (or its absence).
-fn line(shared: &Shared, token: Option<&AssetToken>) -> Bytes {
+fn line(tokens: &Handle, device_id: &str, token: Option<&AssetToken>) -> Bytes {
     #[derive(Serialize)]
     struct Unavailable<'a> {
         error: &'a str,
         reason: &'a str,
     }
     let json = match token {
-        Some(t) => serde_json::to_vec(&TokenBody::new(shared, t)),
+        Some(t) => serde_json::to_vec(&TokenBody::of(device_id, t)),
         None => {
-            let (reason, _) = unavailable_reason(shared, std::time::Duration::ZERO);
+            let (reason, _) = unavailable_reason_for(tokens, std::time::Duration::ZERO);
             serde_json::to_vec(&Unavailable {
                 error: "unavailable",
                 reason: &reason,

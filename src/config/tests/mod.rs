@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod children;
 mod rules;
 
 pub(super) const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";

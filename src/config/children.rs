@@ -1,0 +1,395 @@
+//! Child identities (gateway mode): `[children.NAME]` tables in the config and one file per
+//! child in the children directory (`[gateway] children_dir`, default `children.d` next to
+//! the main file), so a gateway gains a child by dropping `pump-7.toml` there and reloading.
+//!
+//! A child's file holds the same keys as its table (`device_id`, `name`, `serial_number`,
+//! ..., the caller lists and a `[key]` table shaped like the top-level `[key]`); the child is
+//! named after the file. Every problem names the file, the dotted key and the rule.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::error::Error;
+use super::raw::{RawAsset, RawKey};
+
+use super::rules::Check;
+use super::units::{self, List};
+use super::{Asset, Key};
+
+/// The directory of child files next to the main config file, unless `gateway.children_dir`
+/// names another.
+pub const CHILDREN_DIR: &str = "children.d";
+/// At most this many children (each holds a refresh loop, a key and a cache file).
+pub const MAX_CHILDREN: usize = 10_000;
+/// Longest child name: it is a path component and a URL segment.
+pub const MAX_CHILD_NAME: usize = 64;
+
+/// `[gateway]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [gateway] table")]
+pub(crate) struct RawGateway {
+    #[serde(deserialize_with = "units::strict_path")]
+    pub children_dir: Option<PathBuf>,
+}
+
+/// One child as written: a `[children.NAME]` table or a file in the children directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a child table")]
+pub(crate) struct RawChild {
+    #[serde(deserialize_with = "units::strict_string")]
+    pub device_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub serial_number: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub account_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub contact_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub token_name: Option<String>,
+    pub allow_uids: Option<List<u32>>,
+    pub allow_gids: Option<List<u32>>,
+    pub signer_uids: Option<List<u32>>,
+    pub signer_gids: Option<List<u32>>,
+    pub key: Option<RawKey>,
+}
+
+/// `[gateway]`: where child files are read from.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Gateway {
+    /// The children directory, if any (it need not exist).
+    pub children_dir: Option<PathBuf>,
+}
+
+/// A child identity: its own Asset, key, token and caller policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Child {
+    /// The child's name: `[a-z0-9][a-z0-9_-]*`, used in socket paths and state paths.
+    pub name: String,
+    /// What its actor token says (same rules as `[asset]`).
+    pub asset: Asset,
+    /// Its device key (one per child; generated on first use).
+    pub key: Key,
+    /// Who may use it besides admins.
+    pub access: Access,
+    /// Where the child's token cache and (by default) key live: `<state.dir>/children/NAME`.
+    pub state_dir: PathBuf,
+    /// The file it was declared in, when it came from the children directory.
+    pub file: Option<PathBuf>,
+}
+
+/// Which callers may use a child: its token, watch stream and status (`allow_*`), and also
+/// its `sign` route (`signer_*`). Admins may use every child; nobody else may.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Access {
+    pub allow_uids: Vec<u32>,
+    pub allow_gids: Vec<u32>,
+    pub signer_uids: Vec<u32>,
+    pub signer_gids: Vec<u32>,
+}
+
+/// A child as read, before validation.
+pub(crate) struct Declared {
+    pub name: String,
+    pub raw: RawChild,
+    /// The children-directory file, or `None` for a `[children.NAME]` table.
+    pub file: Option<PathBuf>,
+}
+
+/// Reads every `*.toml` in `dir` (sorted; hidden files skipped; a missing directory has no
+/// children) as one child each.
+///
+/// # Errors
+/// The directory or a file cannot be read, a file is not TOML or has an unknown key.
+pub(crate) fn read_dir(dir: &Path) -> Result<Vec<Declared>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::ReadDropIns {
+                dir: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::ReadDropIns {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.ends_with(".toml") && !file_name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    let mut out = Vec::new();
+    for path in files {
+        let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
+            path: path.clone(),
+            source,
+        })?;
+        let raw: RawChild = toml_child(&path, &text)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push(Declared {
+            name,
+            raw,
+            file: Some(path),
+        });
+    }
+    Ok(out)
+}
+
+fn toml_child(path: &Path, text: &str) -> Result<RawChild, Error> {
+    use config::{FileFormat, Format};
+    let origin = path.display().to_string();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let map = FileFormat::Toml
+        .parse(Some(&origin), text)
+        .map_err(|source| Error::Syntax {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut builder = config::Config::builder();
+    for (k, v) in map {
+        builder = builder
+            .set_override(k, v)
+            .map_err(|e| Error::from_config(e, &origin))?;
+    }
+    builder
+        .build()
+        .and_then(config::Config::try_deserialize::<RawChild>)
+        .map_err(|e| Error::from_config(e, &origin))
+}
+
+/// Whether `name` may name a child: lowercase letters, digits, `-` and `_`, starting with a
+/// letter or digit, at most [`MAX_CHILD_NAME`] long.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= MAX_CHILD_NAME
+}
+
+// === impl Check: children ===
+
+impl Check<'_> {
+    /// Validates every declared child against each other and the gateway's own `[asset]`
+    /// and `[key]`. Problems in a child file name that file.
+    pub(super) fn children(
+        &mut self,
+        declared: Vec<Declared>,
+        state: &Path,
+        own: Option<&Asset>,
+        own_key: &Key,
+    ) -> Vec<Child> {
+        let mut by_name: BTreeMap<String, Child> = BTreeMap::new();
+        if declared.len() > MAX_CHILDREN {
+            self.invalid(
+                "children",
+                format!("at most {MAX_CHILDREN} children, got {}", declared.len()),
+            );
+        }
+        for d in declared {
+            let before = self.problems.len();
+            let file = d.file.clone();
+            let child = self.child(d, state);
+            if let Some(file) = &file {
+                for p in &mut self.problems[before..] {
+                    if let Error::Invalid { origin, .. } = p {
+                        origin.get_or_insert_with(|| file.display().to_string());
+                    }
+                }
+            }
+            let Some(child) = child else { continue };
+            if let Some(first) = by_name.get(&child.name) {
+                let where_ = |f: &Option<PathBuf>, n: &str| {
+                    f.as_ref()
+                        .map_or(format!("[children.{n}]"), |p| p.display().to_string())
+                };
+                let rule = format!(
+                    "is declared twice: in {} and in {}; remove one",
+                    where_(&first.file, &first.name),
+                    where_(&child.file, &child.name)
+                );
+                self.invalid(&format!("children.{}", child.name), rule);
+                continue;
+            }
+            by_name.insert(child.name.clone(), child);
+        }
+        let children: Vec<Child> = by_name.into_values().collect();
+        self.children_distinct(&children, own, own_key);
+        children
+    }
+
+    /// Device ids, serial numbers and key paths must not repeat: two identities with one
+    /// serial number would be linked to one Asset, and one key would bind both.
+    fn children_distinct(&mut self, children: &[Child], own: Option<&Asset>, own_key: &Key) {
+        let mut device_ids: BTreeMap<&str, String> = BTreeMap::new();
+        let mut serials: BTreeMap<&str, String> = BTreeMap::new();
+        let mut keys: BTreeMap<&Path, String> = BTreeMap::new();
+        // Two PKCS#11 children naming one token object are caught when the key opens.
+        if let Some(a) = own {
+            device_ids.insert(&a.device_id, "asset".to_owned());
+            serials.insert(&a.serial_number, "asset".to_owned());
+        }
+        if let Some(p) = own_key.file() {
+            keys.insert(p, "key".to_owned());
+        }
+        for c in children {
+            let at = format!("children.{}", c.name);
+            if let Some(other) = device_ids.insert(&c.asset.device_id, at.clone()) {
+                self.invalid(
+                    &format!("{at}.device_id"),
+                    format!(
+                        "{:?} is also {other}.device_id; every identity needs its own device id",
+                        c.asset.device_id
+                    ),
+                );
+            }
+            if let Some(other) = serials.insert(&c.asset.serial_number, at.clone()) {
+                self.invalid(
+                    &format!("{at}.serial_number"),
+                    format!(
+                        "{:?} is also {other}.serial_number; Salesforce would link both to one Asset",
+                        c.asset.serial_number
+                    ),
+                );
+            }
+            if let Some(path) = c.key.file()
+                && let Some(other) = keys.insert(path, at.clone())
+            {
+                self.invalid(
+                    &format!("{at}.key.path"),
+                    format!(
+                        "{} is also {other}.key.path (or its default); every identity needs its own key",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn child(&mut self, mut d: Declared, state: &Path) -> Option<Child> {
+        let at = format!("children.{}", d.name);
+        if !valid_name(&d.name) {
+            let rule = format!(
+                "{:?} is not a valid child name: use 1 to {MAX_CHILD_NAME} lowercase letters, digits, '-' or '_', starting with a letter or digit{}",
+                d.name,
+                d.file
+                    .as_ref()
+                    .map_or(String::new(), |_| " (rename the file)".to_owned())
+            );
+            self.invalid(&at, rule);
+            return None;
+        }
+        let r = &d.raw;
+        let Some(device_id) = r.device_id.clone() else {
+            self.child_missing(&at, "device_id", d.file.as_deref());
+            return None;
+        };
+        let asset = self.asset_fields(
+            &at,
+            RawAsset {
+                device_id: Some(device_id),
+                name: r.name.clone(),
+                serial_number: r.serial_number.clone(),
+                account_id: r.account_id.clone(),
+                contact_id: r.contact_id.clone(),
+                id: r.id.clone(),
+                token_name: r.token_name.clone(),
+            },
+            d.file.as_deref(),
+        );
+        let state_dir = state.join("children").join(&d.name);
+        let raw_key = d.raw.key.take().unwrap_or_default();
+        let key = self.key(&format!("{at}.key"), raw_key, &state_dir);
+        let r = &d.raw;
+        let list = |l: &Option<List<u32>>| l.as_ref().map(|l| l.0.clone()).unwrap_or_default();
+        Some(Child {
+            name: d.name,
+            asset: asset?,
+            key,
+            access: Access {
+                allow_uids: list(&r.allow_uids),
+                allow_gids: list(&r.allow_gids),
+                signer_uids: list(&r.signer_uids),
+                signer_gids: list(&r.signer_gids),
+            },
+            state_dir,
+            file: d.file,
+        })
+    }
+
+    fn child_missing(&mut self, at: &str, field: &str, file: Option<&Path>) {
+        let hint = match file {
+            Some(f) => format!("set {field} = \"...\" in {}", f.display()),
+            None => format!("set {field} = \"...\" in the [{at}] table"),
+        };
+        self.problems.push(Error::Missing {
+            key: format!("{at}.{field}"),
+            condition: String::new(),
+            hint,
+        });
+    }
+
+    /// The Asset fields of a child, with `[asset]`'s rules under the `at.` prefix.
+    fn asset_fields(&mut self, at: &str, mut raw: RawAsset, file: Option<&Path>) -> Option<Asset> {
+        let mut complete = true;
+        for (field, value) in [
+            ("name", &mut raw.name),
+            ("serial_number", &mut raw.serial_number),
+        ] {
+            if value.is_none() {
+                self.child_missing(at, field, file);
+                complete = false;
+                // A stand-in, so the other fields are still checked (and not reported
+                // missing a second time).
+                *value = Some("-".to_owned());
+            }
+        }
+        let asset = self.asset_at(at, raw);
+        asset.filter(|_| complete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["pump-7", "a", "0", "ble_tag_12"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        let long = "a".repeat(MAX_CHILD_NAME + 1);
+        for bad in [
+            "",
+            "Pump",
+            "-a",
+            "_a",
+            "a/b",
+            "a.b",
+            "..",
+            "a b",
+            long.as_str(),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

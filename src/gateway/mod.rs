@@ -1,0 +1,366 @@
+//! Gateway mode: one agent holding many identities. Besides its own (`[asset]`, served at
+//! `/v1/token`), a gateway holds **children** (`[children.NAME]` tables and files in the
+//! children directory): devices behind it that cannot run an agent (Modbus meters, BLE
+//! tags, PLCs), each its own Asset in Salesforce with its own key and asset token.
+//!
+//! - Each child has its own refresh loop ([`Refresher`]) under the same fleet rules as the
+//!   gateway's (retry budget, refresh band, boot spread, on-demand policy), its own key,
+//!   and its own token cache in `<state.dir>/children/NAME/`.
+//! - All identities share one subject access token, one HTTPS client and one JWKS cache
+//!   ([`Flow::sibling`]), and every attempt passes one [`Gate`]: a bounded number in
+//!   flight, started a minimum spacing apart, so 200 children booting at once never mean
+//!   200 simultaneous exchanges.
+//! - [`Children::sync`] applies a reloaded configuration: added children start, removed
+//!   ones stop and are no longer served at once (their key and cache stay on disk),
+//!   changed ones restart; the others are not touched.
+//! - The socket API serves each child under `/v1/assets/NAME/...` to admins and to the
+//!   callers its `allow_*`/`signer_*` lists name, and to nobody else (`api::routes::assets`).
+
+mod key;
+mod metrics;
+
+pub use key::open_key;
+pub use metrics::ChildMetrics;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::Identity;
+use crate::api::Info;
+use crate::api::peer::{Peer, Role};
+use crate::backoff::OsJitter;
+use crate::config::{self, Child};
+use crate::keys::{OpenError, Signer};
+use crate::tasks::Tasks;
+use crate::token::cache::{Cache, Owner};
+use crate::token::flow::Flow;
+use crate::token::gate::Gate;
+use crate::token::refresher::{Handle, Policy, Refresher};
+use wire::oauth::AssetFields;
+
+/// A child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the key of child {name} is unusable")]
+    Key {
+        name: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error("the key of child {name} could not be opened: the runtime is shutting down")]
+    KeyTask { name: String },
+    #[error("the state directory of child {name} is unusable")]
+    StateDir {
+        name: String,
+        #[source]
+        source: crate::fsutil::Error,
+    },
+}
+
+/// One running child identity.
+pub struct Running {
+    pub config: Child,
+    pub tokens: Handle,
+    pub signer: Arc<dyn Signer>,
+    pub info: Info,
+    /// Its `GET .../token` body, prepared once per token.
+    pub token_body: crate::api::routes::token::Prepared,
+    stop: CancellationToken,
+}
+
+/// What a child's caller may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grant {
+    /// Its token, watch stream and status.
+    Token,
+    /// Also `sign` with its key.
+    Signer,
+}
+
+/// What [`Children::sync`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    /// Children that could not be started (logged); they are not served.
+    pub failed: Vec<String>,
+}
+
+/// How a child's refresh loop is built: a flow sharing the gateway's subject token.
+struct Factory {
+    template: Flow,
+    policy: Policy,
+    gate: Arc<Gate>,
+    instance_url: String,
+    client_id: String,
+    auth_method: &'static str,
+}
+
+/// The running children, by name.
+pub struct Children {
+    map: RwLock<BTreeMap<String, Arc<Running>>>,
+    /// One [`Children::sync`] at a time (the start-up one and a reload may overlap).
+    syncing: tokio::sync::Mutex<()>,
+    factory: std::sync::Mutex<Factory>,
+    tasks: Tasks,
+    cancel: CancellationToken,
+}
+
+// === impl Changes ===
+
+impl Changes {
+    /// One line for the reload report, `None` when no child changed.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (what, names) in [
+            ("added", &self.added),
+            ("removed", &self.removed),
+            ("restarted", &self.restarted),
+            ("failed to start", &self.failed),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("children {what}: {}", names.join(", ")));
+            }
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+// === impl Children ===
+
+impl Children {
+    /// A set of children whose flows are siblings of `template` (a sibling of the
+    /// gateway's own flow) and whose loops run under `tasks` until `cancel`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        template: Flow,
+        policy: Policy,
+        gate: Arc<Gate>,
+        sf: &config::Salesforce,
+        auth_method: &'static str,
+        tasks: Tasks,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            map: RwLock::new(BTreeMap::new()),
+            syncing: tokio::sync::Mutex::new(()),
+            factory: std::sync::Mutex::new(Factory {
+                template,
+                policy,
+                gate,
+                instance_url: sf.instance_url.to_string(),
+                client_id: sf.client_id.clone(),
+                auth_method,
+            }),
+            tasks,
+            cancel,
+        }
+    }
+
+    /// The running child `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Running>> {
+        self.map.read().ok()?.get(name).cloned()
+    }
+
+    /// Every running child, by name.
+    pub fn all(&self) -> Vec<Arc<Running>> {
+        self.map
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Makes the running children those of `wanted`: starts new ones, stops removed ones
+    /// (no longer served from this moment; key and cache stay), restarts changed ones and
+    /// leaves the others alone. Keys are opened (or generated) off the runtime, one
+    /// child after another, each child served as soon as it has started.
+    pub async fn sync(&self, wanted: &[Child]) -> Changes {
+        let _one_at_a_time = self.syncing.lock().await;
+        let mut changes = Changes::default();
+        let current: BTreeMap<String, Arc<Running>> =
+            self.map.read().map(|m| m.clone()).unwrap_or_default();
+        for (name, running) in &current {
+            match wanted.iter().find(|c| &c.name == name) {
+                Some(c) if c == &running.config => {}
+                Some(_) => {
+                    self.stop(name);
+                    changes.restarted.push(name.clone());
+                }
+                None => {
+                    self.stop(name);
+                    tracing::info!(child = %name, key = %running.config.key,
+                        "child removed: its token is no longer served (its key is kept)");
+                    changes.removed.push(name.clone());
+                }
+            }
+        }
+        for child in wanted {
+            if self.get(&child.name).is_some() {
+                continue;
+            }
+            match self.start(child).await {
+                Ok(()) => {
+                    if !changes.restarted.contains(&child.name) {
+                        changes.added.push(child.name.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(child = %child.name, "could not start the child: {}",
+                        crate::error::chain(&e));
+                    changes.restarted.retain(|n| n != &child.name);
+                    changes.failed.push(child.name.clone());
+                }
+            }
+        }
+        changes
+    }
+
+    fn stop(&self, name: &str) {
+        let removed = self.map.write().ok().and_then(|mut m| m.remove(name));
+        if let Some(r) = removed {
+            r.stop.cancel();
+        }
+    }
+
+    /// Starts one child: opens (or generates) its key, builds its flow and cache and
+    /// spawns its refresh loop.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    async fn start(&self, child: &Child) -> Result<(), Error> {
+        let name = child.name.clone();
+        crate::fsutil::ensure_dir(&child.state_dir, 0o700).map_err(|source| Error::StateDir {
+            name: name.clone(),
+            source,
+        })?;
+        let key = child.key.clone();
+        let opened = tokio::task::spawn_blocking(move || open_key(&key))
+            .await
+            .map_err(|_| Error::KeyTask { name: name.clone() })?
+            .map_err(|source| Error::Key {
+                name: name.clone(),
+                source,
+            })?;
+        let signer = opened.signer;
+        let kid = signer.public_jwk().kid.clone();
+        if opened.created {
+            tracing::info!(child = %name, key = %opened.location, kid = %kid,
+                "child key generated");
+        }
+        let Ok(factory) = self.factory.lock() else {
+            return Ok(());
+        };
+        let flow = factory.template.sibling(
+            signer.clone(),
+            identity(&child.asset),
+            broadcast::channel(1).0,
+        );
+        let cache = Cache::new(
+            &child.state_dir,
+            Owner {
+                instance_url: factory.instance_url.clone(),
+                client_id: factory.client_id.clone(),
+                device_id: child.asset.device_id.clone(),
+                key_thumbprint: kid.clone(),
+                verification: flow.verifier.fingerprint(),
+            },
+            signer.clone(),
+        );
+        let (refresher, tokens) = Refresher::new(
+            flow,
+            factory.policy.clone(),
+            Box::new(OsJitter),
+            Some(cache),
+        );
+        let refresher = refresher.with_gate(factory.gate.clone());
+        let stop = self.cancel.child_token();
+        let running = Arc::new(Running {
+            config: child.clone(),
+            tokens,
+            signer,
+            info: Info {
+                device_id: child.asset.device_id.clone(),
+                key_thumbprint: kid,
+                auth_method: factory.auth_method,
+            },
+            token_body: crate::api::routes::token::Prepared::default(),
+            stop: stop.clone(),
+        });
+        drop(factory);
+        if let Ok(mut m) = self.map.write() {
+            m.insert(name.clone(), running);
+        }
+        let span = tracing::info_span!("child", name = %name);
+        let task = tracing::Instrument::instrument(refresher.run(stop.clone()), span);
+        self.tasks.spawn_until("child refresh loop", task, stop);
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Children {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.all().iter().map(|c| c.config.name.clone()).collect();
+        f.debug_struct("Children").field("names", &names).finish()
+    }
+}
+
+// === impl Running ===
+
+impl Running {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// What `peer`, going by this child's lists alone, may do with it (admins are
+    /// decided by the caller's role, see [`Running::allows`]).
+    pub fn grant(&self, peer: &Peer) -> Option<Grant> {
+        let a = &self.config.access;
+        let member = |uids: &[u32], gids: &[u32]| {
+            uids.contains(&peer.uid)
+                || gids.contains(&peer.gid)
+                || peer.groups.iter().any(|g| gids.contains(g))
+        };
+        if member(&a.signer_uids, &a.signer_gids) {
+            Some(Grant::Signer)
+        } else if member(&a.allow_uids, &a.allow_gids) {
+            Some(Grant::Token)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a caller with `role` (on the gateway) and `peer` credentials may have
+    /// `needs` on this child: admins may use every child; anyone else only what the
+    /// child's own lists grant.
+    pub fn allows(&self, role: Option<Role>, peer: &Peer, needs: Grant) -> bool {
+        role == Some(Role::Admin) || self.grant(peer).is_some_and(|g| g >= needs)
+    }
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.config.name)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a child's actor token says about it.
+pub fn identity(asset: &config::Asset) -> Identity {
+    Identity {
+        device_id: asset.device_id.clone(),
+        token_name: asset.token_name.clone(),
+        asset: AssetFields {
+            id: asset.id.clone(),
+            name: Some(asset.name.clone()),
+            serial_number: Some(asset.serial_number.clone()),
+            account_id: asset.account_id.clone(),
+            contact_id: asset.contact_id.clone(),
+        },
+    }
+}

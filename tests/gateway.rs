@@ -1,0 +1,541 @@
+//! Gateway mode: one agent holding its own identity and child identities, each its own
+//! Asset with its own key and token; per-child caller policy; children added and removed
+//! by reload; one child's failure isolated; one shared subject token and a boot that does
+//! not send every child's exchange at once (paused time, exact request counts).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api_common;
+mod common;
+#[path = "common/rig.rs"]
+mod rig;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use api_common::{NOBODY, curl_as, has_jwt, open_to_everyone, root_or_skip};
+use asset_agent::config::{Config, LoadOptions};
+use common::{Agent, Device, emulator, get, wait_for_token, write_0600};
+use emulator::{Emulator, Grant};
+use wire::clock::Clock;
+use wire::jose::RsaPublicJwk;
+
+const CHILD_KEYS: [&str; 3] = [
+    include_str!("data/child-1-key.pem"),
+    include_str!("data/child-2-key.pem"),
+    include_str!("data/child-3-key.pem"),
+];
+
+/// The uid of a "Modbus bridge" allowed pump-7 only.
+const BRIDGE: u32 = 4242;
+
+/// A `[children.NAME]` table with a checked-in key written to the device directory.
+fn child_table(dev: &Device, name: &str, serial: &str, key_pem: &str, extra: &str) -> String {
+    let key = dev.path(&format!("{name}-key.pem"));
+    if !key.exists() {
+        write_0600(&key, key_pem.as_bytes());
+    }
+    format!(
+        "\n[children.{name}]\ndevice_id = \"gw-{name}\"\nname = \"{name}\"\nserial_number = \"{serial}\"\n{extra}\n[children.{name}.key]\npath = \"{}\"\n",
+        key.display()
+    )
+}
+
+/// The device's config with `tail` appended (children tables), loaded.
+fn config_with(dev: &Device, emu: &Emulator, token_extra: &str, tail: &str) -> (PathBuf, Config) {
+    let path = dev.write_config(emu, "", token_extra);
+    let mut toml = std::fs::read_to_string(&path).unwrap();
+    toml.push_str(tail);
+    std::fs::write(&path, toml).unwrap();
+    (path.clone(), load(&path))
+}
+
+fn load(path: &Path) -> Config {
+    Config::load(&LoadOptions::new(Some(path.to_owned()), HashMap::new())).unwrap()
+}
+
+fn three_children(dev: &Device) -> String {
+    [
+        child_table(
+            dev,
+            "pump-7",
+            "P-7",
+            CHILD_KEYS[0],
+            &format!("allow_uids = [{BRIDGE}]"),
+        ),
+        child_table(dev, "meter-2", "M-2", CHILD_KEYS[1], ""),
+        child_table(dev, "tag-9", "T-9", CHILD_KEYS[2], ""),
+    ]
+    .concat()
+}
+
+/// Polls `path` as the agent's own uid (an admin) until it answers 200 (bounded).
+async fn wait_ok(socket: &Path, path: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let r = get(socket, path).await;
+        if r.status == 200 {
+            return serde_json::from_slice(&r.body).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path}: no 200 within 20 s");
+}
+
+/// The thumbprint of the key a token's `cnf.jwk` binds.
+fn cnf_thumbprint(emu: &Emulator, jwt: &str) -> String {
+    let claims = common::verify_with_jwks(emu, jwt);
+    let jwk: RsaPublicJwk = serde_json::from_value(claims["cnf"]["jwk"].clone()).unwrap();
+    jwk.thumbprint()
+}
+
+#[tokio::test]
+async fn three_children_each_with_its_own_asset_key_and_token() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let (_, config) = config_with(&dev, &emu, "", &three_children(&dev));
+    assert_eq!(config.children.len(), 3);
+    let agent = Agent::start(&config, Clock::system()).await;
+    let socket = dev.socket();
+    let own = wait_for_token(&socket).await;
+    let mut tokens = vec![("gateway".to_owned(), own)];
+    for name in ["meter-2", "pump-7", "tag-9"] {
+        let t = wait_ok(&socket, &format!("/v1/assets/{name}/token")).await;
+        assert_eq!(t["device_id"], format!("gw-{name}"));
+        tokens.push((name.to_owned(), t));
+    }
+    // Four Assets, four keys, four tokens: nothing shared between identities.
+    let assets = emu.assets();
+    assert_eq!(assets.len(), 4, "{assets:?}");
+    let ids: BTreeSet<String> = tokens
+        .iter()
+        .map(|(_, t)| t["asset_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    let mut thumbprints = BTreeSet::new();
+    for (name, t) in &tokens {
+        let jwt = t["token"].as_str().unwrap();
+        let jkt = cnf_thumbprint(&emu, jwt);
+        let asset = assets
+            .iter()
+            .find(|a| Some(a.id.as_str()) == t["asset_id"].as_str())
+            .unwrap();
+        assert_eq!(asset.device_key_thumbprint, jkt, "{name}");
+        assert_eq!(asset.device_id, t["device_id"].as_str().unwrap(), "{name}");
+        if name != "gateway" {
+            let status = wait_ok(&socket, &format!("/v1/assets/{name}/status")).await;
+            assert_eq!(status["key_thumbprint"], jkt.as_str(), "{name}");
+            assert_eq!(status["state"], "ready");
+        }
+        thumbprints.insert(jkt);
+    }
+    assert_eq!(thumbprints.len(), 4, "one key per identity");
+    // One subject token for all four identities.
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 1);
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 4);
+    // The gateway's status lists the children; metrics are labelled per identity.
+    let status = wait_ok(&socket, "/v1/status").await;
+    let names: Vec<&str> = status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["meter-2", "pump-7", "tag-9"]);
+    let metrics = String::from_utf8(get(&socket, "/metrics").await.body.to_vec()).unwrap();
+    for name in ["meter-2", "pump-7", "tag-9"] {
+        let line = format!("asset_agent_identity_token_valid{{identity=\"{name}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("asset_agent_children 3"), "{metrics}");
+    // The CLI takes the identity's name.
+    let s = socket.clone();
+    let (raw, status_json) = tokio::task::spawn_blocking(move || {
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+                .args(args)
+                .arg("--socket")
+                .arg(&s)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        (
+            cli(&["token", "pump-7", "--raw"]),
+            cli(&["status", "meter-2", "--json"]),
+        )
+    })
+    .await
+    .unwrap();
+    let pump_jwt = tokens.iter().find(|(n, _)| n == "pump-7").unwrap().1["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(raw.trim(), pump_jwt);
+    let status_json: serde_json::Value = serde_json::from_str(&status_json).unwrap();
+    assert_eq!(status_json["device_id"], "gw-meter-2");
+    // Signing with a child's key: the child's kid, the child's device id.
+    let signed = asset_agent::client::post_json(
+        &socket,
+        "/v1/assets/pump-7/sign",
+        &br#"{"aud":"https://backend.example.com"}"#[..],
+    )
+    .await
+    .unwrap();
+    assert_eq!(signed.status, 200);
+    let signed: serde_json::Value = serde_json::from_slice(&signed.body).unwrap();
+    let pump = &tokens.iter().find(|(n, _)| n == "pump-7").unwrap().1;
+    assert_eq!(
+        signed["kid"].as_str().unwrap(),
+        cnf_thumbprint(&emu, pump["token"].as_str().unwrap())
+    );
+    agent.stop().await;
+}
+
+/// The uid allowed pump-7 gets pump-7's token and 403 everywhere else; a stranger gets
+/// 403 for pump-7 too.
+#[tokio::test]
+async fn a_caller_allowed_one_child_gets_403_elsewhere() {
+    if !root_or_skip("a_caller_allowed_one_child_gets_403_elsewhere") {
+        return;
+    }
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let (_, config) = config_with(&dev, &emu, "", &three_children(&dev));
+    let agent = Agent::start(&config, Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    for name in ["meter-2", "pump-7", "tag-9"] {
+        wait_ok(&socket, &format!("/v1/assets/{name}/token")).await;
+    }
+    open_to_everyone(&dev);
+    let s = socket.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let get = |uid: u32, path: &str| {
+            (
+                path.to_owned(),
+                uid,
+                curl_as(uid, uid, &[], &s, "GET", path, None),
+            )
+        };
+        vec![
+            get(BRIDGE, "/v1/assets/pump-7/token"),
+            get(BRIDGE, "/v1/assets/pump-7/status"),
+            get(BRIDGE, "/v1/assets/meter-2/token"),
+            get(BRIDGE, "/v1/assets/tag-9/token/watch"),
+            get(BRIDGE, "/v1/assets/no-such/token"),
+            get(BRIDGE, "/v1/token"),
+            get(BRIDGE, "/v1/status"),
+            get(BRIDGE, "/v1/assets"),
+            (
+                "/v1/assets/pump-7/sign".to_owned(),
+                BRIDGE,
+                curl_as(
+                    BRIDGE,
+                    BRIDGE,
+                    &[],
+                    &s,
+                    "POST",
+                    "/v1/assets/pump-7/sign",
+                    Some(r#"{"aud":"x"}"#),
+                ),
+            ),
+            get(NOBODY, "/v1/assets/pump-7/token"),
+        ]
+    })
+    .await
+    .unwrap();
+    let status = |path: &str, uid: u32| {
+        results
+            .iter()
+            .find(|(p, u, _)| p == path && *u == uid)
+            .map(|(_, _, r)| r)
+            .unwrap()
+    };
+    let pump = status("/v1/assets/pump-7/token", BRIDGE);
+    assert_eq!(pump.status, 200, "{pump:?}");
+    let body: serde_json::Value = serde_json::from_str(&pump.body).unwrap();
+    assert_eq!(body["device_id"], "gw-pump-7");
+    assert_eq!(status("/v1/assets/pump-7/status", BRIDGE).status, 200);
+    let listed: serde_json::Value =
+        serde_json::from_str(&status("/v1/assets", BRIDGE).body).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["name"], "pump-7");
+    for (path, uid, r) in &results {
+        if (path == "/v1/assets/pump-7/token"
+            || path == "/v1/assets/pump-7/status"
+            || path == "/v1/assets")
+            && *uid == BRIDGE
+        {
+            continue;
+        }
+        assert_eq!(r.status, 403, "uid {uid} {path}: {r:?}");
+        assert!(
+            !has_jwt(&r.body),
+            "uid {uid} {path} leaked a token: {}",
+            r.body
+        );
+    }
+    agent.stop().await;
+}
+
+/// A child added (a file dropped in children.d) and one removed (its table deleted), then
+/// the reload applied: the removed one is not served from that moment, its key stays; the
+/// untouched child keeps its token and makes no new exchange.
+#[tokio::test]
+async fn reload_adds_and_removes_children_without_disturbing_the_others() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let keep = child_table(&dev, "pump-7", "P-7", CHILD_KEYS[0], "");
+    let drop_ = child_table(&dev, "meter-2", "M-2", CHILD_KEYS[1], "");
+    let (path, config) = config_with(&dev, &emu, "", &format!("{keep}{drop_}"));
+    let agent = Agent::start(&config, Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let before = wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    wait_ok(&socket, "/v1/assets/meter-2/token").await;
+    let exchanges = emu.grant_count(Grant::TokenExchange);
+    assert_eq!(exchanges, 3);
+
+    // meter-2's table goes; tag-9 arrives as a file in children.d.
+    let toml = std::fs::read_to_string(&path).unwrap().replace(&drop_, "");
+    std::fs::write(&path, toml).unwrap();
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let key = dev.path("tag-9-key.pem");
+    write_0600(&key, CHILD_KEYS[2].as_bytes());
+    std::fs::write(
+        dir.join("tag-9.toml"),
+        format!(
+            "device_id = \"gw-tag-9\"\nname = \"tag-9\"\nserial_number = \"T-9\"\n[key]\npath = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let new = load(&path);
+    assert_eq!(
+        new.children
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["pump-7", "tag-9"]
+    );
+    let changes = agent.running.apply_children(&new).await;
+    assert_eq!(changes.added, ["tag-9"]);
+    assert_eq!(changes.removed, ["meter-2"]);
+    assert!(changes.restarted.is_empty() && changes.failed.is_empty());
+    // Gone at once (an admin is told it does not exist), its key kept.
+    assert_eq!(get(&socket, "/v1/assets/meter-2/token").await.status, 404);
+    assert!(dev.path("meter-2-key.pem").exists());
+    let added = wait_ok(&socket, "/v1/assets/tag-9/token").await;
+    assert_eq!(added["device_id"], "gw-tag-9");
+    let after = wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    assert_eq!(before["token"], after["token"], "pump-7 untouched");
+    assert_eq!(
+        emu.grant_count(Grant::TokenExchange),
+        exchanges + 1,
+        "only tag-9 exchanged"
+    );
+    // Applying the same list again changes nothing.
+    assert_eq!(agent.running.apply_children(&new).await, Default::default());
+    agent.stop().await;
+}
+
+/// A child whose Asset Salesforce refuses (an `id` that does not exist) fails on its own:
+/// the gateway and the other children are served as if nothing happened.
+#[tokio::test]
+async fn one_childs_refused_asset_does_not_affect_the_others() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let tail = [
+        child_table(&dev, "pump-7", "P-7", CHILD_KEYS[0], ""),
+        child_table(
+            &dev,
+            "ghost",
+            "G-1",
+            CHILD_KEYS[1],
+            "id = \"02i000000000000AAA\"",
+        ),
+        child_table(&dev, "tag-9", "T-9", CHILD_KEYS[2], ""),
+    ]
+    .concat();
+    let (_, config) = config_with(&dev, &emu, "", &tail);
+    let agent = Agent::start(&config, Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    wait_ok(&socket, "/v1/assets/tag-9/token").await;
+    let mut ghost = serde_json::Value::Null;
+    for _ in 0..100 {
+        ghost = wait_ok(&socket, "/v1/assets/ghost/status").await;
+        if ghost["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ghost["state"], "failing", "{ghost}");
+    assert_eq!(get(&socket, "/v1/assets/ghost/token").await.status, 503);
+    let status = wait_ok(&socket, "/v1/status").await;
+    assert_eq!(status["state"], "ready");
+    let states: Vec<(String, String)> = status["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("ghost".to_owned(), "failing".to_owned()),
+            ("pump-7".to_owned(), "ready".to_owned()),
+            ("tag-9".to_owned(), "ready".to_owned()),
+        ]
+    );
+    let s = socket.clone();
+    let human = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+            .args(["status", "--socket"])
+            .arg(&s)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("children:     3 (2 ready"), "{human}");
+    assert!(human.contains("  ghost: failing ("), "{human}");
+    assert_eq!(emu.assets().len(), 3, "no Asset for the refused child");
+    agent.stop().await;
+}
+
+/// `n` children booting at once on paused time: the exchanges are started 100 ms apart
+/// (never more than one per 100 ms window), one access token serves them all, and every
+/// child holds its token once the last slot has passed. Returns the exchanges per window.
+async fn boot_through_the_gate(n: usize) -> Vec<u64> {
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let tail: String = (0..n)
+        .map(|i| {
+            child_table(
+                &dev,
+                &format!("c{i:03}"),
+                &format!("S-{i}"),
+                CHILD_KEYS[0],
+                "",
+            )
+        })
+        .collect();
+    let (_, config) = config_with(&dev, &emu, rig::FAST_503, &tail);
+    let agent = rig::start_agent(&config, clock, rig::JITTER).await;
+    // Count exchanges per 100 ms of virtual time, until one window past the last slot.
+    let start = tokio::time::Instant::now();
+    let mut per_window = Vec::new();
+    let mut seen = 0;
+    let windows = u32::try_from(n).unwrap() + 5;
+    for w in 1..=windows {
+        tokio::time::sleep_until(
+            start + Duration::from_millis(100) * w - Duration::from_millis(50),
+        )
+        .await;
+        let now = emu.grant_count(Grant::TokenExchange);
+        per_window.push(now - seen);
+        seen = now;
+    }
+    // The gateway and every child, one exchange each, at most one per window.
+    assert_eq!(seen, n as u64 + 1, "{per_window:?}");
+    assert!(per_window.iter().all(|n| *n <= 1), "{per_window:?}");
+    assert_eq!(emu.grant_count(Grant::RefreshToken), 1);
+    let socket = dev.socket();
+    for i in 0..n {
+        let r = get(&socket, &format!("/v1/assets/c{i:03}/token")).await;
+        assert_eq!(r.status, 200, "c{i:03}");
+    }
+    agent.stop().await;
+    per_window
+}
+
+#[tokio::test(start_paused = true)]
+async fn twenty_children_boot_through_the_gate() {
+    boot_through_the_gate(20).await;
+}
+
+/// The upstream peak at boot for the 200-children gateway of docs/benchmarks.md.
+#[tokio::test(start_paused = true)]
+async fn two_hundred_children_boot_at_ten_exchanges_a_second() {
+    let per_window = boot_through_the_gate(200).await;
+    let per_second: Vec<u64> = per_window.chunks(10).map(|c| c.iter().sum()).collect();
+    let peak = per_second.iter().copied().max().unwrap();
+    let busy = per_window.iter().rposition(|n| *n > 0).unwrap() + 1;
+    println!(
+        "200 children: 201 exchanges over {:.1} s of virtual time, peak {peak} per second, 1 access token",
+        busy as f64 / 10.0
+    );
+    assert!(peak <= 10, "{per_second:?}");
+}
+
+/// The daemon itself: a child file dropped into children.d and SIGHUP, then the file
+/// removed and `asset-agent reload` (what `systemctl reload` runs): added, then no longer
+/// served, the gateway's own token served throughout.
+#[tokio::test]
+async fn the_daemon_applies_children_on_sighup_and_reload() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let log = dev.path("agent.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = dev.socket();
+    let own = wait_for_token(&socket).await;
+    assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
+
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let key = dev.path("pump-7-key.pem");
+    write_0600(&key, CHILD_KEYS[0].as_bytes());
+    std::fs::write(
+        dir.join("pump-7.toml"),
+        format!(
+            "device_id = \"gw-pump-7\"\nname = \"Pump 7\"\nserial_number = \"P-7\"\n[key]\npath = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let pump = wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    assert_eq!(pump["device_id"], "gw-pump-7");
+
+    std::fs::remove_file(dir.join("pump-7.toml")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("children removed: pump-7"), "{text}");
+    assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
+    assert!(key.exists(), "the removed child's key is kept");
+    let after = wait_for_token(&socket).await;
+    assert_eq!(
+        own["token"], after["token"],
+        "the gateway's own token untouched"
+    );
+    child.kill().await.unwrap();
+}
