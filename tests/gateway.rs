@@ -539,3 +539,62 @@ async fn the_daemon_applies_children_on_sighup_and_reload() {
     );
     child.kill().await.unwrap();
 }
+
+/// A credentials outage (every refresh-token grant answered 503) while twenty children
+/// boot: the gateway's identities share one hold-off, doubling from 5 s, so Salesforce
+/// sees one grant per hold-off, not one per child and retry; when the grant works again,
+/// every identity gets its token from one access token.
+#[tokio::test(start_paused = true)]
+async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
+    let n: u64 = 20;
+    let clock = Clock::tokio_driven();
+    let emu = emulator(clock.clone(), |_| {}).await;
+    emu.faults()
+        .fail_next_with(1000, 503, None, emulator::Scope::Grant(Grant::RefreshToken))
+        .await
+        .unwrap();
+    let dev = Device::new(&emu);
+    let tail: String = (0..n)
+        .map(|i| {
+            child_table(
+                &dev,
+                &format!("c{i:03}"),
+                &format!("S-{i}"),
+                CHILD_KEYS[0],
+                "",
+            )
+        })
+        .collect();
+    let (_, config) = config_with(&dev, &emu, rig::FAST_503, &tail);
+    let agent = rig::start_agent(&config, clock, rig::JITTER).await;
+    let start = tokio::time::Instant::now();
+    tokio::time::sleep_until(start + Duration::from_secs(300)).await;
+    // Hold-offs of 5, 10, 20, 40, 80 and 160 s: grants at about 0, 5, 15, 35, 75 and
+    // 155 s. Without the shared hold-off the 21 identities' own backoffs asked ~190 times.
+    let outage = emu.grant_count(Grant::RefreshToken);
+    assert!((3..=6).contains(&outage), "{outage} grants in the outage");
+    assert_eq!(emu.grant_count(Grant::TokenExchange), 0);
+
+    emu.faults().clear();
+    // The last hold-off ends at about 315 s; each identity then exchanges once (tokens
+    // live 60 s and nothing asks for them, so they are read as soon as all are issued).
+    while emu.grant_count(Grant::TokenExchange) < n + 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(700),
+            "not all identities recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        emu.grant_count(Grant::RefreshToken),
+        outage + 1,
+        "one grant once Salesforce answers again"
+    );
+    let socket = dev.socket();
+    assert_eq!(get(&socket, "/v1/token").await.status, 200);
+    for i in 0..n {
+        let r = get(&socket, &format!("/v1/assets/c{i:03}/token")).await;
+        assert_eq!(r.status, 200, "c{i:03}");
+    }
+    agent.stop().await;
+}

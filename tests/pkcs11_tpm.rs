@@ -139,6 +139,9 @@ impl Tpm {
     }
 
     fn run_tool(&self, name: &str, args: &[&str]) -> String {
+        if name == "pkcs11-tool" {
+            self.flush_transients();
+        }
         let out = self.tool(name).args(args).output().unwrap();
         assert!(
             out.status.success(),
@@ -146,6 +149,21 @@ impl Tpm {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// With no resource manager between the processes and swtpm, a process that exits
+    /// leaves its loaded objects and sessions in the TPM (a board's `/dev/tpmrm0` or
+    /// tpm2-abrmd flushes them); swtpm holds only a few, so flush them before a tool runs
+    /// while no agent is running.
+    fn flush_transients(&self) {
+        for kind in ["-t", "-l", "-s"] {
+            let out = self.tool("tpm2_flushcontext").arg(kind).output().unwrap();
+            assert!(
+                out.status.success(),
+                "tpm2_flushcontext {kind}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     fn agent(&self, args: &[&str], config: &Path, log: &Path) -> Child {

@@ -65,6 +65,18 @@ pub enum Error {
     Exchange(salesforce::Error),
     #[error("the asset token was rejected")]
     Verify(#[source] verify::Error),
+    /// Another identity of the gateway failed to obtain the shared access token moments
+    /// ago; this identity waits instead of asking again.
+    #[error(
+        "obtaining the shared access token failed moments ago for another identity \
+         ({reason}); it is asked again in {}s",
+        retry_in.as_secs()
+    )]
+    AccessHeldOff {
+        reason: String,
+        class: Class,
+        retry_in: Duration,
+    },
 }
 
 // === impl Error ===
@@ -82,6 +94,7 @@ impl Error {
             // retrying costs Salesforce nothing until the disk takes it.
             Error::Subject(subject::Error::PersistRotated(_)) => Class::Retryable,
             Error::Subject(_) => Class::Fatal,
+            Error::AccessHeldOff { class, .. } => *class,
         };
         match class {
             Class::Reauthenticate => Class::Fatal,
@@ -95,6 +108,7 @@ impl Error {
             Error::Subject(subject::Error::Upstream(e))
             | Error::Exchange(e)
             | Error::Verify(verify::Error::Jwks(e)) => e.retry_after(),
+            Error::AccessHeldOff { retry_in, .. } => Some(*retry_in),
             _ => None,
         }
     }
@@ -112,6 +126,7 @@ impl Error {
             Error::Subject(subject::Error::PersistRotated(_)) => "store_refresh_token".into(),
             Error::Subject(_) => "credentials".into(),
             Error::Mint(_) => "sign".into(),
+            Error::AccessHeldOff { reason, .. } => reason.clone(),
             Error::Verify(verify::Error::Jwks(e)) => format!("jwks_{}", e.reason()),
             Error::Verify(_) => "verify".into(),
         }
@@ -120,11 +135,28 @@ impl Error {
 
 /// The subject access token, shared by every identity of a gateway: one is obtained at a
 /// time (single flight), and one rejected by an exchange is replaced once, not once per
-/// identity.
+/// identity. When Salesforce refuses or fails the grant, the other identities do not ask
+/// again until a hold-off has passed (doubling from [`HOLD_OFF_MIN`] to [`HOLD_OFF_MAX`]
+/// while the failures go on): an outage costs one grant per hold-off, not one per child.
 #[derive(Default)]
 pub struct SharedAccess {
     token: std::sync::Mutex<Option<AccessToken>>,
     obtaining: tokio::sync::Mutex<()>,
+    held_off: std::sync::Mutex<Option<HoldOff>>,
+}
+
+/// The first hold-off after a failed grant, shared by a gateway's identities.
+pub const HOLD_OFF_MIN: Duration = Duration::from_secs(5);
+/// The longest hold-off.
+pub const HOLD_OFF_MAX: Duration = Duration::from_secs(300);
+
+/// The last failed grant: until when the others wait, and what they report meanwhile.
+#[derive(Clone)]
+struct HoldOff {
+    until: Instant,
+    failures: u32,
+    reason: String,
+    class: Class,
 }
 
 /// Everything one pass needs.
@@ -150,6 +182,42 @@ impl SharedAccess {
     fn set(&self, token: Option<AccessToken>) {
         if let Ok(mut t) = self.token.lock() {
             *t = token;
+        }
+    }
+
+    /// The failure the caller must report instead of asking again, while a hold-off runs.
+    fn held_off(&self) -> Option<Error> {
+        let now = Instant::now();
+        let h = self.held_off.lock().ok()?.clone()?;
+        (h.until > now).then(|| Error::AccessHeldOff {
+            reason: h.reason,
+            class: h.class,
+            retry_in: h.until - now,
+        })
+    }
+
+    /// Records a grant Salesforce refused or failed: the others hold off.
+    fn failed(&self, err: &salesforce::Error) {
+        let Ok(mut held) = self.held_off.lock() else {
+            return;
+        };
+        let failures = held.as_ref().map_or(0, |h| h.failures).saturating_add(1);
+        let doubled = HOLD_OFF_MIN.saturating_mul(1 << failures.saturating_sub(1).min(10));
+        let wait = doubled
+            .min(HOLD_OFF_MAX)
+            .max(err.retry_after().unwrap_or_default());
+        *held = Some(HoldOff {
+            until: Instant::now() + wait,
+            failures,
+            reason: err.reason(),
+            class: err.class(),
+        });
+    }
+
+    /// A grant succeeded: no hold-off.
+    fn succeeded(&self) {
+        if let Ok(mut held) = self.held_off.lock() {
+            *held = None;
         }
     }
 
@@ -303,11 +371,20 @@ impl Flow {
         if let Some(a) = self.access.get() {
             return Ok(a);
         }
+        // Shared with other identities (a gateway's children): after a failed grant they
+        // wait out the hold-off instead of each asking Salesforce again.
+        let shared = Arc::strong_count(&self.access) > 1;
+        if shared && let Some(held) = self.access.held_off() {
+            return Err(held);
+        }
         // One identity obtains it; the others wait here and then take it.
         let access = self.access.clone();
         let _obtaining = access.obtaining.lock().await;
         if let Some(a) = self.access.get() {
             return Ok(a);
+        }
+        if shared && let Some(held) = self.access.held_off() {
+            return Err(held);
         }
         let before = self.upstream.skew().correction();
         let a = match self.credentials.obtain(&self.upstream).await {
@@ -322,8 +399,13 @@ impl Flow {
                 self.credentials.obtain(&self.upstream).await
             }
             other => other,
+        };
+        match &a {
+            Ok(_) => self.access.succeeded(),
+            Err(subject::Error::Upstream(e)) => self.access.failed(e),
+            Err(_) => {}
         }
-        .map_err(Error::Subject)?;
+        let a = a.map_err(Error::Subject)?;
         tracing::info!(method = self.credentials.method(), "access token obtained");
         self.emit(Progress::AccessTokenObtained {
             method: self.credentials.method(),

@@ -18,10 +18,16 @@ use crate::common::Device;
 /// The unprivileged uid/gid the tests use as "someone else".
 pub const NOBODY: u32 = 65534;
 
-/// Tests that switch uids need root (CI runs as root). Elsewhere they say so and pass.
+/// Tests that switch uids need root (CI runs as root and sets `ASSET_AGENT_REQUIRE_ROOT`).
+/// Elsewhere they say so and pass.
 pub fn root_or_skip(test: &str) -> bool {
     let root = rustix::process::geteuid().is_root();
     if !root {
+        // CI runs as root: there a skipped caller-policy test is a failure.
+        assert!(
+            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
+            "{test}: needs root to run clients under other uids (ASSET_AGENT_REQUIRE_ROOT is set)"
+        );
         eprintln!("{test}: skipped, needs root to run clients under other uids");
     }
     root
