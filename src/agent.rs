@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::Identity;
-use crate::api::{self, Info, Server, Shared, peer};
+use crate::api::{self, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
 use crate::gateway::{ChildMetrics, Children};
@@ -26,6 +26,7 @@ use crate::token::flow::{Flow, Progress};
 use crate::token::gate::Gate;
 use crate::token::metrics::TokenMetrics;
 use crate::token::refresher::{Handle, Policy, Refresher};
+use crate::token::status::Info;
 use wire::Secret;
 use wire::clock::Clock;
 use wire::oauth::AssetFields;

@@ -1,4 +1,4 @@
-//! The command line (interface.md, "CLI").
+//! The command line (README, "Commands"; docs/api.md, "CLI").
 
 use std::path::PathBuf;
 

@@ -36,6 +36,7 @@ use std::time::Duration;
 use crate::keys::Signer;
 use crate::skew::Skew;
 use crate::token::refresher::Handle;
+use crate::token::status::Info;
 use wire::clock::Clock;
 
 /// The socket could not be set up.
@@ -71,14 +72,6 @@ pub enum Error {
     },
     #[error("socket activation failed")]
     Activation(#[source] activation::Error),
-}
-
-/// What the agent shows about itself.
-#[derive(Debug, Clone)]
-pub struct Info {
-    pub device_id: String,
-    pub key_thumbprint: String,
-    pub auth_method: &'static str,
 }
 
 /// Bounds on what one client can make the server hold or wait for.

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::cli::{Cli, Command};
 use crate::config::{self, Config, LoadOptions};
 
-/// Exit codes (interface.md).
+/// Exit codes (README, "Commands").
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_CONFIG: u8 = 78;

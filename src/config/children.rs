@@ -11,13 +11,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::error::Error;
-use super::raw::{RawAsset, RawKey};
-
+use super::raw::{RawAsset, RawChild};
 use super::rules::Check;
-use super::units::{self, List};
+use super::units::List;
 use super::{Asset, Key};
 
 /// The directory of child files next to the main config file, unless `gateway.children_dir`
@@ -27,39 +24,6 @@ pub const CHILDREN_DIR: &str = "children.d";
 pub const MAX_CHILDREN: usize = 10_000;
 /// Longest child name: it is a path component and a URL segment.
 pub const MAX_CHILD_NAME: usize = 64;
-
-/// `[gateway]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "the [gateway] table")]
-pub(crate) struct RawGateway {
-    #[serde(deserialize_with = "units::strict_path")]
-    pub children_dir: Option<PathBuf>,
-}
-
-/// One child as written: a `[children.NAME]` table or a file in the children directory.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default, expecting = "a child table")]
-pub(crate) struct RawChild {
-    #[serde(deserialize_with = "units::strict_string")]
-    pub device_id: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub name: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub serial_number: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub account_id: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub contact_id: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub id: Option<String>,
-    #[serde(deserialize_with = "units::strict_string")]
-    pub token_name: Option<String>,
-    pub allow_uids: Option<List<u32>>,
-    pub allow_gids: Option<List<u32>>,
-    pub signer_uids: Option<List<u32>>,
-    pub signer_gids: Option<List<u32>>,
-    pub key: Option<RawKey>,
-}
 
 /// `[gateway]`: where child files are read from.
 #[derive(Clone, Debug, PartialEq, Default)]

@@ -1,6 +1,6 @@
 //! Default locations of the config file, state directory and socket.
 //!
-//! Three regimes, tried in order (interface.md, "Paths"):
+//! Three regimes, tried in order (README, "Configuration"):
 //! 1. under systemd, `CONFIGURATION_DIRECTORY`, `STATE_DIRECTORY` and `RUNTIME_DIRECTORY`
 //!    (set by `ConfigurationDirectory=` etc.) win, whatever user the service runs as;
 //! 2. as root: `/etc/asset-agent`, `/var/lib/asset-agent`, `/run/asset-agent`;

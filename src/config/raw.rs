@@ -43,9 +43,9 @@ pub(crate) struct RawConfig {
     pub mqtt: super::mqtt::RawMqtt,
     pub sink: Vec<super::sink::RawSink>,
     pub log: RawLog,
-    pub gateway: super::children::RawGateway,
+    pub gateway: RawGateway,
     /// `[children.NAME]` tables (gateway mode).
-    pub children: std::collections::BTreeMap<String, super::children::RawChild>,
+    pub children: std::collections::BTreeMap<String, RawChild>,
 }
 
 /// `[salesforce]`
@@ -220,4 +220,37 @@ impl<'de> Deserialize<'de> for VerifyName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         units::named(d)
     }
+}
+
+/// `[gateway]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "the [gateway] table")]
+pub(crate) struct RawGateway {
+    #[serde(deserialize_with = "units::strict_path")]
+    pub children_dir: Option<PathBuf>,
+}
+
+/// One child as written: a `[children.NAME]` table or a file in the children directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a child table")]
+pub(crate) struct RawChild {
+    #[serde(deserialize_with = "units::strict_string")]
+    pub device_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub name: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub serial_number: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub account_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub contact_id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "units::strict_string")]
+    pub token_name: Option<String>,
+    pub allow_uids: Option<List<u32>>,
+    pub allow_gids: Option<List<u32>>,
+    pub signer_uids: Option<List<u32>>,
+    pub signer_gids: Option<List<u32>>,
+    pub key: Option<RawKey>,
 }

@@ -29,8 +29,6 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::Identity;
-use crate::api::Info;
-use crate::api::peer::{Peer, Role};
 use crate::backoff::OsJitter;
 use crate::config::{self, Child};
 use crate::keys::{OpenError, Signer};
@@ -39,6 +37,7 @@ use crate::token::cache::{Cache, Owner};
 use crate::token::flow::Flow;
 use crate::token::gate::Gate;
 use crate::token::refresher::{Handle, Policy, Refresher};
+use crate::token::status::Info;
 use wire::oauth::AssetFields;
 
 /// A child could not be started.
@@ -67,17 +66,8 @@ pub struct Running {
     pub signer: Arc<dyn Signer>,
     pub info: Info,
     /// Its `GET .../token` body, prepared once per token.
-    pub token_body: crate::api::routes::token::Prepared,
+    pub token_body: crate::token::body::Prepared,
     stop: CancellationToken,
-}
-
-/// What a child's caller may do with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Grant {
-    /// Its token, watch stream and status.
-    Token,
-    /// Also `sign` with its key.
-    Signer,
 }
 
 /// What [`Children::sync`] did.
@@ -287,7 +277,7 @@ impl Children {
                 key_thumbprint: kid,
                 auth_method: factory.auth_method,
             },
-            token_body: crate::api::routes::token::Prepared::default(),
+            token_body: crate::token::body::Prepared::default(),
             stop: stop.clone(),
         });
         drop(factory);
@@ -313,31 +303,6 @@ impl std::fmt::Debug for Children {
 impl Running {
     pub fn name(&self) -> &str {
         &self.config.name
-    }
-
-    /// What `peer`, going by this child's lists alone, may do with it (admins are
-    /// decided by the caller's role, see [`Running::allows`]).
-    pub fn grant(&self, peer: &Peer) -> Option<Grant> {
-        let a = &self.config.access;
-        let member = |uids: &[u32], gids: &[u32]| {
-            uids.contains(&peer.uid)
-                || gids.contains(&peer.gid)
-                || peer.groups.iter().any(|g| gids.contains(g))
-        };
-        if member(&a.signer_uids, &a.signer_gids) {
-            Some(Grant::Signer)
-        } else if member(&a.allow_uids, &a.allow_gids) {
-            Some(Grant::Token)
-        } else {
-            None
-        }
-    }
-
-    /// Whether a caller with `role` (on the gateway) and `peer` credentials may have
-    /// `needs` on this child: admins may use every child; anyone else only what the
-    /// child's own lists grant.
-    pub fn allows(&self, role: Option<Role>, peer: &Peer, needs: Grant) -> bool {
-        role == Some(Role::Admin) || self.grant(peer).is_some_and(|g| g >= needs)
     }
 }
 

@@ -248,7 +248,7 @@ impl Writer {
         let bytes = match self.sink.format {
             SinkFormat::Jwt => token.jwt.expose().as_bytes().to_vec(),
             SinkFormat::Json => {
-                let body = crate::api::routes::token::TokenBody::of(&self.device_id, token);
+                let body = crate::token::body::TokenBody::of(&self.device_id, token);
                 let mut b = serde_json::to_vec(&body).unwrap_or_default();
                 b.push(b'\n');
                 b

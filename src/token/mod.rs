@@ -7,6 +7,7 @@
 //! one look expired. Readers must still check [`AssetToken::is_live`] at the moment they
 //! serve: the refresher clears an expired token, but a reader must not rely on timing.
 
+pub mod body;
 pub mod cache;
 pub mod flow;
 pub mod gate;

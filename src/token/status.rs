@@ -3,7 +3,16 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-/// The agent's state (interface.md).
+/// What the status shows about an identity besides its token: the gateway's own, or a
+/// child's.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub device_id: String,
+    pub key_thumbprint: String,
+    pub auth_method: &'static str,
+}
+
+/// The agent's state (docs/api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

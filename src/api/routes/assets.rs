@@ -25,9 +25,9 @@ use super::{sign, status, token, watch};
 use crate::api::Shared;
 use crate::api::body::{ApiReply, full};
 use crate::api::conns::BusyGuard;
-use crate::api::peer::{Caller, Role};
+use crate::api::peer::{Caller, Peer, Role};
 use crate::api::reply::error;
-use crate::gateway::Grant;
+use crate::gateway::Running;
 use wire::http::{self, Reply};
 
 /// The prefix of every child route.
@@ -49,6 +49,15 @@ pub enum Target<'a> {
     List,
     /// `/v1/assets/NAME/...`
     Child(&'a str, Action),
+}
+
+/// What a child's caller may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Grant {
+    /// Its token, watch stream and status.
+    Token,
+    /// Also `sign` with its key.
+    Signer,
 }
 
 // === impl Action ===
@@ -123,7 +132,7 @@ pub async fn reply(
             let all = children.all();
             let visible: Vec<Listed<'_>> = all
                 .iter()
-                .filter(|c| admin || c.grant(&caller.peer).is_some())
+                .filter(|c| admin || grant(c, &caller.peer).is_some())
                 .map(|c| Listed {
                     name: c.name(),
                     device_id: &c.info.device_id,
@@ -135,7 +144,7 @@ pub async fn reply(
         Target::Child(name, action) => (name, action),
     };
     let child = children.get(name);
-    let Some(child) = child.filter(|c| c.allows(caller.role, &caller.peer, action.needs())) else {
+    let Some(child) = child.filter(|c| allows(c, caller.role, &caller.peer, action.needs())) else {
         if admin {
             return full(error(
                 StatusCode::NOT_FOUND,
@@ -215,6 +224,31 @@ fn forbidden(shared: &Shared, caller: &Caller, action: Action, name: &str) -> Re
         peer.uid
     );
     error(StatusCode::FORBIDDEN, "forbidden", &reason)
+}
+
+/// What `peer`, going by `child`'s lists alone, may do with it (admins are decided by the
+/// caller's role, see [`allows`]).
+pub fn grant(child: &Running, peer: &Peer) -> Option<Grant> {
+    let a = &child.config.access;
+    let member = |uids: &[u32], gids: &[u32]| {
+        uids.contains(&peer.uid)
+            || gids.contains(&peer.gid)
+            || peer.groups.iter().any(|g| gids.contains(g))
+    };
+    if member(&a.signer_uids, &a.signer_gids) {
+        Some(Grant::Signer)
+    } else if member(&a.allow_uids, &a.allow_gids) {
+        Some(Grant::Token)
+    } else {
+        None
+    }
+}
+
+/// Whether a caller with `role` (on the gateway) and `peer` credentials may have `needs`
+/// on `child`: admins may use every child; anyone else only what the child's own lists
+/// grant.
+pub fn allows(child: &Running, role: Option<Role>, peer: &Peer, needs: Grant) -> bool {
+    role == Some(Role::Admin) || grant(child, peer).is_some_and(|g| g >= needs)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::api::{Info, Shared};
+use crate::api::Shared;
 use crate::token::refresher::Handle;
+use crate::token::status::Info;
 use wire::clock;
 use wire::http::{self, Reply};
 
