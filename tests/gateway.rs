@@ -280,6 +280,59 @@ async fn a_caller_allowed_one_child_gets_403_elsewhere() {
     agent.stop().await;
 }
 
+/// A child's `allow_gids` counts a caller's supplementary groups, also when the caller
+/// already holds a role on the gateway by uid (then the gateway's own lists would not need
+/// its groups, but the child's do).
+#[tokio::test]
+async fn a_child_granted_to_a_supplementary_group_serves_its_members() {
+    if !root_or_skip("a_child_granted_to_a_supplementary_group_serves_its_members") {
+        return;
+    }
+    const MODBUS_GID: u32 = 4343;
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let tail = format!(
+        "allow_uids = [{BRIDGE}]\n{}{}",
+        child_table(
+            &dev,
+            "pump-7",
+            "P-7",
+            CHILD_KEYS[0],
+            &format!("allow_gids = [{MODBUS_GID}]"),
+        ),
+        child_table(&dev, "meter-2", "M-2", CHILD_KEYS[1], ""),
+    );
+    let (_, config) = config_with(&dev, &emu, "", &tail);
+    let agent = Agent::start(&config, Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    open_to_everyone(&dev);
+    let s = socket.clone();
+    let (member, outsider, other_child, own) = tokio::task::spawn_blocking(move || {
+        let get =
+            |groups: &[u32], path: &str| curl_as(BRIDGE, BRIDGE, groups, &s, "GET", path, None);
+        (
+            get(&[MODBUS_GID], "/v1/assets/pump-7/token"),
+            get(&[], "/v1/assets/pump-7/token"),
+            get(&[MODBUS_GID], "/v1/assets/meter-2/token"),
+            get(&[MODBUS_GID], "/v1/token"),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(member.status, 200, "{member:?}");
+    let body: serde_json::Value = serde_json::from_str(&member.body).unwrap();
+    assert_eq!(body["device_id"], "gw-pump-7");
+    assert_eq!(outsider.status, 403, "{outsider:?}");
+    assert_eq!(other_child.status, 403, "{other_child:?}");
+    assert_eq!(
+        own.status, 200,
+        "allow_uids still gives the gateway's token: {own:?}"
+    );
+    agent.stop().await;
+}
+
 /// A child added (a file dropped in children.d) and one removed (its table deleted), then
 /// the reload applied: the removed one is not served from that moment, its key stays; the
 /// untouched child keeps its token and makes no new exchange.

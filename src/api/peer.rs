@@ -77,11 +77,16 @@ impl Peer {
     /// The credentials of the process at the other end of `stream`: one `SO_PEERCRED`,
     /// and `SO_PEERGROUPS` only when a supplementary group could change its role under
     /// `policy` (root, or a caller whose uid or primary gid already decides, costs no
-    /// second system call per connection).
+    /// second system call per connection), or when `child_groups` says a gateway's child
+    /// grants access to a group (a child's lists are not part of the role).
     ///
     /// # Errors
     /// When the kernel cannot tell (not a Unix socket).
-    pub fn of(stream: &tokio::net::UnixStream, policy: &Policy) -> std::io::Result<Self> {
+    pub fn of(
+        stream: &tokio::net::UnixStream,
+        policy: &Policy,
+        child_groups: bool,
+    ) -> std::io::Result<Self> {
         let cred = stream.peer_cred()?;
         let mut peer = Self {
             uid: cred.uid(),
@@ -89,7 +94,8 @@ impl Peer {
             pid: cred.pid(),
             groups: Vec::new(),
         };
-        if policy.groups_matter(&peer) {
+        let root = peer.uid == 0 || peer.uid == policy.own_uid;
+        if (child_groups && !root) || policy.groups_matter(&peer) {
             match super::sys::peer_groups(stream.as_fd()) {
                 Ok(g) => peer.groups = g,
                 Err(e) => {

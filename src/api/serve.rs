@@ -63,7 +63,8 @@ impl Server {
                     }
                 },
             };
-            let peer = match Peer::of(&stream, &shared.policy) {
+            let child_groups = shared.children.as_ref().is_some_and(|c| c.grant_groups());
+            let peer = match Peer::of(&stream, &shared.policy, child_groups) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the caller's credentials; closing");

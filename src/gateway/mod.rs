@@ -23,6 +23,7 @@ pub use key::open_key;
 pub use metrics::ChildMetrics;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
@@ -93,6 +94,10 @@ struct Factory {
 /// The running children, by name.
 pub struct Children {
     map: RwLock<BTreeMap<String, Arc<Running>>>,
+    /// Whether some running child grants access to a group (`allow_gids`, `signer_gids`):
+    /// then a caller's supplementary groups must be read even where the gateway's own
+    /// lists would not need them.
+    group_grants: AtomicBool,
     /// One [`Children::sync`] at a time (the start-up one and a reload may overlap).
     syncing: tokio::sync::Mutex<()>,
     factory: std::sync::Mutex<Factory>,
@@ -137,6 +142,7 @@ impl Children {
     ) -> Self {
         Self {
             map: RwLock::new(BTreeMap::new()),
+            group_grants: AtomicBool::new(false),
             syncing: tokio::sync::Mutex::new(()),
             factory: std::sync::Mutex::new(Factory {
                 template,
@@ -154,6 +160,21 @@ impl Children {
     /// The running child `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Running>> {
         self.map.read().ok()?.get(name).cloned()
+    }
+
+    /// Whether some running child grants access by group, so that a caller's
+    /// supplementary groups can decide what it may do.
+    pub fn grant_groups(&self) -> bool {
+        self.group_grants.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes [`Children::grant_groups`] after the map changed.
+    fn note_groups(&self, map: &BTreeMap<String, Arc<Running>>) {
+        let any = map.values().any(|c| {
+            let a = &c.config.access;
+            !a.allow_gids.is_empty() || !a.signer_gids.is_empty()
+        });
+        self.group_grants.store(any, Ordering::Relaxed);
     }
 
     /// Every running child, by name.
@@ -210,7 +231,11 @@ impl Children {
     }
 
     fn stop(&self, name: &str) {
-        let removed = self.map.write().ok().and_then(|mut m| m.remove(name));
+        let removed = self.map.write().ok().and_then(|mut m| {
+            let r = m.remove(name);
+            self.note_groups(&m);
+            r
+        });
         if let Some(r) = removed {
             r.stop.cancel();
         }
@@ -283,6 +308,7 @@ impl Children {
         drop(factory);
         if let Ok(mut m) = self.map.write() {
             m.insert(name.clone(), running);
+            self.note_groups(&m);
         }
         let span = tracing::info_span!("child", name = %name);
         let task = tracing::Instrument::instrument(refresher.run(stop.clone()), span);
