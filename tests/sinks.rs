@@ -492,3 +492,90 @@ async fn exec_rewrites_the_file_and_signals_the_child_on_rotation() {
     child.wait().await.unwrap();
     agent.stop().await;
 }
+
+/// A command that cannot be started ends exec with an error, and the token file written
+/// for it does not stay behind.
+#[tokio::test]
+async fn exec_leaves_no_token_file_when_the_command_cannot_start() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let file = dev.path("tok");
+    let out = exec_cmd(&dev.socket())
+        .arg("--file")
+        .arg(&file)
+        .args(["--", "/nonexistent/program"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/program"), "{stderr}");
+    assert!(!file.exists(), "the token file stayed behind");
+    agent.stop().await;
+}
+
+/// A token file that cannot be rewritten on rotation (its directory is gone) is no reason
+/// to abandon the command: exec still signals it on each rotation, forwards SIGTERM and
+/// returns its status.
+#[tokio::test]
+async fn exec_keeps_supervising_when_the_token_file_cannot_be_rewritten() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let dir = dev.path("exec");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("tok");
+    let ready = dev.path("ready");
+    let rotated = dev.path("rotated");
+    let mut child = exec_cmd(&dev.socket())
+        .arg("--file")
+        .arg(&file)
+        .args(["--on-rotation", "signal", "--signal", "USR1", "--"])
+        .args(["/bin/sh", "-c"])
+        .arg(format!(
+            "trap 'echo >> {r}' USR1; trap 'exit 3' TERM; touch {ready}; while :; do sleep 0.05; done",
+            r = rotated.display(),
+            ready = ready.display()
+        ))
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if ready.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready.exists() && file.exists(), "the command never started");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // 4 s tokens rotate every 2-3.2 s: a signal within 20 s, with the file not rewritten.
+    for _ in 0..200 {
+        if rotated.exists() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exec ended at the rotation and left the command unsupervised"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rotated.exists(),
+        "the command was not signalled on rotation"
+    );
+    assert!(!file.exists());
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "exec exits with the command's status"
+    );
+    agent.stop().await;
+}

@@ -11,7 +11,9 @@
 //! latest. If the agent goes away, exec reconnects with backoff and the child keeps
 //! running. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to the
 //! child; exec exits with the child's status (128 + N when a signal N ended it) and removes
-//! the file.
+//! the file. No failure leaves the file behind: one that cannot be rewritten on rotation is
+//! removed (and the command keeps running); a command that cannot be started (or
+//! restarted) ends exec with an error after the file is removed.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -109,13 +111,16 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
             ),
         }
     };
+    // From here on no way out leaves the token file behind or the command unsupervised.
+    let mut signals = Signals::new()?;
     spec.write_file(held.jwt.expose())?;
-    let mut child = spec.spawn(held.jwt.expose())?;
+    let mut child = spec
+        .spawn(held.jwt.expose())
+        .inspect_err(|_| spec.remove_file())?;
     let mut lines = Some(lines);
     let mut holding = true;
     let mut reconnect_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
-    let mut signals = Signals::new()?;
 
     loop {
         let expiry = holding.then_some(held.until);
@@ -129,18 +134,35 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
             line = next_line(&mut lines) => match line {
                 Ok(Some(line)) => {
                     backoff = Duration::from_secs(1);
-                    let event = parse(&line)?;
+                    let event = match parse(&line) {
+                        Ok(event) => event,
+                        Err(e) => {
+                            // Not what the agent sends: read the stream afresh.
+                            tracing::warn!(error = %crate::error::chain(&e), "reconnecting");
+                            lines = None;
+                            reconnect_at = Some(Instant::now() + backoff);
+                            continue;
+                        }
+                    };
                     match held_from(&event) {
                         Some(new) if holding && new.jwt.expose() == held.jwt.expose() => held = new,
                         Some(new) => {
                             held = new;
                             holding = true;
-                            spec.write_file(held.jwt.expose())?;
+                            if let Err(e) = spec.write_file(held.jwt.expose()) {
+                                // The file would keep the old token past its expiry (the
+                                // timer follows the new one): it goes; the command stays.
+                                tracing::warn!(error = %crate::error::chain(&e),
+                                    "could not rewrite the token file; it is removed until the next rotation");
+                                spec.remove_file();
+                            }
                             match on_rotation {
                                 OnRotation::Signal => forward(&child, rotation_signal.number()),
                                 OnRotation::Restart => {
                                     stop(&mut child).await;
-                                    child = spec.spawn(held.jwt.expose())?;
+                                    child = spec
+                                        .spawn(held.jwt.expose())
+                                        .inspect_err(|_| spec.remove_file())?;
                                 }
                                 OnRotation::None => {}
                             }
