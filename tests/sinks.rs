@@ -488,8 +488,16 @@ async fn exec_rewrites_the_file_and_signals_the_child_on_rotation() {
         "each signal follows a new token in the file"
     );
     assert!(tokens.iter().all(|t| exp_of(t).is_some()), "{tokens:?}");
-    child.start_kill().unwrap();
-    child.wait().await.unwrap();
+    // SIGTERM, not SIGKILL: exec forwards it, so the command does not outlive the test.
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(
+        status.code(),
+        Some(128 + libc::SIGTERM),
+        "died of the forwarded SIGTERM"
+    );
+    assert!(!file.exists(), "the file goes with the command");
     agent.stop().await;
 }
 
