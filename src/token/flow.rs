@@ -5,6 +5,7 @@
 //! obtained and the exchange retried once before the failure counts (spec §2).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -138,11 +139,16 @@ impl Error {
 /// identity. When Salesforce refuses or fails the grant, the other identities do not ask
 /// again until a hold-off has passed (doubling from [`HOLD_OFF_MIN`] to [`HOLD_OFF_MAX`]
 /// while the failures go on): an outage costs one grant per hold-off, not one per child.
+/// An identity alone (no children running) is never held off: its own backoff and retry
+/// budget pace it, and an admin's refresh still makes its one attempt.
 #[derive(Default)]
 pub struct SharedAccess {
     token: std::sync::Mutex<Option<AccessToken>>,
     obtaining: tokio::sync::Mutex<()>,
     held_off: std::sync::Mutex<Option<HoldOff>>,
+    /// Flows that have fetched and are still alive: the running identities. (A gateway's
+    /// template flow, from which children are made, never fetches and is not counted.)
+    fetching: std::sync::atomic::AtomicUsize,
 }
 
 /// The first hold-off after a failed grant, shared by a gateway's identities.
@@ -170,6 +176,16 @@ pub struct Flow {
     pub clock: Clock,
     pub progress: broadcast::Sender<Progress>,
     access: Arc<SharedAccess>,
+    /// Whether this flow is counted in `access.fetching`.
+    counted: bool,
+}
+
+impl Drop for Flow {
+    fn drop(&mut self) {
+        if self.counted {
+            self.access.fetching.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 // === impl SharedAccess ===
@@ -254,6 +270,7 @@ impl Flow {
             clock,
             progress,
             access: Arc::new(SharedAccess::default()),
+            counted: false,
         }
     }
 
@@ -276,6 +293,7 @@ impl Flow {
             clock: self.clock.clone(),
             progress,
             access: self.access.clone(),
+            counted: false,
         }
     }
 
@@ -373,7 +391,11 @@ impl Flow {
         }
         // Shared with other identities (a gateway's children): after a failed grant they
         // wait out the hold-off instead of each asking Salesforce again.
-        let shared = Arc::strong_count(&self.access) > 1;
+        if !self.counted {
+            self.counted = true;
+            self.access.fetching.fetch_add(1, Ordering::Relaxed);
+        }
+        let shared = self.access.fetching.load(Ordering::Relaxed) > 1;
         if shared && let Some(held) = self.access.held_off() {
             return Err(held);
         }
