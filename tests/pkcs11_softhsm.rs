@@ -374,3 +374,65 @@ async fn two_agents_creating_at_once_make_one_key() {
         "{listing}"
     );
 }
+
+/// A gateway whose children keep their keys on one token and share a PIN file with the
+/// wrong PIN: the token is offered that PIN once in all, not once per child (a token
+/// that locks after a few wrong PINs would be locked by a handful of children), and every
+/// child names the refused PIN file.
+#[tokio::test]
+async fn children_sharing_a_token_offer_a_refused_pin_once_in_all() {
+    let Some(module) = module() else {
+        eprintln!("skipped: SoftHSM2 is not installed");
+        return;
+    };
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let token = Token::init(&dev);
+    let pin = dev.path("pin");
+    write_0600(&pin, b"95173\n");
+    let config = dev.write_config(&emu, "", "");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    let names = ["meter-2", "pump-7", "tag-9"];
+    for (i, name) in names.iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[children.{name}]\ndevice_id = \"gw-{name}\"\nname = \"{name}\"\nserial_number = \"S-{i}\"\n[children.{name}.key]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=agent;object={name}\"\nmodule = \"{}\"\npin_file = \"{}\"\n",
+            module.display(),
+            pin.display()
+        ));
+    }
+    std::fs::write(&config, toml).unwrap();
+    let log = dev.path("children.log");
+    let agent = spawn(
+        &[
+            ("SOFTHSM2_CONF", token.conf.clone().into()),
+            ("ASSET_AGENT_LOG", "debug".into()),
+        ],
+        &["run"],
+        &config,
+        &log,
+    );
+    wait_for_token(&dev.socket()).await;
+    let mut text = String::new();
+    for _ in 0..300 {
+        text = log_of(&log);
+        if text.matches("could not start the child").count() == names.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop(agent).await;
+    let failed = text.matches("could not start the child").count();
+    assert_eq!(failed, names.len(), "{text}");
+    assert_eq!(
+        text.matches(&format!("refused the PIN in {}", pin.display()))
+            .count(),
+        names.len(),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("offering the user PIN to the token").count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("95173"), "the PIN is never printed: {text}");
+}

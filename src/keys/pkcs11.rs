@@ -17,7 +17,9 @@
 //!   an HSM unplugged and back, the session dropped) the next signature re-initialises the
 //!   module if nobody has yet, opens a new session, logs in and finds the key again, then
 //!   tries once more. A refused PIN is never retried: the key remembers it and fails fast
-//!   until the agent restarts, so the agent alone cannot lock the token.
+//!   until the agent restarts, and the module remembers it for the token (as a digest), so
+//!   no other key on that token (a gateway's children sharing a PIN file) is offered the
+//!   same PIN again: the agent alone cannot lock the token.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -196,6 +198,9 @@ struct Module {
     ctx: Context,
     /// Bumped by every re-initialisation, so concurrent recoveries re-initialise once.
     generation: Mutex<u64>,
+    /// PINs a token refused, as SHA-256 of the token's identity and the PIN: never offered
+    /// to that token again by this process.
+    refused: Mutex<Vec<[u8; 32]>>,
 }
 
 // === impl Pkcs11Key ===
@@ -336,17 +341,30 @@ impl Pkcs11Key {
                 uri: uri.clone(),
                 source,
             })?;
-        let pin = self.read_pin()?;
+        let token = self
+            .module
+            .ctx
+            .get_token_info(slot)
+            .map(|t| format!("{}\n{}", t.serial_number(), t.label()))
+            .unwrap_or_else(|_| slot.id().to_string());
+        let (pin, digest) = self.read_pin(&token)?;
+        if lock(&self.module.refused).contains(&digest) {
+            *lock(&self.pin_refused) = true;
+            return Err(self.wrong_pin());
+        }
+        tracing::debug!(key = %self.location(), "offering the user PIN to the token");
         match session.login_with_raw(UserType::User, &pin) {
             Ok(()) => {}
             // Login state is per token and process: another key on it already logged in.
             Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
                 *lock(&self.pin_refused) = true;
+                lock(&self.module.refused).push(digest);
                 return Err(self.wrong_pin());
             }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
                 *lock(&self.pin_refused) = true;
+                lock(&self.module.refused).push(digest);
                 return Err(Error::PinLocked { module, uri });
             }
             Err(source) => {
@@ -369,21 +387,30 @@ impl Pkcs11Key {
         }
     }
 
-    fn read_pin(&self) -> Result<RawAuthPin, Error> {
+    /// The PIN from the PIN file, and its digest for `token` (see [`Module::refused`]).
+    fn read_pin(&self, token: &str) -> Result<(RawAuthPin, [u8; 32]), Error> {
         let raw = secure_path::read("PKCS#11 PIN file", &self.config.pin_file, &self.trust)
             .map_err(|source| Error::PinFile {
                 uri: self.uri.clone(),
                 source,
             })?;
-        let text = String::from_utf8_lossy(&raw);
-        let pin = Zeroizing::new(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+        let mut pin = Zeroizing::new(raw.to_vec());
+        while matches!(pin.last(), Some(b'\n' | b'\r')) {
+            pin.pop();
+        }
         if pin.is_empty() {
             return Err(Error::PinEmpty {
                 uri: self.uri.clone(),
                 path: self.config.pin_file.clone(),
             });
         }
-        Ok(RawAuthPin::new(Box::new(pin.to_vec())))
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(token.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(&pin);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(ctx.finish().as_ref());
+        Ok((RawAuthPin::new(Box::new(pin.to_vec())), digest))
     }
 
     /// `CKA_ID`: the URI's `id=`, else the first 16 bytes of SHA-256 of the label, so the
@@ -657,6 +684,7 @@ impl Module {
             path: path.to_owned(),
             ctx,
             generation: Mutex::new(0),
+            refused: Mutex::new(Vec::new()),
         });
         modules.insert(path.to_owned(), m.clone());
         Ok(m)
