@@ -13,6 +13,9 @@
 //! - A gateway's children (`[children.NAME]`, the files in `gateway.children_dir`) are
 //!   live: the daemon hands the new list to `gateway::Children::sync`, which starts added
 //!   children, stops removed ones and restarts changed ones, leaving the others alone.
+//!   Every valid reload, an unchanged one too, also tries again the children that could
+//!   not be started (a key that would not open: a token not yet plugged in, a PIN file
+//!   being fixed).
 //! - Everything else needs `systemctl restart asset-agent`. The Salesforce client,
 //!   credentials, verifier, identity and key are built once into the refresh loop, the
 //!   socket is bound once, and the refresh policy and allow lists are owned by value by

@@ -593,6 +593,73 @@ async fn the_daemon_applies_children_on_sighup_and_reload() {
     child.kill().await.unwrap();
 }
 
+/// A child whose key cannot be opened at start (here a key file whose contents are not a
+/// key yet, as a token not plugged in would be) is not served; once the key is there, a
+/// reload with an unchanged configuration starts it, and the gateway's own token is
+/// untouched.
+#[tokio::test]
+async fn a_reload_retries_a_child_whose_key_would_not_open() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let key = dev.path("pump-7-key.pem");
+    write_0600(&key, b"not a key yet\n");
+    std::fs::write(
+        dir.join("pump-7.toml"),
+        format!(
+            "device_id = \"gw-pump-7\"\nname = \"Pump 7\"\nserial_number = \"P-7\"\n[key]\npath = \"{}\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let log = dev.path("agent.log");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = dev.socket();
+    let own = wait_for_token(&socket).await;
+    for _ in 0..200 {
+        if std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("could not start the child")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("could not start the child"), "{text}");
+    assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
+
+    write_0600(&key, CHILD_KEYS[0].as_bytes());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("children added: pump-7"), "{text}");
+    let pump = wait_ok(&socket, "/v1/assets/pump-7/token").await;
+    assert_eq!(pump["device_id"], "gw-pump-7");
+    let after = wait_for_token(&socket).await;
+    assert_eq!(
+        own["token"], after["token"],
+        "the gateway's own token untouched"
+    );
+    child.kill().await.unwrap();
+}
+
 /// A credentials outage (every refresh-token grant answered 503) while twenty children
 /// boot: the gateway's identities share one hold-off, doubling from 5 s, so Salesforce
 /// sees one grant per hold-off, not one per child and retry; when the grant works again,

@@ -167,7 +167,12 @@ async fn reload(
         Config::load(&crate::config::LoadOptions::from_process(path))
     });
     let mut summary = outcome.summary();
-    if matches!(outcome, crate::reload::Outcome::Applied { .. }) {
+    // Unchanged too: children that could not be started (a key that would not open) are
+    // tried again, the running ones are left alone.
+    if matches!(
+        outcome,
+        crate::reload::Outcome::Applied { .. } | crate::reload::Outcome::Unchanged
+    ) {
         let changes = running.apply_children(config).await;
         if let Some(line) = changes.summary() {
             summary.push_str("; ");
