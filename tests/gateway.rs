@@ -374,7 +374,18 @@ async fn reload_adds_and_removes_children_without_disturbing_the_others() {
             .collect::<Vec<_>>(),
         ["pump-7", "tag-9"]
     );
+    // A watch stream open on meter-2 when it goes.
+    let mut watching = asset_agent::client::watch_path(&socket, "/v1/assets/meter-2/token/watch")
+        .await
+        .unwrap();
+    let first = watching.next_line().await.unwrap().unwrap();
+    assert!(has_jwt(&String::from_utf8_lossy(&first)));
     let changes = agent.running.apply_children(&new).await;
+    // The open stream ends with the child: nothing more is served on it.
+    let end = tokio::time::timeout(Duration::from_secs(10), watching.next_line())
+        .await
+        .expect("the removed child's watch stream stayed open");
+    assert!(matches!(end, Ok(None)), "{end:?}");
     assert_eq!(changes.added, ["tag-9"]);
     assert_eq!(changes.removed, ["meter-2"]);
     assert!(changes.restarted.is_empty() && changes.failed.is_empty());
