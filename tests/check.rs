@@ -508,7 +508,8 @@ async fn sinks_are_checked_for_path_mode_and_hook() {
     std::os::unix::fs::symlink("/etc/passwd", sinks.join("link")).unwrap();
     let pid_file = dev.path("app.pid");
     std::fs::write(&pid_file, "1234").unwrap();
-    chmod(&pid_file, 0o666);
+    // Writable by its group: the group would choose what the agent signals.
+    chmod(&pid_file, 0o664);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "\n[[sink]]\npath = \"{s}/good.jwt\"\ncommand = [\"/bin/true\"]\n\n[[sink]]\npath = \"{s}/link\"\n\n[[sink]]\npath = \"{o}/token\"\n\n[[sink]]\npath = \"{s}/old.jwt\"\npid_file = \"{p}\"\n\n[[sink]]\npath = \"{s}/x\"\ncommand = [\"/nonexistent/reload\"]\n",
@@ -526,6 +527,6 @@ async fn sinks_are_checked_for_path_mode_and_hook() {
             .contains("chmod o-w")
     );
     c.expect("sink", "warning", "is mode 0600");
-    assert!(c.fix("sink", "error", "PID file").contains("chmod o-w"));
+    assert!(c.fix("sink", "error", "PID file").contains("chmod go-w"));
     c.expect("sink", "error", "/nonexistent/reload is not an executable");
 }

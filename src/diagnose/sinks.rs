@@ -78,7 +78,7 @@ fn one(s: &Sink, trusted: &[u32]) -> Vec<Finding> {
                 ),
                 "point sink.pid_file at the PID file itself",
             )),
-            Ok(m) if m.mode() & 0o002 != 0 || !trusted.contains(&m.uid()) => {
+            Ok(m) if m.mode() & 0o022 != 0 || !trusted.contains(&m.uid()) => {
                 out.push(Finding::error(
                     "sink",
                     format!(
@@ -87,7 +87,7 @@ fn one(s: &Sink, trusted: &[u32]) -> Vec<Finding> {
                         m.uid(),
                         m.mode() & 0o7777
                     ),
-                    format!("chown root {} && chmod o-w {}", path.display(), path.display()),
+                    format!("chown root {} && chmod go-w {}", path.display(), path.display()),
                 ));
             }
             Ok(_) => {}

@@ -89,8 +89,8 @@ pub async fn run(hook: &Hook, sink: &Path, cancel: &CancellationToken) -> Result
 }
 
 /// Sends `signal` to the process `path` names. The PID file must be a regular file (not a
-/// link) owned by root or the agent's user and not writable by others: whoever can write
-/// it chooses which process the agent signals.
+/// link) owned by root or the agent's user and writable by nobody else (group included):
+/// whoever can write it chooses which process the agent signals.
 fn signal_pid_file(path: &Path, signal: Signal) -> Result<(), Failure> {
     use std::io::Read as _;
     let read_err = |source| Failure::PidFile {
@@ -119,9 +119,9 @@ fn signal_pid_file(path: &Path, signal: Signal) -> Result<(), Failure> {
             meta.uid()
         )));
     }
-    if meta.mode() & 0o002 != 0 {
+    if meta.mode() & 0o022 != 0 {
         return Err(unsafe_file(format!(
-            "anyone can write it (mode {:04o}); fix it with: chmod o-w {}",
+            "others can write it (mode {:04o}) and so choose the process the agent signals; fix it with: chmod go-w {}",
             meta.mode() & 0o7777,
             path.display()
         )));
@@ -249,5 +249,43 @@ async fn log_lines(stream: Option<impl AsyncRead + Unpin>, program: &str, name: 
             stream = name,
             "{dropped} more lines not logged"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_pid_file_its_group_or_others_can_write_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        // Killed however the test ends, so a failure leaves no process behind.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let target = Reaped(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        std::fs::write(&pid_file, target.0.id().to_string()).unwrap();
+        for mode in [0o664, 0o646, 0o620] {
+            std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = signal_pid_file(&pid_file, Signal::Cont).unwrap_err();
+            assert!(
+                matches!(err, Failure::PidFileUnsafe { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(err.to_string().contains("chmod go-w"), "{err}");
+        }
+        std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        signal_pid_file(&pid_file, Signal::Cont).unwrap();
     }
 }
