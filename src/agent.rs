@@ -152,7 +152,13 @@ pub async fn start(
     cancel: CancellationToken,
 ) -> Result<Running, Error> {
     crate::crypto::install();
-    if let Some(e) = unsafe_paths(config, &Trust::process()).into_iter().next() {
+    // The agent's own files must be safe for it to start; a child's are checked when that
+    // child starts, and only that child fails (see `gateway`).
+    let trust = Trust::process();
+    if let Some(e) = own_secret_paths(config)
+        .into_iter()
+        .find_map(|(what, path)| secure_path::check(what, &path, &trust).err())
+    {
         return Err(Error::UnsafePath(e));
     }
     // What a killed writer left (a temporary copy of a key or token) goes first.
@@ -449,10 +455,30 @@ pub fn read_client_secret(path: &Path) -> Result<Secret, Error> {
 }
 
 /// Every secret and state file the agent reads or writes under `config`, named for
-/// messages: the device key (or a token's PIN file), the refresh token, the client secret, the JWT-bearer assertion
-/// key and the token cache. `run` refuses to start and `check` reports an error when
-/// [`secure_path::check`] refuses one of them (see [`unsafe_paths`]).
+/// messages: [`own_secret_paths`] and each child's key (or PIN file) and token cache.
+/// `check` reports an error when [`secure_path::check`] refuses one of them (see
+/// [`unsafe_paths`]); `run` refuses to start for the agent's own, and a child whose file
+/// is refused does not start (the others do).
 pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
+    let mut paths = own_secret_paths(config);
+    for child in &config.children {
+        match &child.key.backend {
+            config::KeyBackend::File { path } => paths.push(("child key", path.clone())),
+            config::KeyBackend::Pkcs11(p) => {
+                paths.push(("child's PKCS#11 PIN file", p.pin_file.clone()));
+            }
+        }
+        paths.push((
+            "child token cache",
+            child.state_dir.join(crate::token::cache::FILE_NAME),
+        ));
+    }
+    paths
+}
+
+/// The gateway's own secret and state files: the device key (or a token's PIN file), the
+/// refresh token, the client secret, the JWT-bearer assertion key and the token cache.
+pub fn own_secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
     let mut paths = match &config.key.backend {
         config::KeyBackend::File { path } => vec![("device key", path.clone())],
         config::KeyBackend::Pkcs11(p) => vec![("PKCS#11 PIN file", p.pin_file.clone())],
@@ -473,18 +499,6 @@ pub fn secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
         "token cache",
         config.state.dir.join(crate::token::cache::FILE_NAME),
     ));
-    for child in &config.children {
-        match &child.key.backend {
-            config::KeyBackend::File { path } => paths.push(("child key", path.clone())),
-            config::KeyBackend::Pkcs11(p) => {
-                paths.push(("child's PKCS#11 PIN file", p.pin_file.clone()));
-            }
-        }
-        paths.push((
-            "child token cache",
-            child.state_dir.join(crate::token::cache::FILE_NAME),
-        ));
-    }
     paths
 }
 

@@ -11,6 +11,7 @@ mod common;
 mod rig;
 
 use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -610,13 +611,45 @@ async fn the_daemon_applies_children_on_sighup_and_reload() {
 /// untouched.
 #[tokio::test]
 async fn a_reload_retries_a_child_whose_key_would_not_open() {
+    child_key_fixed_then_reloaded(
+        |key| write_0600(key, b"not a key yet\n"),
+        |key| write_0600(key, CHILD_KEYS[0].as_bytes()),
+        "could not start the child",
+    )
+    .await;
+}
+
+/// A child key file others can read stops only that child (with the file and the fix),
+/// not the gateway: its own token is served, and the child starts once the mode is fixed
+/// and the agent reloaded.
+#[tokio::test]
+async fn a_child_key_others_can_read_stops_only_that_child() {
+    child_key_fixed_then_reloaded(
+        |key| {
+            write_0600(key, CHILD_KEYS[0].as_bytes());
+            std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        },
+        |key| std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap(),
+        "chmod 600",
+    )
+    .await;
+}
+
+/// Starts a gateway whose child pump-7 has a key `break_key` made unusable, checks that the
+/// gateway serves its own token and logs `want` for the child, then `fix_key`es it and
+/// reloads: the child is added and the gateway's own token untouched.
+async fn child_key_fixed_then_reloaded(
+    break_key: impl Fn(&Path),
+    fix_key: impl Fn(&Path),
+    want: &str,
+) {
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let config = dev.write_config(&emu, "", "");
     let dir = dev.path("children.d");
     std::fs::create_dir(&dir).unwrap();
     let key = dev.path("pump-7-key.pem");
-    write_0600(&key, b"not a key yet\n");
+    break_key(&key);
     std::fs::write(
         dir.join("pump-7.toml"),
         format!(
@@ -649,9 +682,10 @@ async fn a_reload_retries_a_child_whose_key_would_not_open() {
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("could not start the child"), "{text}");
+    assert!(text.contains(want), "{text}");
     assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
 
-    write_0600(&key, CHILD_KEYS[0].as_bytes());
+    fix_key(&key);
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
         .args(["reload", "--socket"])
         .arg(&socket)
