@@ -73,9 +73,14 @@ pub enum Error {
 
 impl Error {
     /// Whether fixing it needs a configuration change (exit 78, so systemd does not
-    /// restart into the same failure), rather than being a runtime failure (exit 1).
+    /// restart into the same failure), rather than being a runtime failure: the socket,
+    /// or a key token that is not there yet (exit 75, see `commands`).
     pub fn is_config(&self) -> bool {
-        !matches!(self, Error::Socket(_))
+        match self {
+            Error::Socket(_) => false,
+            Error::Key(e) => !e.is_transient(),
+            _ => true,
+        }
     }
 }
 

@@ -171,6 +171,24 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
     });
     stop(agent).await;
 
+    // Started while the token is not there (an HSM enumerated late at boot): exit 75
+    // (EX_TEMPFAIL), so systemd starts it again (78 would stop it for good:
+    // RestartPreventExitStatus=78).
+    std::fs::rename(&token.dir, &away).unwrap();
+    let log = dev.path("absent.log");
+    let out = token
+        .agent(&["run"], &config, &log)
+        .wait_with_output()
+        .await
+        .unwrap();
+    std::fs::rename(&away, &token.dir).unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", log_of(&log));
+    assert!(
+        log_of(&log).contains("check that the token is present"),
+        "{}",
+        log_of(&log)
+    );
+
     // Restart: the same key (same kid), the same Asset.
     let log = dev.path("agent-2.log");
     let agent = token.agent(&["run"], &config, &log);

@@ -61,6 +61,8 @@ impl Error {
         }
         match self {
             Error::Config(_) | Error::Key(_) => EXIT_CONFIG,
+            // A key token not there yet (late at boot): systemd starts the agent again.
+            Error::Agent(crate::agent::Error::Key(e)) if e.is_transient() => EXIT_TEMPFAIL,
             Error::Agent(e) if e.is_config() => EXIT_CONFIG,
             Error::Enroll(e) => e.exit_code(),
             Error::Exit(code) => *code,

@@ -48,6 +48,15 @@ pub enum OpenError {
     Pkcs11(#[from] Pkcs11Error),
 }
 
+// === impl OpenError ===
+
+impl OpenError {
+    /// See [`Pkcs11Error::is_transient`]; a key file is never transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, OpenError::Pkcs11(e) if e.is_transient())
+    }
+}
+
 // === impl Opened ===
 
 impl std::fmt::Debug for Opened {

@@ -169,6 +169,24 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the token or its module may simply not be there yet (an HSM enumerated
+    /// late at boot, a TPM resource manager still starting): the agent exits 1 and systemd
+    /// starts it again, instead of 78 (a configuration to fix). A wrong or locked PIN, an
+    /// unusable PIN file, a missing library and a wrong key are not transient.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Initialize { .. }
+                | Error::Slots { .. }
+                | Error::NoToken { .. }
+                | Error::Session { .. }
+                | Error::Login { .. }
+                | Error::Find { .. }
+        )
+    }
+}
+
 /// A device key held in a PKCS#11 token.
 pub struct Pkcs11Key {
     module: Arc<Module>,
