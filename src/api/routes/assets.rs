@@ -13,7 +13,8 @@
 //! to a child's token: only admins and the child's own lists do, so the uid of a Modbus
 //! bridge allowed pump-7 gets pump-7's token and 403 for everything else. A child that does
 //! not exist answers 403 like one the caller may not use (except to admins, who get 404),
-//! so names are not disclosed; a removed child is gone from the next request on.
+//! so probing these routes discloses no name (callers with a role on the gateway see the
+//! names in `/v1/status` and `/metrics`); a removed child is gone from the next request on.
 
 use std::sync::Arc;
 
