@@ -3,8 +3,10 @@
 //! A token file is meant to be read by others (its group), so it is not held to
 //! [`secure_path`](crate::secure_path)'s owner-only rule. What must not happen is the agent
 //! writing a token somewhere another user controls: through a symbolic link they planted,
-//! over a file they own, or in a directory anyone can write without the sticky bit (where
-//! anyone could swap the file for their own between our writes).
+//! over a file they own, in a directory anyone can write without the sticky bit (where
+//! anyone could swap the file for their own between our writes), or below a directory
+//! another user owns (its owner can rename or replace anything under it, sticky bit or
+//! not: OpenSSH's StrictModes rule).
 
 use std::fs;
 use std::io;
@@ -29,6 +31,8 @@ pub enum PathError {
         dir: PathBuf,
         mode: u32,
     },
+    #[error("sink path {} is below directory {}, which belongs to uid {uid}, neither the agent's user nor root, so that user could replace the token: put sinks in a directory the agent's user or root owns (e.g. install -d -o asset-agent -g GROUP -m 0750 /run/asset-agent-sinks/NAME)", path.display(), dir.display())]
+    DirOwner { path: PathBuf, dir: PathBuf, uid: u32 },
     #[error("the directory of sink path {} does not exist: create it (install -d -m 0755 {})", path.display(), dir.display())]
     NoDir { path: PathBuf, dir: PathBuf },
     #[error("could not inspect sink path {}", path.display())]
@@ -39,7 +43,8 @@ pub enum PathError {
     },
 }
 
-/// Checks `path` for a sink; `trusted` are the uids an existing file may belong to.
+/// Checks `path` for a sink; `trusted` are the uids an existing file and every directory
+/// above it may belong to.
 ///
 /// # Errors
 /// The first rule broken; see [`PathError`].
@@ -88,7 +93,15 @@ pub fn check(path: &Path, trusted: &[u32]) -> Result<(), PathError> {
     }
     let real = fs::canonicalize(dir).map_err(|e| inspect(dir, e))?;
     for d in real.ancestors() {
-        let mode = fs::metadata(d).map_err(|e| inspect(d, e))?.mode() & 0o7777;
+        let meta = fs::metadata(d).map_err(|e| inspect(d, e))?;
+        if !trusted.contains(&meta.uid()) {
+            return Err(PathError::DirOwner {
+                path: path.to_owned(),
+                dir: d.to_owned(),
+                uid: meta.uid(),
+            });
+        }
+        let mode = meta.mode() & 0o7777;
         if mode & 0o002 != 0 && mode & STICKY == 0 {
             return Err(PathError::OpenDir {
                 path: path.to_owned(),
@@ -142,5 +155,20 @@ mod tests {
 
         let e = check(&base.join("missing/token"), &me()).unwrap_err();
         assert!(e.to_string().contains("install -d"), "{e}");
+
+        // Below a directory another user owns, also when reached through a link: that
+        // user could swap the file. (Here "another user" is every uid but u32::MAX.)
+        let theirs = base.join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        let via = base.join("via");
+        std::os::unix::fs::symlink(&theirs, &via).unwrap();
+        let e = check(&via.join("token"), &[u32::MAX]).unwrap_err();
+        match &e {
+            PathError::DirOwner { dir, .. } => {
+                assert_eq!(dir, &fs::canonicalize(&theirs).unwrap(), "{e}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("install -d -o asset-agent"), "{e}");
     }
 }
