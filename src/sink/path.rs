@@ -32,7 +32,11 @@ pub enum PathError {
         mode: u32,
     },
     #[error("sink path {} is below directory {}, which belongs to uid {uid}, neither the agent's user nor root, so that user could replace the token: put sinks in a directory the agent's user or root owns (e.g. install -d -o asset-agent -g GROUP -m 0750 /run/asset-agent-sinks/NAME)", path.display(), dir.display())]
-    DirOwner { path: PathBuf, dir: PathBuf, uid: u32 },
+    DirOwner {
+        path: PathBuf,
+        dir: PathBuf,
+        uid: u32,
+    },
     #[error("the directory of sink path {} does not exist: create it (install -d -m 0755 {})", path.display(), dir.display())]
     NoDir { path: PathBuf, dir: PathBuf },
     #[error("could not inspect sink path {}", path.display())]
