@@ -23,6 +23,23 @@ pub struct Identity {
     pub asset: AssetFields,
 }
 
+impl Identity {
+    /// The identity an `[asset]` table (or a gateway child's) describes.
+    pub fn of(asset: &crate::config::Asset) -> Self {
+        Self {
+            device_id: asset.device_id.clone(),
+            token_name: asset.token_name.clone(),
+            asset: AssetFields {
+                id: asset.id.clone(),
+                name: Some(asset.name.clone()),
+                serial_number: Some(asset.serial_number.clone()),
+                account_id: asset.account_id.clone(),
+                contact_id: asset.contact_id.clone(),
+            },
+        }
+    }
+}
+
 /// A minted actor token: the compact JWS and the claims in it.
 #[derive(Debug)]
 pub struct Minted {

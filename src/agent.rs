@@ -29,7 +29,6 @@ use crate::token::refresher::{Handle, Policy, Refresher};
 use crate::token::status::Info;
 use wire::Secret;
 use wire::clock::Clock;
-use wire::oauth::AssetFields;
 
 /// The agent could not start. Every variant names the file or setting to fix.
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +217,7 @@ pub async fn start(
     let gate = Arc::new(Gate::default());
     let template = flow.sibling(
         key.clone(),
-        identity(&config.asset),
+        Identity::of(&config.asset),
         broadcast::channel(1).0,
     );
     let tasks = Tasks::new(cancel.clone());
@@ -420,20 +419,6 @@ fn verifier(config: &Config) -> Result<Verifier, Error> {
     ))
 }
 
-fn identity(asset: &config::Asset) -> Identity {
-    Identity {
-        device_id: asset.device_id.clone(),
-        token_name: asset.token_name.clone(),
-        asset: AssetFields {
-            id: asset.id.clone(),
-            name: Some(asset.name.clone()),
-            serial_number: Some(asset.serial_number.clone()),
-            account_id: asset.account_id.clone(),
-            contact_id: asset.contact_id.clone(),
-        },
-    }
-}
-
 /// Reads a client secret file: owner-only, trimmed, non-empty.
 ///
 /// # Errors
@@ -564,7 +549,7 @@ pub fn build_flow(
         upstream,
         credentials,
         key,
-        identity(&config.asset),
+        Identity::of(&config.asset),
         verifier,
         clock,
         progress,

@@ -39,7 +39,6 @@ use crate::token::flow::Flow;
 use crate::token::gate::Gate;
 use crate::token::refresher::{Handle, Policy, Refresher};
 use crate::token::status::Info;
-use wire::oauth::AssetFields;
 
 /// A child could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +270,7 @@ impl Children {
         };
         let flow = factory.template.sibling(
             signer.clone(),
-            identity(&child.asset),
+            Identity::of(&child.asset),
             broadcast::channel(1).0,
         );
         let cache = Cache::new(
@@ -338,20 +337,5 @@ impl std::fmt::Debug for Running {
             .field("name", &self.config.name)
             .field("info", &self.info)
             .finish_non_exhaustive()
-    }
-}
-
-/// What a child's actor token says about it.
-pub fn identity(asset: &config::Asset) -> Identity {
-    Identity {
-        device_id: asset.device_id.clone(),
-        token_name: asset.token_name.clone(),
-        asset: AssetFields {
-            id: asset.id.clone(),
-            name: Some(asset.name.clone()),
-            serial_number: Some(asset.serial_number.clone()),
-            account_id: asset.account_id.clone(),
-            contact_id: asset.contact_id.clone(),
-        },
     }
 }
