@@ -90,6 +90,24 @@ impl Token {
         c
     }
 
+    /// `pkcs11-tool` logged in to the token as its user, with `args`; its stdout.
+    fn as_user(&self, module: &Path, args: &[&str]) -> String {
+        let out = self
+            .tool("pkcs11-tool")
+            .arg("--module")
+            .arg(module)
+            .args(["--token-label", "agent", "--login", "--pin", PIN])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pkcs11-tool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn agent(&self, args: &[&str], config: &Path, log: &Path) -> Child {
         spawn(
             &[("SOFTHSM2_CONF", self.conf.clone().into())],
@@ -203,28 +221,15 @@ async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
     assert_eq!(emu.assets().len(), 1);
 
     // The key is deleted from the token while serving: signing fails with the fix.
-    let out = token
-        .tool("pkcs11-tool")
-        .args(["--module"])
-        .arg(&module)
-        .args([
-            "--token-label",
-            "agent",
-            "--login",
-            "--pin",
-            PIN,
+    token.as_user(
+        &module,
+        &[
             "--delete-object",
             "--type",
             "privkey",
             "--label",
             "device-key",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     assert_eq!(sign(&dev.socket(), &jwk).await, Err(503));
     let text = log_of(&log);
@@ -369,23 +374,7 @@ async fn two_agents_creating_at_once_make_one_key() {
     assert_eq!(created, 1, "{outs:?}");
     let kid = |o: &str| o.lines().last().unwrap().to_owned();
     assert_eq!(kid(&outs[0]), kid(&outs[1]));
-    let out = token
-        .tool("pkcs11-tool")
-        .args(["--module"])
-        .arg(&module)
-        .args([
-            "--token-label",
-            "agent",
-            "--login",
-            "--pin",
-            PIN,
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .unwrap();
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = token.as_user(&module, &["--list-objects", "--type", "privkey"]);
     assert_eq!(
         listing.matches("label:      device-key").count(),
         1,
