@@ -188,7 +188,14 @@ async fn refused_login_forces_one_refresh_then_backs_off() {
     let agent = Agent::start(&cfg, Clock::system()).await;
     let h = handle(&agent);
 
-    assert!(eventually(Duration::from_secs(15), || broker.refused().len() >= 4).await);
+    // The broker counts a refusal when it sends the CONNACK, the agent when it reads it:
+    // wait for both.
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            broker.refused().len() >= 4 && h.stats().auth_refusals.load(Ordering::Relaxed) >= 4
+        })
+        .await
+    );
     let refused = broker.refused();
     // Backoff: never faster than the 1 s floor, never slower than the 2 s cap (+ slack).
     for w in refused.windows(2) {
