@@ -467,3 +467,6 @@ impl OnRotation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
