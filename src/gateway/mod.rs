@@ -309,7 +309,9 @@ impl Children {
             m.insert(name.clone(), running);
             self.note_groups(&m);
         }
-        let span = tracing::info_span!("child", name = %name);
+        // The field is not called `name`: a JSON line's span object already has a "name"
+        // (the span's, "child"), and most parsers keep only the last of two equal keys.
+        let span = tracing::info_span!("child", child = %name);
         let task = tracing::Instrument::instrument(refresher.run(stop.clone()), span);
         self.tasks.spawn_until("child refresh loop", task, stop);
         Ok(())
