@@ -147,8 +147,7 @@ impl FileKey {
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return Err(LoadError::BadSize { bits });
         }
-        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
-            .map_err(|source| LoadError::Generate { bits, source })?;
+        let key = new_rsa_key(bits).map_err(|source| LoadError::Generate { bits, source })?;
         let pem = key
             .to_pkcs8_pem(LineEnding::LF)
             .map_err(|_| LoadError::Encode)?;
@@ -216,6 +215,33 @@ impl FileKey {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A new RSA key of exactly `bits` bits (e = 65537), from two primes of half the size.
+///
+/// `rsa::RsaPrivateKey::new` does the same through its multi-prime generator, whose checks
+/// for tiny keys call `f64::ln`: that one call made the agent load libm (328 KiB resident
+/// in every agent process, for a function that never runs). Here: two primes from
+/// num-bigint-dig (the generator rsa uses; each has its top two bits set, so the product has
+/// exactly `bits` bits), and the key from `from_p_q`, which computes d modulo
+/// lcm(p-1, q-1) and validates the whole key.
+fn new_rsa_key(bits: usize) -> Result<rsa::RsaPrivateKey, rsa::Error> {
+    use num_bigint_dig::RandPrime as _;
+    let e = rsa::BigUint::from(65_537_u32);
+    let mut rng = rsa::rand_core::OsRng;
+    let mut last = rsa::Error::InvalidPrime;
+    // Retries only when p = q, or e shares a factor with p-1 or q-1 (about 1 in 30,000
+    // for each prime); 16 failures in a row mean something else is wrong.
+    for _ in 0..16 {
+        let p = rng.gen_prime(bits / 2);
+        let q = rng.gen_prime(bits - bits / 2);
+        match rsa::RsaPrivateKey::from_p_q(p, q, e.clone()) {
+            Ok(key) if rsa::traits::PublicKeyParts::n(&key).bits() == bits => return Ok(key),
+            Ok(_) => last = rsa::Error::InvalidModulus,
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
 }
 
 impl Signer for FileKey {
@@ -333,6 +359,23 @@ mod tests {
         let (again, created) = FileKey::load_or_generate(&p, 2048).unwrap();
         assert!(!created);
         assert_eq!(key.public_jwk(), again.public_jwk());
+    }
+
+    #[test]
+    fn new_keys_have_exactly_the_asked_size_and_sign_with_ring() {
+        use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+        for bits in [2048, 3072] {
+            let key = new_rsa_key(bits).unwrap();
+            assert_eq!(key.n().bits(), bits);
+            assert_eq!(key.e(), &rsa::BigUint::from(65_537_u32));
+            assert_eq!(key.primes().len(), 2);
+            // ring checks every component when it loads the key, then signs with it.
+            let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+            let loaded = FileKey::from_pem(Path::new("k.pem"), pem.as_bytes()).unwrap();
+            assert_eq!(loaded.bits(), bits);
+            let sig = loaded.sign_rs256(b"message").unwrap();
+            assert_eq!(sig.len(), bits / 8);
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //!   same PIN again: the agent alone cannot lock the token.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -53,7 +54,7 @@ pub enum Error {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error(
         "the PKCS#11 module {module} failed to initialise (for {uri}): check that the token is present (plugged in; for a TPM, that the TPM and its resource manager or TCTI are up) and that the module's own configuration is readable"
@@ -62,14 +63,14 @@ pub enum Error {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error("could not list the tokens of the PKCS#11 module {module} (for {uri})")]
     Slots {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error(
         "no token matches {uri} in the PKCS#11 module {module} (tokens present: {present}); plug the token in or initialise it, or fix token= in key.uri"
@@ -105,21 +106,21 @@ pub enum Error {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error("could not log in to the token {uri} (module {module})")]
     Login {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error("could not look up the device key {uri} on its token (module {module})")]
     Find {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error(
         "the token has no private key {uri} (module {module}): it was deleted or never created; run `asset-agent key generate` to create one on the token (the Asset then links again through its serial number)"
@@ -142,7 +143,7 @@ pub enum Error {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error(
         "could not generate a {bits}-bit RSA key pair on the token {uri} (module {module}); check that the token supports RSA-{bits} (most TPMs only do 2048) and has room"
@@ -152,7 +153,7 @@ pub enum Error {
         uri: String,
         bits: usize,
         #[source]
-        source: CkError,
+        source: Ck,
     },
     #[error("could not take the key creation lock {}", path.display())]
     Lock {
@@ -165,9 +166,31 @@ pub enum Error {
         module: String,
         uri: String,
         #[source]
-        source: CkError,
+        source: Ck,
     },
 }
+
+/// A PKCS#11 failure as the cause line of an [`Error`]: `C_Login returned PinIncorrect`.
+///
+/// cryptoki's own `Display` adds the specification's paragraph about each return value:
+/// ~20 KB of text in the binary for a sentence the user does not need. The function and
+/// the return value's name are what a token's documentation and a search engine know.
+#[derive(Debug)]
+pub struct Ck(pub CkError);
+
+impl fmt::Display for Ck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            CkError::Pkcs11(rv, function) => write!(f, "C_{function:?} returned {rv:?}"),
+            CkError::LibraryLoading(e) => write!(f, "{e}"),
+            // (Not cryptoki's Display: its match links the return values' paragraphs.)
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+// No `source()`: the line above already says everything its inner error would.
+impl std::error::Error for Ck {}
 
 impl Error {
     /// Whether the token or its module may simply not be there yet (an HSM enumerated
@@ -309,7 +332,7 @@ impl Pkcs11Key {
             .map_err(|source| Error::Slots {
                 module: module.clone(),
                 uri: uri.clone(),
-                source,
+                source: Ck(source),
             })?;
         let want = &self.config.uri;
         let mut present = Vec::new();
@@ -357,7 +380,7 @@ impl Pkcs11Key {
             .map_err(|source| Error::Session {
                 module: module.clone(),
                 uri: uri.clone(),
-                source,
+                source: Ck(source),
             })?;
         let token = self
             .module
@@ -389,7 +412,7 @@ impl Pkcs11Key {
                 return Err(Error::Login {
                     module,
                     uri,
-                    source,
+                    source: Ck(source),
                 });
             }
         }
@@ -458,7 +481,7 @@ impl Pkcs11Key {
             .map_err(|source| Error::Find {
                 module: self.module_name(),
                 uri: self.uri.clone(),
-                source,
+                source: Ck(source),
             })?;
         match found.as_slice() {
             [] => Ok(None),
@@ -500,7 +523,7 @@ impl Pkcs11Key {
                 module: self.module_name(),
                 uri: self.uri.clone(),
                 bits,
-                source,
+                source: Ck(source),
             })?;
         tracing::info!(key = %self.location(), bits, "generated the device key on the token");
         Ok(private)
@@ -525,7 +548,7 @@ impl Pkcs11Key {
             .map_err(|source| Error::PublicKey {
                 module: self.module_name(),
                 uri: self.uri.clone(),
-                source,
+                source: Ck(source),
             })?;
         let (mut rsa, mut n, mut e) = (false, None, None);
         for a in attrs {
@@ -571,7 +594,7 @@ impl Pkcs11Key {
             .map_err(|source| Error::Sign {
                 module: self.module_name(),
                 uri: self.uri.clone(),
-                source,
+                source: Ck(source),
             })
     }
 
@@ -590,7 +613,7 @@ impl Pkcs11Key {
                     .map_err(|source| Error::Initialize {
                         module: self.module_name(),
                         uri: self.uri.clone(),
-                        source,
+                        source: Ck(source),
                     })?;
                 self.sign_once(&mut live, message).inspect_err(|_| {
                     *live = None;
@@ -646,7 +669,7 @@ fn recoverable(e: &Error) -> bool {
         _ => return false,
     };
     matches!(
-        source,
+        source.0,
         CkError::Pkcs11(
             RvError::SessionHandleInvalid
                 | RvError::SessionClosed
@@ -686,7 +709,7 @@ impl Module {
         let ctx = Context::new(path).map_err(|source| Error::LoadModule {
             module: name.clone(),
             uri: uri.to_owned(),
-            source,
+            source: Ck(source),
         })?;
         match ctx.initialize(init_args()) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -694,7 +717,7 @@ impl Module {
                 return Err(Error::Initialize {
                     module: name,
                     uri: uri.to_owned(),
-                    source,
+                    source: Ck(source),
                 });
             }
         }
@@ -778,5 +801,21 @@ impl CreationLock {
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| err(e.into()))?;
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cryptoki::context::Function;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_names_the_function_and_the_return_value_in_one_line() {
+        let e = Ck(CkError::Pkcs11(RvError::PinIncorrect, Function::Login));
+        assert_eq!(e.to_string(), "C_Login returned PinIncorrect");
+        assert!(std::error::Error::source(&e).is_none());
+        let e = Ck(CkError::NotSupported);
+        assert_eq!(e.to_string(), "NotSupported");
     }
 }
