@@ -232,6 +232,8 @@ fn put(pool: &Arc<Mutex<Pool>>, key: Key, sender: SendRequest<Full<Bytes>>, prox
 /// Drops connections idle for [`IDLE_TIMEOUT`] (closing them) until none is left; ends
 /// with the client.
 async fn reap(pool: Weak<Mutex<Pool>>) {
+    // Also when the task is dropped with its runtime: the next check-in starts another.
+    let _done = Reaping(pool.clone());
     loop {
         let next = {
             let Some(pool) = pool.upgrade() else { return };
@@ -240,13 +242,21 @@ async fn reap(pool: Weak<Mutex<Pool>>) {
             guard.idle.retain(|i| usable(i, now));
             match guard.idle.iter().map(|i| i.since).min() {
                 Some(oldest) => oldest + IDLE_TIMEOUT,
-                None => {
-                    guard.reaping = false;
-                    return;
-                }
+                None => return,
             }
         };
         tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Clears [`Pool::reaping`] when the reaper ends.
+struct Reaping(Weak<Mutex<Pool>>);
+
+impl Drop for Reaping {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.upgrade() {
+            lock(&pool).reaping = false;
+        }
     }
 }
 
@@ -372,6 +382,39 @@ mod tests {
             assert_eq!(c.idle(), 0);
             assert_eq!(accepted.load(Ordering::SeqCst), n);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_reused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = tcp.read(&mut buf).await.unwrap();
+                // Keep-alive by its headers, then closed at once.
+                tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+        });
+        let c = client(Matcher::builder().build());
+        let first = c.send(get(&url), 1024).await.unwrap();
+        assert_eq!(first.into_body().unwrap(), "ok");
+        // Wait until the client has seen the hang-up (the entry may be gone already).
+        for _ in 0..1000 {
+            if lock(&c.pool).idle.iter().all(|i| i.sender.is_closed()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let second = c.send(get(&url), 1024).await.unwrap();
+        assert_eq!(second.into_body().unwrap(), "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
