@@ -122,8 +122,12 @@ impl Client {
         }
         loop {
             let (mut sender, proxied, reused) = match self.checkout(&key) {
-                Some(idle) => (idle.sender, idle.proxied, true),
+                Some(idle) => {
+                    tracing::trace!(host = %key.1, "reusing an idle connection");
+                    (idle.sender, idle.proxied, true)
+                }
                 None => {
+                    tracing::trace!(host = %key.1, "opening a connection");
                     let (sender, proxied) = self.connect(&uri).await?;
                     (sender, proxied, false)
                 }
@@ -213,6 +217,7 @@ fn usable(idle: &Idle, now: Instant) -> bool {
 }
 
 fn put(pool: &Arc<Mutex<Pool>>, key: Key, sender: SendRequest<Full<Bytes>>, proxied: bool) {
+    tracing::trace!(host = %key.1, "keeping the connection for reuse");
     let mut guard = lock(pool);
     if guard.idle.len() >= MAX_IDLE {
         guard.idle.remove(0); // the longest idle
