@@ -149,9 +149,9 @@ async fn open(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(Error::Http)?;
-    let driver = tokio::spawn(async move {
+    let driver = tokio::spawn(crate::tasks::boxed(async move {
         let _ = conn.await;
-    });
+    }));
     let mut req = Request::builder()
         .method(method)
         .uri(path)

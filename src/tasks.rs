@@ -9,6 +9,7 @@
 //! run with unwinding and see the panic reported here.)
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -56,6 +57,21 @@ impl<E: std::error::Error + Send + Sync + 'static> Outcome for Result<(), E> {
     }
 }
 
+/// A future boxed to the one type spawned with [`boxed`].
+pub type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// `fut` as a [`Boxed`]: every background job spawned through it shares one compiled copy
+/// of tokio's task machinery (a few KB per distinct future type otherwise). Not for the
+/// per-connection task of the socket API, where the extra allocation would be paid on
+/// every connection.
+pub fn boxed(fut: impl Future<Output = ()> + Send + 'static) -> Boxed {
+    Box::pin(fut)
+}
+
+/// A spawned task, as [`Tasks`] runs it.
+type Task =
+    Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>>;
+
 /// The agent's task tracker.
 #[derive(Clone)]
 pub struct Tasks {
@@ -92,12 +108,18 @@ impl Tasks {
         F: Future + Send + 'static,
         F::Output: Outcome,
     {
-        let cancel = stop;
+        // Boxed to one type: tokio's task machinery and the supervisor below are compiled
+        // once for every task instead of once per task type (a few KB each).
+        let task: Task = Box::pin(async move { task.await.into_result() });
+        self.spawn_boxed(name, task, stop);
+    }
+
+    fn spawn_boxed(&self, name: &'static str, task: Task, cancel: CancellationToken) {
         let first_exit = self.first_exit.clone();
         let inner = tokio::spawn(task);
         self.tracker.spawn(async move {
             let why = match inner.await {
-                Ok(outcome) => match outcome.into_result() {
+                Ok(outcome) => match outcome {
                     Ok(()) if cancel.is_cancelled() => return,
                     Ok(()) => Ended::Returned,
                     Err(e) => Ended::Failed(e),

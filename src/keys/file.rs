@@ -4,18 +4,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rsa::pkcs1::der::Decode as _;
-use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};
-
 use zeroize::Zeroizing;
 
 use super::{SignError, Signer};
 use crate::fsutil;
 use crate::secure_path::{self, Trust};
-use wire::jose::{RsaKey, RsaPublicJwk};
+use wire::jose::{RsaKey, RsaPublicJwk, der};
 
-/// The rsaEncryption OID (PKCS#1), the only key algorithm we accept.
-const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 /// Below this, keys are refused: Salesforce and ring both require at least 2048 bits.
 pub const MIN_BITS: usize = 2048;
 /// ring verifies up to 8192 bits; larger keys would sign tokens nobody can check.
@@ -148,9 +143,7 @@ impl FileKey {
             return Err(LoadError::BadSize { bits });
         }
         let key = new_rsa_key(bits).map_err(|source| LoadError::Generate { bits, source })?;
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|_| LoadError::Encode)?;
+        let pem = pkcs8_pem(&key).ok_or(LoadError::Encode)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fsutil::ensure_dir(dir, 0o700).map_err(LoadError::Store)?;
         }
@@ -163,49 +156,53 @@ impl FileKey {
     /// # Errors
     /// As [`FileKey::load`], minus the permission check.
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, LoadError> {
+        use rustls::pki_types::pem::{self, PemObject as _, SectionKind};
         let p = || path.to_owned();
-        let (label, der) =
-            rsa::pkcs8::der::pem::decode_vec(pem).map_err(|e| LoadError::NotPem {
-                path: p(),
-                reason: e.to_string(),
-            })?;
-        let der = zeroize_on_drop(der);
-        match label {
-            "PRIVATE KEY" => {}
-            "RSA PRIVATE KEY" => return Err(LoadError::Pkcs1 { path: p() }),
-            other => {
-                return Err(LoadError::WrongLabel {
+        let (kind, der) = match <(SectionKind, Vec<u8>)>::from_pem_slice(pem) {
+            Ok((kind, der)) => (kind, Zeroizing::new(der)),
+            Err(pem::Error::NoItemsFound) => {
+                return Err(LoadError::NotPem {
                     path: p(),
-                    label: other.to_owned(),
+                    reason: "no PEM section found".to_owned(),
                 });
             }
-        }
-        let info =
-            rsa::pkcs8::PrivateKeyInfo::from_der(&der).map_err(|e| LoadError::Malformed {
-                path: p(),
-                reason: e.to_string(),
-            })?;
-        let oid = info.algorithm.oid.to_string();
-        if oid != RSA_ENCRYPTION {
-            return Err(LoadError::NotRsa { path: p(), oid });
-        }
-        let rsa_key = rsa::pkcs1::RsaPrivateKey::from_der(info.private_key).map_err(|e| {
-            LoadError::Malformed {
-                path: p(),
-                reason: e.to_string(),
+            Err(e) => {
+                return Err(LoadError::NotPem {
+                    path: p(),
+                    reason: e.to_string(),
+                });
             }
-        })?;
-        let bits = bit_length(rsa_key.modulus.as_bytes());
+        };
+        let label = match kind {
+            SectionKind::PrivateKey => None,
+            SectionKind::RsaPrivateKey => return Err(LoadError::Pkcs1 { path: p() }),
+            SectionKind::Certificate => Some("CERTIFICATE"),
+            SectionKind::PublicKey => Some("PUBLIC KEY"),
+            SectionKind::EcPrivateKey => Some("EC PRIVATE KEY"),
+            SectionKind::Crl => Some("X509 CRL"),
+            SectionKind::Csr => Some("CERTIFICATE REQUEST"),
+            SectionKind::EchConfigList => Some("ECHCONFIG"),
+            _ => Some("(another kind)"),
+        };
+        if let Some(label) = label {
+            return Err(LoadError::WrongLabel {
+                path: p(),
+                label: label.to_owned(),
+            });
+        }
+        let malformed = |reason: String| LoadError::Malformed { path: p(), reason };
+        let bits = match der::read_pkcs8(&der).map_err(|e| malformed(e.to_string()))? {
+            der::Pkcs8::Rsa { bits } => bits,
+            der::Pkcs8::Other { oid } => return Err(LoadError::NotRsa { path: p(), oid }),
+        };
         if bits < MIN_BITS {
             return Err(LoadError::TooSmall { path: p(), bits });
         }
         if bits > MAX_BITS {
             return Err(LoadError::TooLarge { path: p(), bits });
         }
-        let key = RsaKey::from_pkcs8(&der).map_err(|e| LoadError::Malformed {
-            path: p(),
-            reason: e.to_string(),
-        })?;
+        // ring checks the key itself: every component, and that they belong together.
+        let key = RsaKey::from_pkcs8(&der).map_err(|e| malformed(e.to_string()))?;
         Ok(Self {
             key,
             path: path.to_owned(),
@@ -244,6 +241,33 @@ fn new_rsa_key(bits: usize) -> Result<rsa::RsaPrivateKey, rsa::Error> {
     Err(last)
 }
 
+/// The PKCS#8 PEM of `key`, every intermediate buffer wiped; `None` when the CRT values
+/// are missing (rsa computes them for every key it builds).
+fn pkcs8_pem(key: &rsa::RsaPrivateKey) -> Option<Zeroizing<String>> {
+    use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
+    let be = |n: &rsa::BigUint| Zeroizing::new(n.to_bytes_be());
+    let [p, q] = key.primes() else {
+        return None;
+    };
+    let (qinv_sign, qinv) = key.qinv()?.to_bytes_be();
+    let qinv = Zeroizing::new(qinv);
+    if qinv_sign == num_bigint_dig::Sign::Minus {
+        return None;
+    }
+    let (n, e, d, p, q) = (be(key.n()), be(key.e()), be(key.d()), be(p), be(q));
+    let (dp, dq) = (be(key.dp()?), be(key.dq()?));
+    Some(der::rsa_pkcs8_pem(&der::RsaPrivateParts {
+        n: &n,
+        e: &e,
+        d: &d,
+        p: &p,
+        q: &q,
+        dp: &dp,
+        dq: &dq,
+        qinv: &qinv,
+    }))
+}
+
 impl Signer for FileKey {
     fn public_jwk(&self) -> &RsaPublicJwk {
         self.key.public_jwk()
@@ -265,19 +289,6 @@ impl std::fmt::Debug for FileKey {
             .field("kid", &self.key.public_jwk().kid)
             .finish_non_exhaustive()
     }
-}
-
-pub(super) fn bit_length(be: &[u8]) -> usize {
-    let be = &be[be.iter().position(|&b| b != 0).unwrap_or(be.len())..];
-    match be.first() {
-        Some(first) => be.len() * 8 - first.leading_zeros() as usize,
-        None => 0,
-    }
-}
-
-/// Key bytes, wiped when dropped.
-fn zeroize_on_drop(bytes: Vec<u8>) -> Zeroizing<Vec<u8>> {
-    Zeroizing::new(bytes)
 }
 
 #[cfg(test)]
@@ -370,18 +381,16 @@ mod tests {
             assert_eq!(key.e(), &rsa::BigUint::from(65_537_u32));
             assert_eq!(key.primes().len(), 2);
             // ring checks every component when it loads the key, then signs with it.
-            let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+            let pem = pkcs8_pem(&key).unwrap();
+            // Byte for byte what the rsa crate's own PKCS#8 encoder writes.
+            let theirs =
+                rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, rsa::pkcs8::LineEnding::LF)
+                    .unwrap();
+            assert_eq!(pem.as_str(), theirs.as_str());
             let loaded = FileKey::from_pem(Path::new("k.pem"), pem.as_bytes()).unwrap();
             assert_eq!(loaded.bits(), bits);
             let sig = loaded.sign_rs256(b"message").unwrap();
             assert_eq!(sig.len(), bits / 8);
         }
-    }
-
-    #[test]
-    fn bit_length_counts_from_top_bit() {
-        assert_eq!(bit_length(&[0, 0x01, 0xff]), 9);
-        assert_eq!(bit_length(&[0x80, 0]), 16);
-        assert_eq!(bit_length(&[]), 0);
     }
 }

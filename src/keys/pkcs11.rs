@@ -290,7 +290,7 @@ impl Pkcs11Key {
             None => return Err(key.no_key()),
         };
         let (n, e) = key.public_parts(&session, handle)?;
-        key.bits = super::file::bit_length(&n);
+        key.bits = wire::jose::der::bit_length(&n);
         if !(super::file::MIN_BITS..=super::file::MAX_BITS).contains(&key.bits) {
             return Err(Error::NotRsa {
                 module: key.module_name(),

@@ -120,10 +120,10 @@ impl Dispatcher {
             response,
             cancel.child_token(),
         );
-        self.running.spawn(async move {
+        self.running.spawn(crate::tasks::boxed(async move {
             fut.await;
             drop(permit);
-        });
+        }));
     }
 
     /// Queues `answer` without waiting; counted as dropped when the channel is full.

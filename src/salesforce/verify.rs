@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rsa::pkcs1::der::Decode as _;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -27,9 +26,6 @@ use wire::oauth::{AssetTokenClaims, Jwks};
 /// An unknown `kid` triggers a JWKS re-fetch at most this often, so a stream of bad tokens
 /// cannot turn the agent into a JWKS hammer.
 pub const JWKS_REFETCH_MIN: Duration = Duration::from_secs(30);
-
-/// The rsaEncryption OID.
-const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
 
 /// An asset token that must not be used.
 #[derive(Debug, thiserror::Error)]
@@ -166,19 +162,12 @@ impl Verifier {
         };
         let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| parse())?;
         let spki_der = cert.subject_public_key_info();
-        let spki = rsa::pkcs8::spki::SubjectPublicKeyInfoRef::from_der(spki_der.as_ref())
-            .map_err(|_| parse())?;
-        if spki.algorithm.oid.to_string() != RSA_ENCRYPTION {
+        let Some((n, e)) = wire::jose::der::read_rsa_spki(spki_der.as_ref()) else {
             return Err(CertError::NotRsa {
                 path: path.to_owned(),
             });
-        }
-        let pkcs1 = spki.subject_public_key.raw_bytes();
-        let key = rsa::pkcs1::RsaPublicKey::from_der(pkcs1).map_err(|_| parse())?;
-        Ok(Keys::Pinned(RsaPublicJwk::from_components(
-            key.modulus.as_bytes(),
-            key.public_exponent.as_bytes(),
-        )))
+        };
+        Ok(Keys::Pinned(RsaPublicJwk::from_components(n, e)))
     }
 
     /// What this verifier accepts, as a short string: a token cached under another

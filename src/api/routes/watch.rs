@@ -42,7 +42,9 @@ pub fn reply_for(
     busy: BusyGuard,
 ) -> ApiReply {
     let (tx, body) = ApiBody::lines(busy, BUFFER);
-    tokio::spawn(produce(tokens, device_id, shutdown, tx));
+    tokio::spawn(crate::tasks::boxed(produce(
+        tokens, device_id, shutdown, tx,
+    )));
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let headers = resp.headers_mut();

@@ -4,7 +4,7 @@
 
 use ring::signature::{self as sig, KeyPair as _};
 
-use super::{RsaPublicJwk, SignError, Signer};
+use super::{RsaPublicJwk, SignError, Signer, der};
 
 /// A PKCS#8 RSA private key, signing RS256 with ring.
 pub struct RsaKey {
@@ -59,76 +59,23 @@ impl std::fmt::Debug for RsaKey {
     }
 }
 
-/// The rsaEncryption AlgorithmIdentifier (OID 1.2.840.113549.1.1.1, NULL parameters), DER.
-const RSA_ALGORITHM_ID: [u8; 15] = [
-    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-];
-
 /// The SPKI PEM (`-----BEGIN PUBLIC KEY-----`) of the RSA public key with big-endian
 /// modulus `n` and exponent `e`.
 pub fn spki_pem(n: &[u8], e: &[u8]) -> String {
-    let pkcs1 = der_tlv(0x30, &[der_uint(n), der_uint(e)].concat());
+    let pkcs1 = der::tlv(0x30, &[der::uint(n), der::uint(e)].concat());
     let mut bits = vec![0u8]; // no unused bits
     bits.extend_from_slice(&pkcs1);
-    let spki = der_tlv(
+    let spki = der::tlv(
         0x30,
-        &[RSA_ALGORITHM_ID.to_vec(), der_tlv(0x03, &bits)].concat(),
+        &[&der::RSA_ALGORITHM_ID[..], &der::tlv(0x03, &bits)].concat(),
     );
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki);
-    let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str("-----END PUBLIC KEY-----\n");
-    pem
-}
-
-/// A DER INTEGER for the unsigned big-endian `be` (leading zeros stripped, a zero byte
-/// added when the top bit is set).
-fn der_uint(be: &[u8]) -> Vec<u8> {
-    let start = be.iter().position(|&b| b != 0).unwrap_or(be.len());
-    let mut body = Vec::with_capacity(be.len() - start + 1);
-    match be.get(start) {
-        None => body.push(0),
-        Some(&top) if top & 0x80 != 0 => body.push(0),
-        Some(_) => {}
-    }
-    body.extend_from_slice(&be[start..]);
-    der_tlv(0x02, &body)
-}
-
-fn der_tlv(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = body.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes
-            .iter()
-            .position(|&b| b != 0)
-            .unwrap_or(bytes.len() - 1);
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(body);
-    out
+    // A public key: nothing to wipe, so the text is moved out of its wiping wrapper.
+    std::mem::take(&mut *der::pem("PUBLIC KEY", &spki))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_lengths_and_integers() {
-        assert_eq!(der_tlv(0x04, &[1, 2]), vec![0x04, 2, 1, 2]);
-        let long = der_tlv(0x04, &[0u8; 300]);
-        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
-        assert_eq!(der_uint(&[0, 0, 0x01]), vec![0x02, 1, 0x01]);
-        assert_eq!(der_uint(&[0x80]), vec![0x02, 2, 0x00, 0x80]);
-        assert_eq!(der_uint(&[]), vec![0x02, 1, 0x00]);
-    }
 
     #[test]
     fn spki_pem_has_the_rfc_shape() {
@@ -137,5 +84,23 @@ mod tests {
             "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"
         ));
         assert!(pem.ends_with("-----END PUBLIC KEY-----\n"));
+    }
+
+    #[test]
+    fn an_spki_reads_back_its_modulus_and_exponent() {
+        let mut n = vec![0xc1; 256];
+        n[255] = 0x07;
+        let pem = spki_pem(&n, &[1, 0, 1]);
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        assert_eq!(der::read_rsa_spki(&der), Some((&n[..], &[1u8, 0, 1][..])));
+        // Trailing garbage, a cut, another algorithm: not an RSA key.
+        let mut longer = der.clone();
+        longer.push(0);
+        assert_eq!(der::read_rsa_spki(&longer), None);
+        assert_eq!(der::read_rsa_spki(&der[..der.len() - 1]), None);
+        let mut ec = der.clone();
+        ec[12] = 0x3d; // one byte of the OID changed
+        assert_eq!(der::read_rsa_spki(&ec), None);
     }
 }

@@ -1,9 +1,10 @@
 //! JOSE pieces both sides of the wire use: RSA JWKs and their RFC 7638 thumbprints, the
 //! [`Signer`] seam every signing key implements, an in-memory ring RSA key, compact JWS
-//! signing and unverified decoding, and fresh `jti` values.
+//! signing and unverified decoding, fresh `jti` values, and the DER and PEM of RSA keys.
 //!
 //! One crypto backend: everything here is ring.
 
+pub mod der;
 pub mod jwk;
 pub mod jws;
 mod key;
