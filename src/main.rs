@@ -12,13 +12,16 @@ use std::process::ExitCode;
 
 use asset_agent::cli::Cli;
 use asset_agent::commands::{self, EXIT_FAILURE};
-use clap::Parser as _;
 
 /// Threads for blocking work, besides the runtime's one.
 const MAX_BLOCKING_THREADS: usize = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_env() {
+        Ok(cli) => cli,
+        // Help, version, or a usage mistake (exit 2).
+        Err(stop) => return stop.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)

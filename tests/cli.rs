@@ -99,10 +99,144 @@ fn group_readable_key_refuses_to_start_with_the_fix() {
     );
 }
 
+/// Runs the binary with `args` and no ASSET_AGENT_* variables: (exit code, stdout, stderr).
+fn cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("ASSET_AGENT_CONFIG")
+        .env_remove("ASSET_AGENT_SOCKET")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Each kind of mistake: exit 2, one line naming the argument on stderr, then where to
+/// find help; nothing on stdout.
 #[test]
 fn bad_command_line_exits_2() {
-    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let cases: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "'frobnicate'"),
+        (&["key", "frob"], "'frob'"),
+        (&["token", "--bogus"], "'--bogus'"),
+        (&["token", "--socket"], "'--socket'"),
+        (&["token", "--raw", "--raw"], "'--raw'"),
+        (
+            &["token", "--raw", "--json"],
+            "'--raw' cannot be used with '--json'",
+        ),
+        (
+            &["watch", "--raw", "--json"],
+            "'--json' cannot be used with '--raw'",
+        ),
+        (
+            &["key", "show", "--jwk", "--thumbprint"],
+            "'--jwk' cannot be used with '--thumbprint'",
+        ),
+        (&["token", "--min-ttl", "soon"], "'soon' for '--min-ttl'"),
+        (&["exec", "--wait", "3x", "--", "true"], "'3x' for '--wait'"),
+        (
+            &["exec", "--on-rotation", "maybe", "--", "true"],
+            "'maybe' for '--on-rotation'",
+        ),
+        (&["exec", "true"], "'true'"),
+        (&["exec", "--"], "after '--'"),
+        (&["status", "a", "b"], "'b'"),
+    ];
+    for (args, names) in cases {
+        let (code, stdout, stderr) = cli(args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        let mut lines = stderr.lines();
+        let first = lines.next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(names),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains("--help'."), "{args:?}: {stderr}");
+    }
+    // An empty variable is a mistake too, named.
+    let (code, _, stderr) = cli(&["status"], &[("ASSET_AGENT_SOCKET", "")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ASSET_AGENT_SOCKET"), "{stderr}");
+    // No subcommand: the help, on stderr.
+    let (code, stdout, stderr) = cli(&[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("Usage: asset-agent [OPTIONS] <COMMAND>"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version_go_to_stdout_and_exit_0() {
+    for (args, want) in [
+        (&["--help"][..], "Usage: asset-agent [OPTIONS] <COMMAND>"),
+        (&["-h"], "Usage: asset-agent [OPTIONS] <COMMAND>"),
+        (&["help"], "Usage: asset-agent [OPTIONS] <COMMAND>"),
+        (
+            &["token", "--help"],
+            "Usage: asset-agent token [OPTIONS] [NAME]",
+        ),
+        (
+            &["help", "exec"],
+            "Usage: asset-agent exec [OPTIONS] -- <CMD>...",
+        ),
+        (
+            &["key", "show", "-h"],
+            "--thumbprint     Only the RFC 7638 thumbprint",
+        ),
+        (
+            &["--version"],
+            concat!("asset-agent ", env!("CARGO_PKG_VERSION"), "\n"),
+        ),
+        (
+            &["status", "-V"],
+            concat!("asset-agent ", env!("CARGO_PKG_VERSION"), "\n"),
+        ),
+    ] {
+        let (code, stdout, stderr) = cli(args, &[]);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert!(stdout.contains(want), "{args:?}: {stdout}");
+    }
+}
+
+/// ASSET_AGENT_SOCKET and ASSET_AGENT_CONFIG reach the commands; the options win over them.
+#[test]
+fn socket_and_config_come_from_the_environment_unless_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_sock = dir.path().join("env.sock");
+    let flag_sock = dir.path().join("flag.sock");
+    let env_sock = env_sock.to_str().unwrap();
+    let (code, _, stderr) = cli(&["status"], &[("ASSET_AGENT_SOCKET", env_sock)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(env_sock), "{stderr}");
+    let (code, _, stderr) = cli(
+        &["status", "--socket", flag_sock.to_str().unwrap()],
+        &[("ASSET_AGENT_SOCKET", env_sock)],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(flag_sock.to_str().unwrap()), "{stderr}");
+    assert!(!stderr.contains(env_sock), "{stderr}");
+
+    let env_config = dir.path().join("from-env.toml");
+    let env_config = env_config.to_str().unwrap();
+    let (code, stdout, _) = cli(&["check"], &[("ASSET_AGENT_CONFIG", env_config)]);
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains(env_config), "{stdout}");
+    let (code, stdout, _) = cli(
+        &["check", "--config", "/nonexistent/from-flag.toml"],
+        &[("ASSET_AGENT_CONFIG", env_config)],
+    );
+    assert_eq!(code, Some(1));
+    assert!(stdout.contains("from-flag.toml"), "{stdout}");
+    assert!(!stdout.contains(env_config), "{stdout}");
 }
 
 /// A full run at trace level, through token fetches and a rotation, leaks nothing.
