@@ -1,5 +1,5 @@
-//! How [`super::Upstream`] reaches Salesforce: hyper's pooled HTTP/1.1 client over TCP,
-//! rustls (ring) for https, and the proxy the environment names.
+//! How [`super::Upstream`] reaches Salesforce: TCP (both address families raced, as
+//! browsers do), rustls (ring) for https, and the proxy the environment names.
 //!
 //! Proxies are read once per client, as curl reads them: `HTTPS_PROXY`/`https_proxy` for
 //! https URLs, `HTTP_PROXY`/`http_proxy` for http, `ALL_PROXY`/`all_proxy` for both, and
@@ -9,26 +9,28 @@
 //! proxy itself is spoken to in plain http (an `https://` or `socks` proxy URL is refused
 //! when a request would use it).
 
-use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::Uri;
 use hyper::header::HeaderValue;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// How long the first address family has before the other one is tried alongside it
+/// (RFC 8305's "connection attempt delay").
+const FALLBACK_DELAY: Duration = Duration::from_millis(300);
+
+/// A proxy's answer to `CONNECT` longer than this is refused.
+const MAX_TUNNEL_HEAD: usize = 8192;
 
 /// Why a connection could not be opened (the source, when there is one, says more).
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +49,58 @@ pub enum ConnectError {
     Proxy {
         proxy: String,
         #[source]
-        source: BoxError,
+        source: Box<ConnectError>,
     },
-    #[error("TCP connect failed")]
-    Tcp(#[source] BoxError),
+    #[error("the proxy {proxy} did not open a tunnel")]
+    Tunnel {
+        proxy: String,
+        #[source]
+        source: TunnelError,
+    },
+    #[error("could not resolve {host}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+    #[error("TCP connect to {addr} failed")]
+    Tcp {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("TLS handshake failed")]
     Tls(#[source] io::Error),
 }
 
-/// Opens connections for the pooled client: direct, through a `CONNECT` tunnel, or to an
-/// http proxy; TLS for https.
+/// Why a proxy did not open a `CONNECT` tunnel.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("sending CONNECT failed")]
+    Write(#[source] io::Error),
+    #[error("reading the proxy's answer failed")]
+    Read(#[source] io::Error),
+    #[error("the proxy closed the connection without answering")]
+    Eof,
+    #[error("the proxy's answer is longer than {MAX_TUNNEL_HEAD} bytes")]
+    TooLong,
+    #[error("the proxy's answer is not HTTP/1")]
+    NotHttp,
+    #[error(
+        "the proxy asks for credentials (HTTP 407): put user:password@ in the proxy URL \
+         (HTTPS_PROXY or ALL_PROXY)"
+    )]
+    AuthRequired,
+    #[error("the proxy refused with HTTP {status}")]
+    Refused { status: u16 },
+}
+
+/// Opens connections for [`super::http::Client`]: direct, through a `CONNECT` tunnel, or
+/// to an http proxy; TLS for https.
 #[derive(Clone)]
 pub struct Connector {
-    tcp: HttpConnector,
     tls: TlsConnector,
     proxies: Arc<Matcher>,
 }
@@ -71,14 +112,18 @@ impl std::fmt::Debug for Connector {
     }
 }
 
+/// An open connection, and whether it goes to an http proxy (requests on it are then sent
+/// in absolute form).
+pub struct Conn {
+    pub stream: Stream,
+    pub proxied: bool,
+}
+
+// === impl Connector ===
+
 impl Connector {
     pub fn new(tls: rustls::ClientConfig, proxies: Matcher) -> Self {
-        let mut tcp = HttpConnector::new();
-        // The scheme is ours to handle (https is wrapped in TLS below).
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
         Self {
-            tcp,
             tls: TlsConnector::from(Arc::new(tls)),
             proxies: Arc::new(proxies),
         }
@@ -93,10 +138,15 @@ impl Connector {
         self.proxies.intercept(uri)?.basic_auth().cloned()
     }
 
-    async fn open(mut self, dst: Uri) -> Result<Conn, ConnectError> {
+    /// A connection for requests to `dst` (scheme and authority; the path is ignored).
+    ///
+    /// # Errors
+    /// See [`ConnectError`]: each variant names the step that failed.
+    pub async fn open(&self, dst: &Uri) -> Result<Conn, ConnectError> {
         let https = dst.scheme_str() == Some("https");
-        let host = dst.host().ok_or(ConnectError::NoHost)?.to_owned();
-        let proxy = self.proxies.intercept(&dst);
+        let host = dst.host().ok_or(ConnectError::NoHost)?;
+        let port = dst.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let proxy = self.proxies.intercept(dst);
         if let Some(p) = &proxy
             && p.uri().scheme_str() != Some("http")
         {
@@ -104,30 +154,30 @@ impl Connector {
                 proxy: redacted(p.uri()),
             });
         }
-        let (tcp, proxied) = match (proxy, https) {
-            (None, _) => (self.tcp_to(dst).await?, false),
-            (Some(p), false) => {
-                let tcp = self
-                    .tcp_to(p.uri().clone())
-                    .await
-                    .map_err(|e| ConnectError::Proxy {
-                        proxy: redacted(p.uri()),
-                        source: Box::new(e),
-                    })?;
-                (tcp, true)
-            }
-            (Some(p), true) => {
-                let mut tunnel = Tunnel::new(p.uri().clone(), self.tcp.clone());
-                if let Some(auth) = p.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
+        let (tcp, proxied) = match proxy {
+            None => (tcp_connect(host, port).await?, false),
+            Some(p) => {
+                let proxy_host = p.uri().host().ok_or(ConnectError::NoHost);
+                let proxy_port = p.uri().port_u16().unwrap_or(80);
+                let opened = match proxy_host {
+                    Ok(proxy_host) => tcp_connect(proxy_host, proxy_port).await,
+                    Err(e) => Err(e),
+                };
+                let mut tcp = opened.map_err(|e| ConnectError::Proxy {
+                    proxy: redacted(p.uri()),
+                    source: Box::new(e),
+                })?;
+                if https {
+                    tunnel(&mut tcp, host, port, p.basic_auth())
+                        .await
+                        .map_err(|source| ConnectError::Tunnel {
+                            proxy: redacted(p.uri()),
+                            source,
+                        })?;
+                    (tcp, false)
+                } else {
+                    (tcp, true)
                 }
-                let io = tower_service::Service::call(&mut tunnel, dst)
-                    .await
-                    .map_err(|e| ConnectError::Proxy {
-                        proxy: redacted(p.uri()),
-                        source: Box::new(e),
-                    })?;
-                (io.into_inner(), false)
             }
         };
         let stream = if https {
@@ -137,7 +187,7 @@ impl Connector {
                 .trim_end_matches(']')
                 .to_owned();
             let name = ServerName::try_from(name).map_err(|source| ConnectError::ServerName {
-                host: host.clone(),
+                host: host.to_owned(),
                 source,
             })?;
             let tls = self
@@ -149,18 +199,122 @@ impl Connector {
         } else {
             Stream::Plain(tcp)
         };
-        Ok(Conn {
-            io: TokioIo::new(stream),
-            proxied,
-        })
+        Ok(Conn { stream, proxied })
     }
+}
 
-    async fn tcp_to(&mut self, uri: Uri) -> Result<TcpStream, ConnectError> {
-        let io = tower_service::Service::call(&mut self.tcp, uri)
-            .await
-            .map_err(|e| ConnectError::Tcp(Box::new(e)))?;
-        Ok(io.into_inner())
+/// A TCP connection to `host:port`, with no delay. When the name has addresses of both
+/// families, those of the family listed first are tried in turn, and after
+/// [`FALLBACK_DELAY`] the others in parallel; the first to connect wins.
+async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    let first_v6 =
+        addrs
+            .first()
+            .map(SocketAddr::is_ipv6)
+            .ok_or_else(|| ConnectError::NoAddress {
+                host: host.to_owned(),
+            })?;
+    let (preferred, fallback): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| a.is_ipv6() == first_v6);
+    let tcp = if fallback.is_empty() {
+        try_in_turn(host, &preferred).await?
+    } else {
+        let first = try_in_turn(host, &preferred);
+        let second = async {
+            tokio::time::sleep(FALLBACK_DELAY).await;
+            try_in_turn(host, &fallback).await
+        };
+        tokio::pin!(first, second);
+        tokio::select! {
+            r = &mut first => match r {
+                Ok(tcp) => tcp,
+                Err(_) => second.await?,
+            },
+            r = &mut second => match r {
+                Ok(tcp) => tcp,
+                Err(_) => first.await?,
+            },
+        }
+    };
+    // Best effort: a socket that refuses it still works, only slower.
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// Connects to each address in turn; the last failure if none answers.
+async fn try_in_turn(host: &str, addrs: &[SocketAddr]) -> Result<TcpStream, ConnectError> {
+    let mut last = None;
+    for &addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(source) => last = Some(ConnectError::Tcp { addr, source }),
+        }
     }
+    Err(last.unwrap_or_else(|| ConnectError::NoAddress {
+        host: host.to_owned(),
+    }))
+}
+
+/// Asks the proxy on `tcp` for a tunnel to `host:port` and reads its answer.
+async fn tunnel(
+    tcp: &mut TcpStream,
+    host: &str,
+    port: u16,
+    auth: Option<&HeaderValue>,
+) -> Result<(), TunnelError> {
+    let mut head =
+        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n").into_bytes();
+    if let Some(auth) = auth {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(auth.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    tcp.write_all(&head).await.map_err(TunnelError::Write)?;
+
+    // The answer's head. Reading in chunks cannot swallow bytes of the TLS handshake: the
+    // client speaks first in TLS, so the proxy sends nothing after its head until then.
+    let mut buf = vec![0u8; MAX_TUNNEL_HEAD];
+    let mut len = 0;
+    loop {
+        let n = tcp.read(&mut buf[len..]).await.map_err(TunnelError::Read)?;
+        if n == 0 {
+            return Err(TunnelError::Eof);
+        }
+        len += n;
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+        if len == buf.len() {
+            return Err(TunnelError::TooLong);
+        }
+    }
+    match status_code(&buf[..len]).ok_or(TunnelError::NotHttp)? {
+        200..=299 => Ok(()),
+        407 => Err(TunnelError::AuthRequired),
+        status => Err(TunnelError::Refused { status }),
+    }
+}
+
+/// The status of an HTTP/1 response head (`HTTP/1.x NNN ...`).
+fn status_code(head: &[u8]) -> Option<u16> {
+    let rest = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))?;
+    let code = rest.get(..3)?;
+    if !code.iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|&b| b != b' ' && b != b'\r')
+    {
+        return None;
+    }
+    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// A proxy URI without its credentials, for messages.
@@ -171,20 +325,6 @@ fn redacted(uri: &Uri) -> String {
             format!("{scheme}://{hostport}")
         }
         _ => "(unparsable proxy URL)".to_owned(),
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Conn;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Conn, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        Box::pin(self.clone().open(dst))
     }
 }
 
@@ -234,47 +374,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// One pooled connection, and whether it goes to an http proxy (requests on it are then
-/// sent in absolute form).
-pub struct Conn {
-    io: TokioIo<Stream>,
-    proxied: bool,
-}
-
-impl Connection for Conn {
-    fn connected(&self) -> Connected {
-        Connected::new().proxy(self.proxied)
-    }
-}
-
-impl Read for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl Write for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +384,17 @@ mod tests {
         assert_eq!(redacted(&uri), "http://proxy.local:3128");
         let uri: Uri = "http://proxy.local:3128".parse().unwrap();
         assert_eq!(redacted(&uri), "http://proxy.local:3128");
+    }
+
+    #[test]
+    fn tunnel_status_lines() {
+        assert_eq!(
+            status_code(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+            Some(200)
+        );
+        assert_eq!(status_code(b"HTTP/1.0 407\r\n\r\n"), Some(407));
+        assert_eq!(status_code(b"HTTP/1.1 2000 OK\r\n\r\n"), None);
+        assert_eq!(status_code(b"SSH-2.0-OpenSSH\r\n\r\n"), None);
     }
 
     #[test]

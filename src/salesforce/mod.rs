@@ -5,6 +5,7 @@ pub(crate) mod connect;
 pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod exchange;
+pub(crate) mod http;
 pub mod subject;
 pub(crate) mod upstream;
 pub mod verify;

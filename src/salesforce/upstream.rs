@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper::header::{ACCEPT, CONTENT_TYPE, DATE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::connect::Connector;
 use super::error::{Error, Step};
+use super::http::{BodyError, Client};
 use crate::metrics::Registry;
 use crate::skew::Skew;
 use crate::tls::{RootsError, root_store};
@@ -40,9 +39,7 @@ pub enum BuildError {
 /// An HTTP client bound to one Salesforce instance (My Domain or site URL).
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<Connector, Full<Bytes>>,
-    /// The client's connector, asked for the proxy authorisation of plain-http requests.
-    connector: Connector,
+    client: Client,
     /// Sent with every request (the same for every request, so built once).
     user_agent: HeaderValue,
     base: String,
@@ -104,14 +101,9 @@ impl Upstream {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         // HTTP/1.1 with idle connections kept for reuse (90 s); redirects are never
         // followed (a redirect is an answer like any other status).
-        let connector = Connector::new(tls, proxies);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector.clone());
+        let client = Client::new(Connector::new(tls, proxies));
         Ok(Self {
             client,
-            connector,
             user_agent: HeaderValue::from_static(concat!(
                 "asset-agent/",
                 env!("CARGO_PKG_VERSION")
@@ -185,7 +177,7 @@ impl Upstream {
             .method(method)
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .header(USER_AGENT, self.user_agent.clone());
-        if let Some(auth) = self.connector.proxy_authorization(&uri) {
+        if let Some(auth) = self.client.connector().proxy_authorization(&uri) {
             req = req.header(hyper::header::PROXY_AUTHORIZATION, auth);
         }
         let body = match body {
@@ -214,7 +206,7 @@ impl Upstream {
         let call = async {
             let resp = self
                 .client
-                .request(req)
+                .send(req, MAX_RESPONSE_BYTES)
                 .await
                 .map_err(|e| Error::Transport {
                     step,
@@ -222,9 +214,13 @@ impl Upstream {
                 })?;
             let (parts, body) = resp.into_parts();
             self.observe_date(&parts.headers);
-            let body = read_limited(body)
-                .await
-                .map_err(|reason| Error::Malformed { step, reason })?;
+            let body = body.map_err(|e| Error::Malformed {
+                step,
+                reason: match e {
+                    BodyError::Read(e) => format!("error reading the response body: {e}"),
+                    BodyError::TooLarge { .. } => e.to_string(),
+                },
+            })?;
             Ok::<_, Error>((parts.status, parts.headers, body))
         };
         let started = tokio::time::Instant::now();
@@ -260,21 +256,6 @@ impl Upstream {
                 .observe(clock::unix_seconds(server) - self.clock.unix());
         }
     }
-}
-
-async fn read_limited(mut resp: hyper::body::Incoming) -> Result<Bytes, String> {
-    let mut body = Vec::new();
-    while let Some(frame) = resp.frame().await {
-        let frame = frame.map_err(|e| format!("error reading the response body: {e}"))?;
-        let Ok(chunk) = frame.into_data() else {
-            continue; // trailers
-        };
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.into())
 }
 
 /// `Retry-After` as delay-seconds or an HTTP date (RFC 9110 §10.2.3).
