@@ -81,7 +81,7 @@ fn setup() -> Setup {
         let rt_path = dir.path().join("refresh-token");
         std::fs::write(&rt_path, emu.mint_refresh_token().unwrap().expose()).unwrap();
         std::fs::set_permissions(&rt_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let url: url::Url = emu.base_url().parse().unwrap();
+        let url = asset_agent::config::Url::parse(emu.base_url()).unwrap();
         let upstream = Upstream::new(
             &url,
             None,

@@ -476,7 +476,7 @@ impl Loop {
             entered: Mutex::new(None),
         });
         let clock = Clock::system();
-        let url = url::Url::parse(emu.base_url()).unwrap();
+        let url = asset_agent::config::Url::parse(emu.base_url()).unwrap();
         let upstream = Upstream::new(
             &url,
             None,

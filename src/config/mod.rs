@@ -35,6 +35,7 @@ mod raw;
 mod rules;
 mod sink;
 mod units;
+mod url;
 mod validate;
 
 #[cfg(test)]
@@ -44,8 +45,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use url::Url;
-
+pub use self::url::Url;
 pub use children::{Access, CHILDREN_DIR, Child, Gateway, valid_name};
 pub use error::Error;
 pub use key::{DEFAULT_KEY_FILE, Key, KeyBackend, Pkcs11, Pkcs11Uri};

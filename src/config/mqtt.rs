@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use url::Url;
+use super::Url;
 
 use super::rules::Check;
 

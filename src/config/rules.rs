@@ -11,7 +11,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use url::Url;
+use super::Url;
 
 use super::error::Error;
 use super::origin::{Origins, env_var_for};
@@ -49,7 +49,7 @@ pub(super) fn instance_url(s: &str) -> Result<Url, String> {
         }
         other => return Err(format!("{s:?} has scheme {other:?}; use https")),
     }
-    if url.host().is_none() {
+    if url.host_str().is_none() {
         return Err(format!("{s:?} has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {

@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Url;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use url::Url;
 
 use super::Finding;
 use crate::config::Config;

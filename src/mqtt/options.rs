@@ -125,7 +125,7 @@ mod tests {
 
     fn mqtt(tls: bool) -> config::Mqtt {
         config::Mqtt {
-            url: url::Url::parse("mqtts://broker.example.com").unwrap(),
+            url: crate::config::Url::parse("mqtts://broker.example.com").unwrap(),
             host: "broker.example.com".into(),
             port: 8883,
             tls,

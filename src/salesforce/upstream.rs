@@ -5,13 +5,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::Url;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{ACCEPT, CONTENT_TYPE, DATE, HeaderMap, HeaderValue, RETRY_AFTER, USER_AGENT};
 use hyper::{Method, Request};
 use hyper_util::client::proxy::matcher::Matcher;
 use serde::de::DeserializeOwned;
-use url::Url;
 
 use super::connect::Connector;
 use super::error::{Error, Step};
@@ -32,8 +32,8 @@ pub enum BuildError {
     Roots(#[from] RootsError),
     #[error("could not set up TLS")]
     Tls(#[source] rustls::Error),
-    #[error("{url} cannot be a base URL")]
-    BadBase { url: String },
+    #[error("{url} has no host")]
+    NoHost { url: String },
 }
 
 /// An HTTP client bound to one Salesforce instance (My Domain or site URL).
@@ -84,8 +84,8 @@ impl Upstream {
         skew: Arc<Skew>,
         proxies: Matcher,
     ) -> Result<Self, BuildError> {
-        if instance_url.cannot_be_a_base() {
-            return Err(BuildError::BadBase {
+        if instance_url.host_str().is_none() {
+            return Err(BuildError::NoHost {
                 url: instance_url.to_string(),
             });
         }

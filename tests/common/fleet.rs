@@ -282,7 +282,7 @@ pub async fn simulate(sc: &Scenario) -> Outcome {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let emu = Emulator::start(emu_cfg, listener).await.unwrap();
-    let url: url::Url = emu.base_url().parse().unwrap();
+    let url = asset_agent::config::Url::parse(emu.base_url()).unwrap();
     let upstream = Upstream::new(
         &url,
         None,
