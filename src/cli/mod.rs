@@ -22,6 +22,10 @@ use std::time::Duration;
 use args::Matches;
 use spec::{Kind, Spec};
 
+/// Builds a leaf's [`Command`] from what was found on the command line (the tables of
+/// [`spec`] name one per command; [`args`] fills the [`Matches`]).
+pub(crate) type Build = fn(&mut Matches, &Env<'_>) -> Result<Command, UsageError>;
+
 /// The exit code of a command-line mistake (README, "Commands").
 pub const EXIT_USAGE: u8 = 2;
 

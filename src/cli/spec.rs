@@ -4,8 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::args::Matches;
-use super::{Command, Env, UsageError};
+use super::Build;
 
 /// One command (or the top level, or a group of subcommands).
 #[derive(Debug)]
@@ -34,9 +33,6 @@ pub(crate) enum Kind {
     /// `help [COMMAND]...`.
     Help,
 }
-
-/// Builds a leaf's [`Command`] from what was found on the command line.
-pub(crate) type Build = fn(&mut Matches, &Env<'_>) -> Result<Command, UsageError>;
 
 #[derive(Debug)]
 pub(crate) enum Positional {
