@@ -11,7 +11,7 @@ set -euo pipefail
 budget() {
   case "$1" in
     # The goal of docs/benchmarks.md, "Size", met since the hand-written CLI parser, the own
-    # HTTP client, tracing subscriber, URL parser and DER module: 3,088,096 bytes x86_64 and
+    # HTTP client, tracing subscriber, URL parser and DER module: 3,083,024 bytes x86_64 and
     # 2,695,008 aarch64, so a regression past the goal fails at once.
     x86_64-*) echo $((3 * 1024 * 1024)) ;;           # 3.0 MiB (3,145,728 bytes)
     aarch64-*) echo $((26 * 1024 * 1024 / 10)) ;;    # 2.6 MiB (2,726,297 bytes)

@@ -149,7 +149,7 @@ async fn open(
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(Error::Http)?;
-    let driver = tokio::spawn(crate::tasks::boxed(async move {
+    let driver = tokio::spawn(crate::spawn::boxed(async move {
         let _ = conn.await;
     }));
     let mut req = Request::builder()

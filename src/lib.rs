@@ -46,6 +46,7 @@ pub mod salesforce;
 pub mod secure_path;
 pub mod sink;
 pub mod skew;
+pub(crate) mod spawn;
 pub mod systemd;
 pub(crate) mod tasks;
 pub(crate) mod tls;

@@ -57,17 +57,6 @@ impl<E: std::error::Error + Send + Sync + 'static> Outcome for Result<(), E> {
     }
 }
 
-/// A future boxed to the one type spawned with [`boxed`].
-pub type Boxed = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// `fut` as a [`Boxed`]: every background job spawned through it shares one compiled copy
-/// of tokio's task machinery (a few KB per distinct future type otherwise). Not for the
-/// per-connection task of the socket API, where the extra allocation would be paid on
-/// every connection.
-pub fn boxed(fut: impl Future<Output = ()> + Send + 'static) -> Boxed {
-    Box::pin(fut)
-}
-
 /// A spawned task, as [`Tasks`] runs it.
 type Task =
     Pin<Box<dyn Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send>>;

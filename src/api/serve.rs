@@ -77,7 +77,7 @@ impl Server {
                     tracing::debug!(uid = peer.uid, pid = peer.pid, reason = %full, "refused a connection");
                     // Past the refusal budget, just close: the client sees a reset.
                     if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                        tracker.spawn(crate::tasks::boxed(refuse(stream, full, permit)));
+                        tracker.spawn(crate::spawn::boxed(refuse(stream, full, permit)));
                     }
                     continue;
                 }

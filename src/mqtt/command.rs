@@ -120,7 +120,7 @@ impl Dispatcher {
             response,
             cancel.child_token(),
         );
-        self.running.spawn(crate::tasks::boxed(async move {
+        self.running.spawn(crate::spawn::boxed(async move {
             fut.await;
             drop(permit);
         }));

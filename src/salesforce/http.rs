@@ -164,11 +164,11 @@ impl Client {
         let (sender, connection) = http1::handshake(TokioIo::new(conn.stream))
             .await
             .map_err(SendError::Handshake)?;
-        tokio::spawn(async move {
+        tokio::spawn(crate::spawn::boxed(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "a connection to Salesforce ended");
             }
-        });
+        }));
         Ok((sender, conn.proxied))
     }
 
@@ -189,14 +189,14 @@ impl Client {
             put(&self.pool, key, sender, proxied);
         } else if !sender.is_closed() {
             let pool = Arc::downgrade(&self.pool);
-            tokio::spawn(async move {
+            tokio::spawn(crate::spawn::boxed(async move {
                 let mut sender = sender;
                 if sender.ready().await.is_ok()
                     && let Some(pool) = pool.upgrade()
                 {
                     put(&pool, key, sender, proxied);
                 }
-            });
+            }));
         }
     }
 
@@ -230,7 +230,7 @@ fn put(pool: &Arc<Mutex<Pool>>, key: Key, sender: SendRequest<Full<Bytes>>, prox
     });
     if !guard.reaping {
         guard.reaping = true;
-        tokio::spawn(reap(Arc::downgrade(pool)));
+        tokio::spawn(crate::spawn::boxed(reap(Arc::downgrade(pool))));
     }
 }
 

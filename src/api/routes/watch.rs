@@ -42,7 +42,7 @@ pub fn reply_for(
     busy: BusyGuard,
 ) -> ApiReply {
     let (tx, body) = ApiBody::lines(busy, BUFFER);
-    tokio::spawn(crate::tasks::boxed(produce(
+    tokio::spawn(crate::spawn::boxed(produce(
         tokens, device_id, shutdown, tx,
     )));
     let mut resp = Response::new(body);
