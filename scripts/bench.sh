@@ -75,9 +75,11 @@ AGENT_ENV=(env -u SSL_CERT_FILE -u SSL_CERT_DIR)
 if [ "$(nproc)" -ge 2 ]; then
   SERVER_CPU=(taskset -c 0)
   LOAD_CPU=(taskset -c 1)
+  LOAD_THREADS=1
 else
   SERVER_CPU=()
   LOAD_CPU=()
+  LOAD_THREADS=$(nproc)
 fi
 
 machine() {
@@ -231,7 +233,7 @@ oha_run() {
   [ "$ka" = no ] && flags+=(--disable-keepalive)
   local t0 t1 n0 n1
   t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
-  "${LOAD_CPU[@]}" oha --no-tui --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
+  "${LOAD_CPU[@]}" oha --no-tui --worker-threads "$LOAD_THREADS" --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
     --unix-socket "$sock" "http://localhost/v1/token" >"$WORK/oha.json"
   t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
   python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)" "$round" "$((n1 - n0))" <<'EOF' >>"$OUT/socket.jsonl"

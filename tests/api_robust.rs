@@ -14,6 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use api_common::{NOBODY, config_with_api, curl_as, open_to_everyone, raw, root_or_skip};
+use asset_agent::api::MAX_HEADERS;
 use asset_agent::client;
 use common::{Agent, Device, emulator, get, wait_for_token};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -128,6 +129,15 @@ async fn idle_slowloris_and_bad_requests_do_not_stall_a_legitimate_client() {
     for answer in [&big, &many, &garbage, &bad_version] {
         assert!(!answer.contains("eyJ"));
     }
+    // The header-field cap is exact: MAX_HEADERS fields are served, one more is refused.
+    let fields = |n: usize| {
+        let extra: String = (1..n).map(|i| format!("X-H{i}: v\r\n")).collect();
+        format!("GET /v1/token HTTP/1.1\r\nHost: x\r\n{extra}\r\n")
+    };
+    let at_cap = raw(&socket, fields(MAX_HEADERS).as_bytes(), wait).await;
+    let over_cap = raw(&socket, fields(MAX_HEADERS + 1).as_bytes(), wait).await;
+    assert!(at_cap.starts_with("HTTP/1.1 200"), "{at_cap}");
+    assert!(over_cap.starts_with("HTTP/1.1 431"), "{over_cap}");
 
     // The legitimate client, same uid as the attackers: prompt every time.
     let mut latencies = Vec::new();

@@ -117,7 +117,6 @@ async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared:
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(limits.max_head_bytes)
-        .max_headers(limits.max_headers)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
