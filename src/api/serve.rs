@@ -49,6 +49,9 @@ impl Server {
             .get_or_init(|| Registry::new(limits.caps))
             .clone();
         let tracker = TaskTracker::new();
+        // One builder for every connection: its timer is reference-counted, so building it
+        // per connection cost an allocation each time.
+        let http = Arc::new(http_builder(limits));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
         loop {
             let stream = tokio::select! {
@@ -88,7 +91,13 @@ impl Server {
                 role,
                 shutdown: cancel.clone(),
             });
-            tracker.spawn(connection(stream, caller, slot, shared.clone()));
+            tracker.spawn(connection(
+                stream,
+                caller,
+                slot,
+                shared.clone(),
+                http.clone(),
+            ));
         }
         tracker.close();
         tracker.wait().await;
@@ -98,7 +107,13 @@ impl Server {
 
 /// Serves one connection until the client closes it, it times out, it is evicted, or the
 /// server shuts down (then after its in-flight request).
-async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared: Arc<Shared>) {
+async fn connection(
+    stream: UnixStream,
+    caller: Arc<Caller>,
+    slot: Slot,
+    shared: Arc<Shared>,
+    http: Arc<http1::Builder>,
+) {
     let limits: Limits = shared.limits;
     let activity = slot.activity.clone();
     let service = {
@@ -113,11 +128,7 @@ async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared:
         })
     };
     let io = TimedIo::new(stream, limits.write_timeout);
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_head_bytes)
-        .serve_connection(TokioIo::new(io), service);
+    let conn = http.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -133,6 +144,17 @@ async fn connection(stream: UnixStream, caller: Arc<Caller>, slot: Slot, shared:
             let _ = conn.await;
         }
     }
+}
+
+/// How hyper serves every connection: bounded head size (and hyper's own header-count cap,
+/// [`super::MAX_HEADERS`]) and head read time.
+fn http_builder(limits: Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes);
+    builder
 }
 
 /// Answers 503 and closes: no room for this caller. The request head is read first (for
