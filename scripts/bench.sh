@@ -110,7 +110,11 @@ setup() {
 
 build() {
   say build
-  cargo build --release -p asset-agent -p asset-agent-emulator
+  # Separately: built together, the emulator's dependency features would be unified into
+  # the agent's, which would then not be the shipped binary (other code, other symbol
+  # names, so build.rs's code order would not apply).
+  cargo build --release -p asset-agent
+  cargo build --release -p asset-agent-emulator
 }
 
 aarch64_build() {
