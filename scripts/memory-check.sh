@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The shipped binary's memory budget: resident set (RSS) of an idle agent holding a token,
+# x86_64 glibc, against the emulator.
+#
+#   scripts/memory-check.sh AGENT_BINARY EMULATOR_BINARY
+#
+# Starts the agent three times from a cold state (no token cache), waits for its first
+# token and two quiet seconds, and reads RSS and PSS from /proc/PID/smaps_rollup; the
+# median must be within the budget, the README's ("Memory"). Fails with the per-mapping
+# breakdown when over. The figure depends on the kernel (it maps code 64 KiB around each
+# page touched) and the C library; scripts/bench.sh memory measures it in full.
+set -euo pipefail
+BUDGET_KIB=4096
+
+[ $# -eq 2 ] || { echo "usage: $0 AGENT_BINARY EMULATOR_BINARY" >&2; exit 2; }
+AGENT=$(realpath "$1")
+EMU=$(realpath "$2")
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+url="http://127.0.0.1:$port"
+"$EMU" --listen "127.0.0.1:$port" --token-lifetime 3600 >"$WORK/emulator.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 200); do curl -sf "$url/__emulator/stats" >/dev/null && break; sleep 0.05; done
+curl -sf "$url/__emulator/stats" >/dev/null || { echo "the emulator did not start"; cat "$WORK/emulator.log"; exit 1; }
+
+d=$WORK/agent
+mkdir -p "$d/state"
+chmod 700 "$d" "$d/state"
+curl -sf -X POST "$url/__emulator/refresh-tokens" |
+  python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["refresh_token"])' >"$d/refresh-token"
+chmod 600 "$d/refresh-token"
+cat >"$d/agent.toml" <<EOF
+[salesforce]
+instance_url = "$url"
+client_id = "3MVG9EMULATOR.asset-agent"
+[auth]
+refresh_token_file = "$d/refresh-token"
+[asset]
+device_id = "memory-device-0001"
+name = "Memory Pump"
+serial_number = "MEMORY-0001"
+[key]
+path = "$d/device-key.pem"
+[state]
+dir = "$d/state"
+[token]
+verify = "jwks"
+issuer = "$url"
+[api]
+socket = "$d/run/agent.sock"
+EOF
+"$AGENT" --config "$d/agent.toml" key generate >/dev/null
+
+rss=()
+for run in 1 2 3; do
+  rm -f "$d/state/token-cache.json"
+  # A service's environment: systemd sets no SSL_CERT_FILE / SSL_CERT_DIR.
+  env -u SSL_CERT_FILE -u SSL_CERT_DIR "$AGENT" --config "$d/agent.toml" run >"$WORK/agent.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 1 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
+    sleep 0.05
+  done
+  [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] ||
+    { echo "the agent got no token"; cat "$WORK/agent.log"; exit 1; }
+  sleep 2
+  read -r r p < <(awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{print r, p}' "/proc/$pid/smaps_rollup")
+  echo "run $run: idle RSS $r KiB, PSS $p KiB"
+  rss+=("$r")
+  if [ "$run" = 3 ]; then
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6) ? $6 : "[anon]"; sub(/.*\//, "", name) }
+         /^Rss:/ { rss[name] += $2 }
+         END { for (n in rss) if (rss[n] > 0) printf "    %-28s %5d KiB\n", n, rss[n] }' \
+      "/proc/$pid/smaps" | sort -k2 -n -r >"$WORK/breakdown"
+  fi
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+done
+median=$(printf '%s\n' "${rss[@]}" | sort -n | sed -n 2p)
+if [ "$median" -le "$BUDGET_KIB" ]; then
+  echo "idle RSS, median of 3: $median KiB, budget $BUDGET_KIB KiB: ok"
+else
+  echo "idle RSS, median of 3: $median KiB, OVER the budget of $BUDGET_KIB KiB by $((median - BUDGET_KIB)) KiB"
+  echo "resident by mapping (last run):"
+  cat "$WORK/breakdown"
+  echo "if the agent's own binary grew: regenerate the code order with scripts/order-file.sh"
+  exit 1
+fi
