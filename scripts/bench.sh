@@ -110,9 +110,8 @@ setup() {
 
 build() {
   say build
-  # Separately: built together, the emulator's dependency features would be unified into
-  # the agent's, which would then not be the shipped binary (other code, other symbol
-  # names, so build.rs's code order would not apply).
+  # One at a time, as the shipped binary is built: should a member ever unify other
+  # dependency features into the agent's, this still measures the shipped binary.
   cargo build --release -p asset-agent
   cargo build --release -p asset-agent-emulator
 }

@@ -92,6 +92,8 @@ else
   echo "idle RSS, median of 3: $median KiB, OVER the budget of $BUDGET_KIB KiB by $((median - BUDGET_KIB)) KiB"
   echo "resident by mapping (last run):"
   cat "$WORK/breakdown"
-  echo "if the agent's own binary grew: regenerate the code order with scripts/order-file.sh"
+  echo "if the agent's code changed: regenerate the code order with scripts/order-file.sh;"
+  echo "if it is a different binary than 'cargo build --release -p asset-agent' gives, a workspace"
+  echo "member changed the agent's dependency features (its symbol names no longer match the list)"
   exit 1
 fi
