@@ -69,9 +69,11 @@ cleanup() {
 trap cleanup EXIT
 
 say() { printf '\n== %s ==\n' "$*"; }
-# Agents run in a service's environment: systemd sets no SSL_CERT_FILE / SSL_CERT_DIR (a
-# developer shell often does, and that changes where the CA store is read from).
-AGENT_ENV=(env -u SSL_CERT_FILE -u SSL_CERT_DIR)
+# Agents run in a service's environment, only PATH: systemd sets no SSL_CERT_FILE /
+# SSL_CERT_DIR (a developer shell often does, and that changes where the CA store is read
+# from), and no ASSET_AGENT_* variables (CI exports its own, which the agent warns about as
+# likely typos: other code, other figures).
+AGENT_ENV=(env -i "PATH=$PATH")
 if [ "$(nproc)" -ge 2 ]; then
   SERVER_CPU=(taskset -c 0)
   LOAD_CPU=(taskset -c 1)
@@ -383,6 +385,7 @@ memory() {
     for spec in "${order[@]}"; do
       label=${spec%%=*} bin=${spec#*=} d=$WORK/memory-$label-$round
       write_agent "$d" "$bin"
+      "$ROOT/scripts/uncache.py" "$bin"   # a cold start, as after a boot
       start_agent "$d" "$bin"
       sleep 3
       mem_json "$AGENT_PID" "$label" idle >>"$OUT/memory.jsonl"
