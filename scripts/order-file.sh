@@ -16,7 +16,11 @@
 # every GET route, a forced refresh and a clean stop: first under callgrind (every
 # function that ran), then natively under `perf record -e page-faults` (what ran natively
 # but not under valgrind: CPU-specific assembly, timing-dependent paths), repeated until
-# no new function shows up. A run in which the agent serves no token fails the script. Symbol names
+# no new function shows up. A run in which the agent serves no token fails the script.
+# Runs differ by a few names: timing (a contended mutex) and the CPU (ring picks its
+# assembly by CPU feature, so an AVX2 variant runs on one machine and not on another); the
+# list made on one machine can be merged with another's (`sort -u`), names that do not run
+# cost nothing. Symbol names
 # change with the toolchain and dependencies; a stale list is harmless but stops helping,
 # which `.ci/run`'s memory budget (scripts/memory-check.sh) catches.
 set -euo pipefail
@@ -124,13 +128,15 @@ EOF
 }
 
 # under TOOL RUN COMMAND...: runs COMMAND in place of this (sub)shell, under callgrind
-# (one profile per process) or perf (one recording per run).
+# (one profile per process) or perf (one recording per run), in a service's environment
+# (only PATH) plus SSL_CERT_FILE for the test CA.
 under() {
   local tool=$1 run=$2
   shift 2
+  local service_env=(env -i "PATH=$PATH" "SSL_CERT_FILE=$CA_FILE")
   case $tool in
-    callgrind) exec valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.%p" "$@" ;;
-    perf) exec perf record -q -e page-faults -c 1 -d -o "$WORK/pf.$run.data" "$@" ;;
+    callgrind) exec "${service_env[@]}" valgrind --tool=callgrind --demangle=no --callgrind-out-file="$WORK/cg.%p" "$@" ;;
+    perf) exec "${service_env[@]}" perf record -q -e page-faults -c 1 -d -o "$WORK/pf.$run.data" "$@" ;;
   esac
 }
 
@@ -142,11 +148,7 @@ run_scenario() {
     config=$d/agent.toml
     case $run in *-https) config=$d/agent-tls.toml ;; esac
     case $run in cold-*) rm -f "$d/state/token-cache.json" ;; esac
-    (
-      unset SSL_CERT_DIR
-      export SSL_CERT_FILE=$CA_FILE
-      under "$tool" "$run" "$AGENT" --config "$config" run
-    ) >"$WORK/agent.log" 2>&1 &
+    (under "$tool" "$run" "$AGENT" --config "$config" run) >"$WORK/agent.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 1 300); do
