@@ -17,10 +17,11 @@
 # function that ran), then natively under `perf record -e page-faults` (what ran natively
 # but not under valgrind: CPU-specific assembly, timing-dependent paths), repeated until
 # no new function shows up. A run in which the agent serves no token fails the script.
-# Runs differ by a few names: timing (a contended mutex) and the CPU (ring picks its
-# assembly by CPU feature, so an AVX2 variant runs on one machine and not on another); the
-# list made on one machine can be merged with another's (`sort -u`), names that do not run
-# cost nothing. Symbol names
+# Runs differ by a few names: timing (a contended mutex), the CPU (ring picks its assembly
+# by CPU feature, and valgrind's emulated CPU lacks some), and the page-fault rounds see a
+# function only when its page faults, not when listed code next to it has mapped it
+# already. Lists from several runs or machines can be merged (`sort -u`); a name that does
+# not run costs nothing. Symbol names
 # change with the toolchain and dependencies; a stale list is harmless but stops helping,
 # which `.ci/run`'s memory budget (scripts/memory-check.sh) catches.
 set -euo pipefail
