@@ -50,8 +50,9 @@ AGENT=${AGENT:-$ROOT/target/release/asset-agent}
 EMU_BIN=${EMU_BIN:-$ROOT/target/release/asset-agent-emulator}
 AARCH64=aarch64-unknown-linux-gnu
 mkdir -p "$OUT"
-WORK=$(mktemp -d /tmp/asset-agent-bench.XXXXXX)
-PIDS=()
+# shellcheck source=scripts/emulator-agent.sh
+. "$ROOT/scripts/emulator-agent.sh"
+scratch_begin
 
 # The binaries under test, as "label=path" (first the baseline, if any).
 AGENTS=()
@@ -60,13 +61,6 @@ if [ -n "${BASELINE:-}" ]; then
 else
   AGENTS+=("agent=$AGENT")
 fi
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 say() { printf '\n== %s ==\n' "$*"; }
 # Agents run in a service's environment, only PATH: systemd sets no SSL_CERT_FILE /
@@ -136,64 +130,15 @@ size() {
 # ---------------------------------------------------------------------------------------
 # Emulator + agent plumbing.
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # start_emulator LIFETIME_SECS: sets EMU_URL, EMU_PID. The emulator runs on the load
 # generator's CPU: it is only busy while an agent refreshes, never during the socket runs.
-start_emulator() {
-  local port
-  port=$(free_port)
-  EMU_URL="http://127.0.0.1:$port"
-  "${LOAD_CPU[@]}" "$EMU_BIN" --listen "127.0.0.1:$port" --token-lifetime "$1" \
-    >"$WORK/emulator.log" 2>&1 &
-  EMU_PID=$!
-  PIDS+=("$EMU_PID")
-  for _ in $(seq 1 200); do
-    curl -sf "$EMU_URL/__emulator/stats" >/dev/null && return 0
-    sleep 0.05
-  done
-  echo "emulator did not start"; cat "$WORK/emulator.log"; exit 1
-}
+start_emulator() { start_emulator_bin "$EMU_BIN" "$1" "${LOAD_CPU[@]}"; }
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # write_agent DIR BINARY [TOKEN_EXTRA]: agent.toml for the running emulator, a refresh
 # token and a device key (generated once per DIR, outside any measurement).
-write_agent() {
-  local d=$1 bin=$2 extra=${3:-}
-  mkdir -p "$d/state"
-  curl -sf -X POST "$EMU_URL/__emulator/refresh-tokens" |
-    python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["refresh_token"])' >"$d/refresh-token"
-  chmod 600 "$d/refresh-token"
-  cat >"$d/agent.toml" <<EOF
-[salesforce]
-instance_url = "$EMU_URL"
-client_id = "3MVG9EMULATOR.asset-agent"
-
-[auth]
-refresh_token_file = "$d/refresh-token"
-
-[asset]
-device_id = "bench-device-0001"
-name = "Bench Pump"
-serial_number = "BENCH-0001"
-
-[key]
-path = "$d/device-key.pem"
-
-[state]
-dir = "$d/state"
-
-[token]
-verify = "jwks"
-issuer = "$EMU_URL"
-$extra
-
-[api]
-socket = "$d/run/agent.sock"
-EOF
-  [ -f "$d/device-key.pem" ] || "$bin" --config "$d/agent.toml" key generate >/dev/null
-}
+write_agent() { write_agent_config "$1" "$2" bench "${3:-}"; }
 
 # start_agent DIR BINARY: sets AGENT_PID and waits (bounded) for the first token.
 start_agent() {

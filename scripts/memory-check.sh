@@ -16,49 +16,12 @@ BUDGET_KIB=4096
 [ $# -eq 2 ] || { echo "usage: $0 AGENT_BINARY EMULATOR_BINARY" >&2; exit 2; }
 AGENT=$(realpath "$1")
 EMU=$(realpath "$2")
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-url="http://127.0.0.1:$port"
-"$EMU" --listen "127.0.0.1:$port" --token-lifetime 3600 >"$WORK/emulator.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 200); do curl -sf "$url/__emulator/stats" >/dev/null && break; sleep 0.05; done
-curl -sf "$url/__emulator/stats" >/dev/null || { echo "the emulator did not start"; cat "$WORK/emulator.log"; exit 1; }
-
+# shellcheck source=scripts/emulator-agent.sh
+. "$(dirname "$0")/emulator-agent.sh"
+scratch_begin
+start_emulator_bin "$EMU" 3600
 d=$WORK/agent
-mkdir -p "$d/state"
-chmod 700 "$d" "$d/state"
-curl -sf -X POST "$url/__emulator/refresh-tokens" |
-  python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["refresh_token"])' >"$d/refresh-token"
-chmod 600 "$d/refresh-token"
-cat >"$d/agent.toml" <<EOF
-[salesforce]
-instance_url = "$url"
-client_id = "3MVG9EMULATOR.asset-agent"
-[auth]
-refresh_token_file = "$d/refresh-token"
-[asset]
-device_id = "memory-device-0001"
-name = "Memory Pump"
-serial_number = "MEMORY-0001"
-[key]
-path = "$d/device-key.pem"
-[state]
-dir = "$d/state"
-[token]
-verify = "jwks"
-issuer = "$url"
-[api]
-socket = "$d/run/agent.sock"
-EOF
-"$AGENT" --config "$d/agent.toml" key generate >/dev/null
+write_agent_config "$d" "$AGENT" memory
 
 rss=()
 for run in 1 2 3; do

@@ -32,14 +32,9 @@ T=target/order
 for tool in valgrind perf curl oha nginx openssl; do
   command -v "$tool" >/dev/null || { echo "$tool is needed" >&2; exit 1; }
 done
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/emulator-agent.sh
+. scripts/emulator-agent.sh
+scratch_begin
 
 # The shipped profile exactly (symbol names carry a hash of the profile, so a build with
 # `strip = false` in it names every function differently); only the final link keeps the
@@ -51,16 +46,6 @@ build() {
 }
 
 # --- the scenario ------------------------------------------------------------------------
-start_emulator() {
-  local port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  EMU_URL="http://127.0.0.1:$port"
-  "$T/release/asset-agent-emulator" --listen "127.0.0.1:$port" --token-lifetime 3600 >"$WORK/emulator.log" 2>&1 &
-  PIDS+=($!)
-  for _ in $(seq 1 200); do curl -sf "$EMU_URL/__emulator/stats" >/dev/null && return 0; sleep 0.05; done
-  echo "the emulator did not start" >&2; exit 1
-}
-
 # start_tls_proxy: sets TLS_URL (https://localhost:PORT, nginx in front of the emulator)
 # and CA_FILE.
 start_tls_proxy() {
@@ -73,7 +58,7 @@ start_tls_proxy() {
   printf 'subjectAltName=DNS:localhost\n' >"$t/ext"
   openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
     -out "$t/server.pem" -days 2 -extfile "$t/ext" 2>/dev/null
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   cat >"$t/nginx.conf" <<EOF
 worker_processes 1; master_process off; daemon off; pid $t/nginx.pid; error_log $t/error.log warn;
 events { worker_connections 64; }
@@ -97,35 +82,10 @@ EOF
 
 write_agent() {
   local d=$WORK/agent
-  mkdir -p "$d/state"
-  chmod 700 "$d" "$d/state"
-  curl -sf -X POST "$EMU_URL/__emulator/refresh-tokens" |
-    python3 -c 'import json,sys; sys.stdout.write(json.load(sys.stdin)["refresh_token"])' >"$d/refresh-token"
-  chmod 600 "$d/refresh-token"
-  cat >"$d/agent.toml" <<EOF
-[salesforce]
-instance_url = "$EMU_URL"
-client_id = "3MVG9EMULATOR.asset-agent"
-[auth]
-refresh_token_file = "$d/refresh-token"
-[asset]
-device_id = "order-device-0001"
-name = "Order Pump"
-serial_number = "ORDER-0001"
-[key]
-path = "$d/device-key.pem"
-[state]
-dir = "$d/state"
-[token]
-verify = "jwks"
-issuer = "$EMU_URL"
-[api]
-socket = "$d/run/agent.sock"
-EOF
+  write_agent_config "$d" "$AGENT" order
   # The same agent reaching the emulator through the TLS proxy (the tokens' issuer stays
   # the emulator's own URL).
   sed "s#^instance_url = .*#instance_url = \"$TLS_URL\"#" "$d/agent.toml" >"$d/agent-tls.toml"
-  "$AGENT" --config "$d/agent.toml" key generate >/dev/null
 }
 
 # under TOOL RUN COMMAND...: runs COMMAND in place of this (sub)shell, under callgrind
@@ -180,7 +140,7 @@ symbols() { nm -S "$AGENT" | awk 'NF == 4 && $3 ~ /^[tTwW]$/ { print $4 }' | sor
 
 # --- callgrind: every function that ran ------------------------------------------------
 build
-start_emulator
+start_emulator_bin "$T/release/asset-agent-emulator" 3600
 start_tls_proxy
 write_agent
 echo "callgrind run (about a minute)"
