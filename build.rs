@@ -25,7 +25,8 @@
 //! resident; placed together, the code that runs is ~1 MiB of it. A name the list has and
 //! the build lacks (a stale list) is skipped; the memory budget in `.ci/run` notices when
 //! the list stops helping. Skipped before rustc 1.90 (which linked with the system's
-//! linker) and when a linker is configured for the target (it may not be lld).
+//! linker) and when a linker is chosen for the target, in the environment or in the
+//! flags (it may not be lld).
 
 use std::env;
 use std::path::PathBuf;
@@ -74,10 +75,14 @@ fn order_code() {
         target.to_uppercase().replace('-', "_")
     );
     println!("cargo:rerun-if-env-changed={linker_var}");
+    // Any linker choice in the flags (`-C linker=`, `-C linker-features=-lld`,
+    // `-C link-self-contained=`) may mean GNU ld, which refuses the option.
+    let flags_pick_linker = env::var("CARGO_ENCODED_RUSTFLAGS").is_ok_and(|f| f.contains("link"));
     let own_lld = target == "x86_64-unknown-linux-gnu"
         && rustc_minor().is_some_and(|minor| minor >= 90)
         && env::var_os(&linker_var).is_none()
-        && env::var_os("RUSTC_LINKER").is_none();
+        && env::var_os("RUSTC_LINKER").is_none()
+        && !flags_pick_linker;
     if own_lld && order.is_file() {
         println!(
             "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
