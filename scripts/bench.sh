@@ -146,11 +146,7 @@ start_agent() {
   "${AGENT_ENV[@]}" "${SERVER_CPU[@]}" "$bin" --config "$d/agent.toml" run >"$d/agent.log" 2>&1 &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
-  for _ in $(seq 1 400); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "agent got no token"; cat "$d/agent.log"; exit 1
+  await_token "$d/run/agent.sock" "$AGENT_PID" "$d/agent.log" 20
 }
 
 # cpu_ticks PID: utime+stime in clock ticks (includes threads that have exited).
@@ -468,10 +464,7 @@ aarch64() {
   "${AGENT_ENV[@]}" QEMU_LD_PREFIX=/usr/aarch64-linux-gnu "${SERVER_CPU[@]}" qemu-aarch64 "$bin" --config "$d/agent.toml" run >"$d/agent.log" 2>&1 &
   AGENT_PID=$!
   PIDS+=("$AGENT_PID")
-  for _ in $(seq 1 600); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
-    sleep 0.1
-  done
+  await_token "$d/run/agent.sock" "$AGENT_PID" "$d/agent.log" 60
   sleep 3
   awk -v bin="$bin" '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6) ? $6 : ""; guest = (name == bin || name ~ /aarch64-linux-gnu/) }
        guest && /^Rss:/ { r += $2 } guest && /^Pss:/ { p += $2 }
@@ -620,10 +613,7 @@ instr() {
       >"$d/agent.log" 2>&1 &
     vp=$!
     PIDS+=("$vp")
-    for _ in $(seq 1 600); do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
-      sleep 0.1
-    done
+    await_token "$d/run/agent.sock" "$vp" "$d/agent.log" 60
     size=$(curl -s --unix-socket "$d/run/agent.sock" http://localhost/v1/token | wc -c)
     echo "$label ($bin): $(callgrind_per_request "$vp" "$d/run/agent.sock" 5000) instructions per request" |
       tee -a "$OUT/instr.txt"

@@ -11,6 +11,9 @@
 #                                   token, and a device key (generated once per DIR, with
 #                                   BIN); NAME names the device ("NAME-device-0001");
 #                                   TOKEN_EXTRA goes into [token]
+#   await_token SOCKET PID LOG SECS waits (at most SECS) for the agent PID to answer
+#                                   GET /v1/token with 200 on SOCKET; if it does not, or
+#                                   exits first, prints LOG and exits 1
 #   free_port                       a free TCP port on 127.0.0.1
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -80,4 +83,15 @@ $extra
 socket = "$d/run/agent.sock"
 EOF
   [ -f "$d/device-key.pem" ] || "$bin" --config "$d/agent.toml" key generate >/dev/null
+}
+
+await_token() {
+  local sock=$1 pid=$2 log=$3 deadline=$((SECONDS + $4))
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/v1/token)" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "the agent served no token" >&2
+  cat "$log" >&2
+  exit 1
 }

@@ -32,12 +32,7 @@ for run in 1 2 3; do
   env -i "PATH=$PATH" "$AGENT" --config "$d/agent.toml" run >"$WORK/agent.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] && break
-    sleep 0.05
-  done
-  [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$d/run/agent.sock" http://localhost/v1/token)" = 200 ] ||
-    { echo "the agent got no token"; cat "$WORK/agent.log"; exit 1; }
+  await_token "$d/run/agent.sock" "$pid" "$WORK/agent.log" 10
   sleep 2
   read -r r p < <(awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{print r, p}' "/proc/$pid/smaps_rollup")
   echo "run $run: idle RSS $r KiB, PSS $p KiB"

@@ -112,16 +112,8 @@ run_scenario() {
     (under "$tool" "$run" "$AGENT" --config "$config" run) >"$WORK/agent.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 1 300); do
-      [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/v1/token)" = 200 ] && break
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$sock" http://localhost/v1/token)" != 200 ]; then
-      echo "$run under $tool: the agent served no token" >&2
-      cat "$WORK/agent.log" >&2
-      exit 1
-    fi
+    echo "  $run under $tool"
+    await_token "$sock" "$pid" "$WORK/agent.log" 30
     oha --no-tui -n 300 -c 4 --unix-socket "$sock" http://localhost/v1/token >/dev/null
     oha --no-tui -n 100 -c 1 --disable-keepalive --unix-socket "$sock" http://localhost/v1/token >/dev/null
     for p in /v1/status /v1/health/ready /v1/health/live /metrics "/v1/token?min_ttl=60"; do
