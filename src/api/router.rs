@@ -88,6 +88,44 @@ impl Route {
     pub fn find(path: &str) -> Option<Route> {
         Route::ALL.into_iter().find(|r| r.path() == path)
     }
+
+    /// The route's answer when it comes from the request head alone (a GET with no body
+    /// and no stream): what the fast path may serve.
+    pub fn head_only(self) -> Option<HeadOnly> {
+        match self {
+            Route::Token => Some(HeadOnly::Token),
+            Route::Status => Some(HeadOnly::Status),
+            Route::Live => Some(HeadOnly::Live),
+            Route::Ready => Some(HeadOnly::Ready),
+            Route::Metrics => Some(HeadOnly::Metrics),
+            Route::Watch | Route::Sign | Route::Refresh | Route::Reload | Route::MqttPublish => {
+                None
+            }
+        }
+    }
+}
+
+/// The routes answered from the request head alone, by [`HeadOnly::answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadOnly {
+    Token,
+    Status,
+    Live,
+    Ready,
+    Metrics,
+}
+
+impl HeadOnly {
+    /// The whole answer; authorisation and the method are the caller's to check.
+    pub async fn answer(self, shared: &Shared, ask: token::Ask<'_>) -> Reply {
+        match self {
+            HeadOnly::Token => token::reply(shared, ask).await,
+            HeadOnly::Status => status::reply(shared),
+            HeadOnly::Live => health::live(shared),
+            HeadOnly::Ready => health::ready(shared),
+            HeadOnly::Metrics => metrics::reply(shared),
+        }
+    }
 }
 
 /// Handles one request; `busy` marks the connection busy for as long as the answer needs.
@@ -152,13 +190,14 @@ async fn dispatch(
         }
         return full(r);
     }
+    let ask = token::Ask::of(&req);
     match route {
-        Route::Token => full(token::reply(shared, &req).await),
+        Route::Token => full(HeadOnly::Token.answer(shared, ask).await),
+        Route::Status => full(HeadOnly::Status.answer(shared, ask).await),
+        Route::Live => full(HeadOnly::Live.answer(shared, ask).await),
+        Route::Ready => full(HeadOnly::Ready.answer(shared, ask).await),
+        Route::Metrics => full(HeadOnly::Metrics.answer(shared, ask).await),
         Route::Watch => watch::reply(shared.clone(), caller.shutdown.clone(), busy),
-        Route::Status => full(status::reply(shared)),
-        Route::Live => full(health::live(shared)),
-        Route::Ready => full(health::ready(shared)),
-        Route::Metrics => full(metrics::reply(shared)),
         Route::Sign => full(sign::reply(shared, caller, req).await),
         Route::Refresh => full(refresh::reply(shared).await),
         Route::Reload => full(reload::reply(shared).await),

@@ -165,7 +165,7 @@ pub async fn reply(
                 &child.tokens,
                 &child.token_body,
                 &child.info.device_id,
-                &req,
+                token::Ask::of(&req),
             )
             .await,
         ),

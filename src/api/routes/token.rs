@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::ACCEPT;
 use hyper::{Request, StatusCode};
 
@@ -34,14 +33,41 @@ pub fn parse_min_ttl(query: Option<&str>) -> Result<Duration, &'static str> {
     }
 }
 
+/// What a token request asks for, from its head: the query string and `Accept`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ask<'a> {
+    pub query: Option<&'a str>,
+    /// The first `Accept` field's value, as sent.
+    pub accept: Option<&'a [u8]>,
+}
+
+impl<'a> Ask<'a> {
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        Self {
+            query: req.uri().query(),
+            accept: req.headers().get(ACCEPT).map(|v| v.as_bytes()),
+        }
+    }
+
+    /// The bare JWT is wanted: `Accept` names `text/plain` and not `application/json`
+    /// (a value with other than visible ASCII counts as neither).
+    fn plain(&self) -> bool {
+        let Some(v) = self.accept else { return false };
+        let has = |what: &[u8]| v.windows(what.len()).any(|w| w == what);
+        v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            && has(b"text/plain")
+            && !has(b"application/json")
+    }
+}
+
 /// Answers `GET /v1/token`.
-pub async fn reply(shared: &Shared, req: &Request<Incoming>) -> Reply {
+pub async fn reply(shared: &Shared, ask: Ask<'_>) -> Reply {
     reply_for(
         shared,
         &shared.tokens,
         &shared.token_body,
         &shared.info.device_id,
-        req,
+        ask,
     )
     .await
 }
@@ -53,9 +79,9 @@ pub async fn reply_for(
     tokens: &Handle,
     prepared: &Prepared,
     device_id: &str,
-    req: &Request<Incoming>,
+    ask: Ask<'_>,
 ) -> Reply {
-    let min_ttl = match parse_min_ttl(req.uri().query()) {
+    let min_ttl = match parse_min_ttl(ask.query) {
         Ok(t) => t,
         Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
     };
@@ -63,12 +89,7 @@ pub async fn reply_for(
         Ok(t) => t,
         Err(_) => return unavailable_for(tokens, min_ttl),
     };
-    let plain = req
-        .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/plain") && !v.contains("application/json"));
-    if plain {
+    if ask.plain() {
         let mut body = token.jwt.expose().to_owned();
         body.push('\n');
         return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
@@ -131,6 +152,20 @@ pub fn unavailable_for(tokens: &Handle, min_ttl: Duration) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_is_asked_for_by_accept_alone() {
+        let ask = |accept: &'static [u8]| Ask {
+            query: None,
+            accept: Some(accept),
+        };
+        assert!(ask(b"text/plain").plain());
+        assert!(ask(b"text/plain;q=0.9, */*").plain());
+        assert!(!ask(b"application/json, text/plain").plain());
+        assert!(!ask(b"*/*").plain());
+        assert!(!ask(b"text/plain\xff").plain());
+        assert!(!Ask::default().plain());
+    }
 
     #[test]
     fn min_ttl_parsing() {
