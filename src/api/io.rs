@@ -4,7 +4,8 @@
 //! (`header_read_timeout`), but not how long it may take to *read* the answer. A client that
 //! stops reading would park its connection (and, for a watch stream, its producer) forever.
 //! [`TimedIo`] fails a write that has made no progress for the timeout, which ends the
-//! connection.
+//! connection. It also hands back bytes already read: when the fast path passes a
+//! connection to hyper, hyper reads them first.
 
 use std::future::Future as _;
 use std::io;
@@ -12,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf as _, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::Sleep;
@@ -23,6 +25,8 @@ pub struct TimedIo {
     timeout: Duration,
     /// Running while a write is pending.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Read before the stream.
+    unread: Bytes,
 }
 
 // === impl TimedIo ===
@@ -33,7 +37,13 @@ impl TimedIo {
             inner,
             timeout,
             stalled: None,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Makes `bytes` the next to be read, before anything more from the stream.
+    pub fn unread(&mut self, bytes: Bytes) {
+        self.unread = bytes;
     }
 
     /// Maps a pending write to a timeout error once it has been pending too long.
@@ -72,6 +82,12 @@ impl AsyncRead for TimedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -116,7 +132,22 @@ impl AsyncWrite for TimedIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    #[tokio::test]
+    async fn unread_bytes_come_before_the_stream() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut io = TimedIo::new(a, Duration::from_secs(1));
+        io.unread(Bytes::from_static(b"abcdef"));
+        b.write_all(b"gh").await.unwrap();
+        drop(b);
+        let mut small = [0u8; 4];
+        assert_eq!(io.read(&mut small).await.unwrap(), 4);
+        assert_eq!(&small, b"abcd");
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"efgh");
+    }
 
     #[tokio::test]
     async fn a_client_that_never_reads_times_the_write_out() {
