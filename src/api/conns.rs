@@ -10,6 +10,7 @@
 //! or slowloris client therefore delays no one: it is the first to go.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -42,8 +43,8 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    conns: HashMap<u64, Entry>,
-    per_uid: HashMap<u32, usize>,
+    conns: HashMap<u64, Entry, Ids>,
+    per_uid: HashMap<u32, usize, Ids>,
 }
 
 #[derive(Debug)]
@@ -227,6 +228,35 @@ impl Drop for Slot {
     }
 }
 
+/// The registry's maps hash their keys with one multiplication (Fibonacci hashing). Their
+/// keys are connection numbers the registry gives out and uids the kernel reports, none
+/// chosen by a client, so SipHash's defence against crafted keys buys nothing here; its six
+/// hashes per connection cost ~1,100 instructions.
+type Ids = BuildHasherDefault<IdHasher>;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +264,18 @@ mod tests {
 
     fn registry(total: usize, per_uid: usize) -> Arc<Registry> {
         Registry::new(Caps { total, per_uid })
+    }
+
+    #[test]
+    fn consecutive_ids_spread_over_the_table() {
+        use std::collections::HashSet;
+        use std::hash::BuildHasher as _;
+        let hashes: Vec<u64> = (0..4096u64).map(|id| Ids::default().hash_one(id)).collect();
+        // The bucket index (low bits) and the tag hashbrown keeps per slot (top 7 bits).
+        let buckets: HashSet<u64> = hashes.iter().map(|h| h & 0xfff).collect();
+        let tags: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert_eq!(buckets.len(), 4096);
+        assert_eq!(tags.len(), 128);
     }
 
     #[tokio::test(start_paused = true)]
