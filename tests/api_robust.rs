@@ -1,7 +1,8 @@
 //! The socket cannot be stalled: 1000 idle connections, slowloris clients, oversized and
 //! malformed requests at once still leave a legitimate client its token promptly; busy
 //! connections are capped per uid without touching other uids; shutdown drains in-flight
-//! requests. Bounds are generous: this checks behaviour, the benchmarks measure speed.
+//! requests; the fast path answers as hyper does and hands it the rest of a connection.
+//! Bounds are generous: this checks behaviour, the benchmarks measure speed.
 
 #![allow(clippy::disallowed_methods)]
 // real processes on the real clock: measured, not scheduled
@@ -289,13 +290,101 @@ async fn slowloris_and_silent_clients_are_cut_off_by_the_header_timeout() {
         );
         started.elapsed()
     };
-    let (slow, silent) = tokio::join!(slowloris(dev.socket()), silent);
-    for lasted in [slow, silent] {
+    // Answered once, then silent: the timeout runs again from the answer.
+    let quiet_after_answer = async {
+        let mut s = UnixStream::connect(dev.socket()).await.unwrap();
+        s.write_all(b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        let answered = Instant::now();
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await;
+        assert!(
+            matches!(n, Ok(Ok(0) | Err(_))),
+            "closed, not answered: {n:?}"
+        );
+        answered.elapsed()
+    };
+    let (slow, silent, quiet) = tokio::join!(slowloris(dev.socket()), silent, quiet_after_answer);
+    for lasted in [slow, silent, quiet] {
         assert!(
             lasted >= Duration::from_secs(4),
             "cut off early: {lasted:?}"
         );
         assert!(lasted < Duration::from_secs(15), "lasted {lasted:?}");
     }
+    agent.stop().await;
+}
+
+/// The answers of one connection, split by their `content-length`, each with its `date`
+/// value blanked (it may differ by a second).
+fn answers(raw: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8(rest[..end].to_vec()).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let head: String = head
+            .split_inclusive("\r\n")
+            .map(|l| {
+                if l.starts_with("date: ") {
+                    "date: -\r\n"
+                } else {
+                    l
+                }
+            })
+            .collect();
+        out.push(head + &String::from_utf8_lossy(&rest[end..end + len]));
+        rest = &rest[end + len..];
+    }
+    out
+}
+
+/// The fast path's answers are hyper's byte for byte; the first request it does not
+/// answer passes the connection to hyper with what was read (pipelined requests included),
+/// and `Connection: close` closes after the answer on both.
+#[tokio::test]
+async fn the_fast_path_answers_as_hyper_does_and_hands_it_the_rest() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let live = "GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    let plain = "GET /v1/token HTTP/1.1\r\nHost: x\r\nAccept: text/plain\r\n\r\n";
+    let bad_close = "GET /v1/token?min_ttl=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let wait = Duration::from_secs(10);
+    // All in one write: the fast path answers the first two, hyper the rest.
+    let both = format!(
+        "{live}{plain}GET /v1/nope HTTP/1.1\r\nHost: x\r\n\r\n{live}{plain}{bad_close}{live}"
+    );
+    let both = answers(raw(&socket, both.as_bytes(), wait).await.as_bytes());
+    assert_eq!(both.len(), 6, "{both:#?}");
+    assert!(both[2].starts_with("HTTP/1.1 404"), "{}", both[2]);
+    assert!(both[0].starts_with("HTTP/1.1 200"), "{}", both[0]);
+    assert_eq!(both[0], both[3]);
+    assert!(both[1].starts_with("HTTP/1.1 200") && both[1].contains("\r\n\r\neyJ"));
+    assert_eq!(both[1], both[4]);
+    assert!(both[5].starts_with("HTTP/1.1 400") && both[5].contains("connection: close"));
+    // On the fast path alone, then closed after the answer though the client keeps
+    // its side open.
+    let mut s = UnixStream::connect(&socket).await.unwrap();
+    s.write_all(format!("{plain}{bad_close}").as_bytes())
+        .await
+        .unwrap();
+    let mut fast = Vec::new();
+    tokio::time::timeout(wait, s.read_to_end(&mut fast))
+        .await
+        .expect("closed after the answer")
+        .unwrap();
+    assert_eq!(answers(&fast), [both[4].clone(), both[5].clone()]);
     agent.stop().await;
 }

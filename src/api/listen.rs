@@ -2,16 +2,21 @@
 //! configured path ourselves.
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 
 use super::Error;
 use super::activation::{self, Activated};
 
-/// A listening socket, ready to serve.
+/// A listening socket, ready to serve. Connections are accepted as plain non-blocking
+/// sockets (see `io::Conn`), so the listener is polled directly rather than through
+/// tokio's `UnixListener`, which registers every connection it accepts.
 pub struct Server {
-    pub(super) listener: UnixListener,
+    pub(super) listener: AsyncFd<UnixListener>,
     path: PathBuf,
     /// Whether systemd owns the socket (then it is neither chmod-ed nor removed by us).
     activated: bool,
@@ -60,10 +65,12 @@ impl Server {
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path).map_err(|source| Error::Bind {
-            path: path.to_owned(),
-            source,
-        })?;
+        let listener = UnixListener::bind(path)
+            .and_then(polled)
+            .map_err(|source| Error::Bind {
+                path: path.to_owned(),
+                source,
+            })?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(
             |source| Error::Chmod {
                 path: path.to_owned(),
@@ -85,7 +92,7 @@ impl Server {
         }
         tracing::info!(fd = a.fd, name = a.name.as_deref().unwrap_or("-"),
             socket = %path.display(), "using the socket passed by systemd (socket activation)");
-        let listener = UnixListener::from_std(a.listener).map_err(|source| Error::Bind {
+        let listener = polled(a.listener).map_err(|source| Error::Bind {
             path: path.clone(),
             source,
         })?;
@@ -94,6 +101,24 @@ impl Server {
             path,
             activated: true,
         })
+    }
+
+    /// Accepts a connection: non-blocking, close-on-exec, not registered with the poller.
+    ///
+    /// # Errors
+    /// `accept4`'s (`EMFILE` and the like).
+    pub(super) async fn accept(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+        use rustix::net::SocketFlags;
+        loop {
+            let mut ready = self.listener.readable().await?;
+            let accepted = ready.try_io(|l| {
+                rustix::net::accept_with(l.get_ref(), SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)
+                    .map_err(std::io::Error::from)
+            });
+            if let Ok(accepted) = accepted {
+                return accepted.map(std::os::unix::net::UnixStream::from);
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -176,4 +201,10 @@ pub(super) fn ensure_fd_headroom(wanted: u64) {
             "the open-files limit is below api.max_connections; raise LimitNOFILE= or lower api.max_connections"
         ),
     }
+}
+
+/// `listener`, non-blocking and registered with the poller for accepting.
+fn polled(listener: UnixListener) -> std::io::Result<AsyncFd<UnixListener>> {
+    listener.set_nonblocking(true)?;
+    super::sys::register(listener, Interest::READABLE)
 }

@@ -5,7 +5,9 @@
 //! - `listen`: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
 //!   directory);
 //! - `serve`: the accept loop; `conns` caps connections and picks who gives way;
-//!   `io` bounds writes; hyper bounds the request head;
+//!   `fast` answers plain GETs itself, on a connection (`io::Conn`) registered with the
+//!   poller only when a read would block, and passes the rest of a connection to hyper;
+//!   both bound the request head and `io` bounds writes;
 //! - `peer`: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
 //!   only unsafe code) and their role; `deny` logs refusals without flooding;
 //! - [`router`]: authorisation and dispatch; [`routes`]: one module per route;
@@ -15,6 +17,7 @@ pub mod activation;
 pub(crate) mod body;
 pub(crate) mod conns;
 pub(crate) mod deny;
+pub(crate) mod fast;
 pub(crate) mod io;
 pub(crate) mod listen;
 mod metrics;

@@ -82,16 +82,12 @@ impl Peer {
     ///
     /// # Errors
     /// When the kernel cannot tell (not a Unix socket).
-    pub fn of(
-        stream: &tokio::net::UnixStream,
-        policy: &Policy,
-        child_groups: bool,
-    ) -> std::io::Result<Self> {
-        let cred = stream.peer_cred()?;
+    pub fn of(stream: &impl AsFd, policy: &Policy, child_groups: bool) -> std::io::Result<Self> {
+        let (uid, gid, pid) = super::sys::peer_cred(stream.as_fd())?;
         let mut peer = Self {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
+            uid,
+            gid,
+            pid: (pid != 0).then_some(pid),
             groups: Vec::new(),
         };
         let root = peer.uid == 0 || peer.uid == policy.own_uid;

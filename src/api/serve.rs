@@ -2,12 +2,15 @@
 //!
 //! Every connection is accepted at once (so the kernel backlog never fills), its caller
 //! identified and given a place in the [`Registry`] (which may close an idle connection to
-//! make room, or refuse with 503). hyper then serves it with bounded head size, header
+//! make room, or refuse with 503). The fast path ([`fast`]) answers its plain GETs; at the
+//! first other request hyper takes the connection over, with bounded head size, header
 //! count and head read time (slowloris and idle keep-alive connections are closed after
-//! [`Limits::header_timeout`]); [`TimedIo`] bounds writes to a client that stopped reading.
+//! [`Limits::header_timeout`], on both paths); [`TimedIo`] bounds writes to a client that
+//! stopped reading.
 //! At shutdown the loop stops accepting, every connection finishes its in-flight request
 //! (streams end) and the socket file is removed.
 
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conns::{Caps, Full, Registry, Slot};
-use super::io::TimedIo;
+use super::fast::{self, Next};
+use super::io::{Conn, TimedIo};
 use super::listen::{Server, ensure_fd_headroom};
 use super::peer::Caller;
 use super::peer::Peer;
@@ -56,8 +60,8 @@ impl Server {
         loop {
             let stream = tokio::select! {
                 () = cancel.cancelled() => break,
-                r = self.listener.accept() => match r {
-                    Ok((stream, _)) => stream,
+                r = self.accept() => match r {
+                    Ok(stream) => stream,
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
@@ -108,13 +112,39 @@ impl Server {
 /// Serves one connection until the client closes it, it times out, it is evicted, or the
 /// server shuts down (then after its in-flight request).
 async fn connection(
-    stream: UnixStream,
+    stream: StdUnixStream,
     caller: Arc<Caller>,
     slot: Slot,
     shared: Arc<Shared>,
     http: Arc<http1::Builder>,
 ) {
-    let limits: Limits = shared.limits;
+    let mut conn = Conn::new(stream, shared.limits.write_timeout);
+    match fast::serve(&mut conn, &shared, &caller, &slot).await {
+        Next::Close => {}
+        Next::Hyper(read) => {
+            let mut io = match conn.into_timed() {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(uid = caller.peer.uid, error = %e, "could not hand the connection to hyper");
+                    return;
+                }
+            };
+            io.unread(read);
+            // Boxed: hyper's connection state is kilobytes, which the task of every
+            // connection would otherwise carry (and copy) whether hyper serves it or not.
+            Box::pin(by_hyper(io, caller, slot, shared, http)).await;
+        }
+    }
+}
+
+/// hyper serves the rest of a connection the fast path passed on.
+async fn by_hyper(
+    io: TimedIo,
+    caller: Arc<Caller>,
+    slot: Slot,
+    shared: Arc<Shared>,
+    http: Arc<http1::Builder>,
+) {
     let activity = slot.activity.clone();
     let service = {
         let caller = caller.clone();
@@ -127,7 +157,6 @@ async fn connection(
             }
         })
     };
-    let io = TimedIo::new(stream, limits.write_timeout);
     let conn = http.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -160,7 +189,10 @@ fn http_builder(limits: Limits) -> http1::Builder {
 /// Answers 503 and closes: no room for this caller. The request head is read first (for
 /// at most [`REFUSE_TIME`]), because closing a Unix socket with unread data resets it and
 /// the client would see an error instead of the answer.
-async fn refuse(mut stream: UnixStream, full: Full, _permit: OwnedSemaphorePermit) {
+async fn refuse(stream: StdUnixStream, full: Full, _permit: OwnedSemaphorePermit) {
+    let Ok(mut stream) = UnixStream::from_std(stream) else {
+        return;
+    };
     let body = format!(r#"{{"error":"busy","reason":"{full}"}}"#);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
