@@ -37,9 +37,6 @@ use super::{MAX_HEADERS, Shared};
 use wire::clock::Clock;
 use wire::http::Reply;
 
-/// The read buffer's first size; a token request's head is 100 to 300 bytes.
-const READ_CHUNK: usize = 1024;
-
 /// What becomes of a connection the fast path leaves.
 #[derive(Debug)]
 pub enum Next {
@@ -77,7 +74,8 @@ enum Parsed {
 /// Serves the connection's requests until it closes or is hyper's.
 pub async fn serve(io: &mut Conn, shared: &Shared, caller: &Caller, slot: &Slot) -> Next {
     let limits = shared.limits;
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    // Sized by the first read (`Conn::read_buf`), reused for every request after it.
+    let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let deadline = tokio::time::sleep(limits.header_timeout);
     tokio::pin!(deadline);

@@ -23,6 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::Sleep;
 
+/// What a read makes room for at least; a token request's head is 100 to 300 bytes.
+const READ_CHUNK: usize = 1024;
+
 /// A client connection as the fast path uses it: plain reads and writes on a non-blocking
 /// socket, registered with the runtime's poller only when one would block.
 ///
@@ -66,14 +69,15 @@ impl Conn {
         }
     }
 
-    /// Reads what the client sent into `buf`'s spare capacity (at least 1 KiB is made);
+    /// Reads what the client sent into `buf`'s spare capacity (at least [`READ_CHUNK`]
+    /// is made);
     /// `Ok(0)` is the end of the stream.
     ///
     /// # Errors
     /// The socket's, or registering it with the poller failed.
     pub async fn read_buf(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(1024);
+        if buf.capacity() - buf.len() < READ_CHUNK {
+            buf.reserve(READ_CHUNK);
         }
         let spare = buf.capacity() - buf.len();
         loop {

@@ -2,7 +2,7 @@
 //! configured path ourselves.
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
 
 use tokio::io::Interest;
@@ -107,7 +107,7 @@ impl Server {
     ///
     /// # Errors
     /// `accept4`'s (`EMFILE` and the like).
-    pub(super) async fn accept(&self) -> std::io::Result<std::os::unix::net::UnixStream> {
+    pub(super) async fn accept(&self) -> std::io::Result<StdUnixStream> {
         use rustix::net::SocketFlags;
         loop {
             let mut ready = self.listener.readable().await?;
@@ -116,7 +116,7 @@ impl Server {
                     .map_err(std::io::Error::from)
             });
             if let Ok(accepted) = accepted {
-                return accepted.map(std::os::unix::net::UnixStream::from);
+                return accepted.map(StdUnixStream::from);
             }
         }
     }
