@@ -11,11 +11,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Caps, from `[api]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +51,21 @@ struct Inner {
 struct Entry {
     uid: u32,
     activity: Arc<Activity>,
-    evict: CancellationToken,
 }
 
-/// Whether a connection is handling a request, and when it last did anything.
+/// Whether a connection is handling a request, when it last finished one, and whether
+/// the registry closed it to make room. One allocation per connection, shared by the
+/// registry and the connection.
 #[derive(Debug)]
 pub struct Activity {
     epoch: Instant,
     busy: AtomicUsize,
-    /// Milliseconds since `epoch` of the last request start or end.
+    /// Milliseconds since `epoch` of its admission or the end of its last request: only
+    /// an idle connection is ever compared, so the start of a request is not recorded.
     last_ms: AtomicU64,
+    evicted: AtomicBool,
+    /// Wakes the connection when `evicted` is set.
+    evict: Notify,
 }
 
 /// Marks its connection busy while alive (a request in a handler, or a streaming answer).
@@ -73,8 +78,6 @@ pub struct Slot {
     registry: Arc<Registry>,
     id: u64,
     pub activity: Arc<Activity>,
-    /// Fires when the registry closes this connection to make room.
-    pub evicted: CancellationToken,
 }
 
 /// No room: every connection that could give way is busy.
@@ -120,15 +123,15 @@ impl Registry {
             epoch: self.epoch,
             busy: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
         });
         activity.touch();
-        let evicted = CancellationToken::new();
         inner.conns.insert(
             id,
             Entry {
                 uid,
                 activity: activity.clone(),
-                evict: evicted.clone(),
             },
         );
         *inner.per_uid.entry(uid).or_default() += 1;
@@ -136,7 +139,6 @@ impl Registry {
             registry: self.clone(),
             id,
             activity,
-            evicted,
         })
     }
 
@@ -159,7 +161,8 @@ impl Registry {
             return false;
         };
         if let Some(entry) = remove(inner, id) {
-            entry.evict.cancel();
+            entry.activity.evicted.store(true, Ordering::Release);
+            entry.activity.evict.notify_waiters();
             self.counters.evicted.fetch_add(1, Ordering::Relaxed);
         }
         true
@@ -201,7 +204,6 @@ impl Activity {
     /// Marks the connection busy until the guard is dropped.
     pub fn enter(self: &Arc<Self>) -> BusyGuard {
         self.busy.fetch_add(1, Ordering::Relaxed);
-        self.touch();
         BusyGuard(self.clone())
     }
 
@@ -219,6 +221,26 @@ impl Drop for BusyGuard {
     fn drop(&mut self) {
         self.0.touch();
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl Slot ===
+
+impl Slot {
+    /// Whether the registry closed this connection to make room.
+    pub fn is_evicted(&self) -> bool {
+        self.activity.evicted.load(Ordering::Acquire)
+    }
+
+    /// Completes when the registry closes this connection to make room.
+    pub async fn evicted(&self) {
+        let notified = self.activity.evict.notified();
+        tokio::pin!(notified);
+        // Listening before looking: an eviction after the look still wakes this.
+        notified.as_mut().enable();
+        if !self.is_evicted() {
+            notified.await;
+        }
     }
 }
 
@@ -286,8 +308,8 @@ mod tests {
         let b = r.admit(7).unwrap();
         tokio::time::advance(Duration::from_millis(5)).await;
         let c = r.admit(7).unwrap();
-        assert!(a.evicted.is_cancelled(), "the oldest idle one gave way");
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        assert!(a.is_evicted(), "the oldest idle one gave way");
+        assert!(!b.is_evicted() && !c.is_evicted());
         assert_eq!(r.open(), (2, 2));
         drop(a);
         assert_eq!(r.open(), (2, 2), "an evicted slot is not released twice");
@@ -313,18 +335,12 @@ mod tests {
         let mine = r.admit(1).unwrap();
         tokio::time::advance(Duration::from_millis(5)).await;
         let newcomer = r.admit(2).unwrap();
-        assert!(
-            !mine.evicted.is_cancelled(),
-            "the smaller uid keeps its connection"
-        );
+        assert!(!mine.is_evicted(), "the smaller uid keeps its connection");
         assert_eq!(
-            victim_uid_conns
-                .iter()
-                .filter(|s| s.evicted.is_cancelled())
-                .count(),
+            victim_uid_conns.iter().filter(|s| s.is_evicted()).count(),
             1
         );
-        assert!(!newcomer.evicted.is_cancelled());
+        assert!(!newcomer.is_evicted());
         assert_eq!(r.open().0, 4);
     }
 
@@ -337,8 +353,29 @@ mod tests {
             assert_eq!(r.admit(8).unwrap_err(), Full::Total);
         }
         let b = r.admit(8).unwrap();
-        assert!(a.evicted.is_cancelled());
+        assert!(a.is_evicted());
         drop(b);
         assert_eq!(r.open(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn eviction_wakes_a_waiting_connection_and_one_that_looks_later() {
+        let r = registry(100, 1);
+        let a = r.admit(7).unwrap();
+        let waiting = tokio::spawn(async move {
+            a.evicted().await;
+            a
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let _b = r.admit(7).unwrap();
+        let a = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the eviction woke the waiting connection")
+            .unwrap();
+        // Already evicted: the future completes at once.
+        tokio::time::timeout(Duration::from_millis(1), a.evicted())
+            .await
+            .expect("an evicted slot answers at once");
     }
 }

@@ -4,14 +4,16 @@
 //! httparse (hyper's own parser). A GET of a route answered from the head alone
 //! ([`Route::head_only`]: token, status, health, metrics), in HTTP/1.1, with no body and
 //! no upgrade, from a caller whose role allows it, is answered here: one write per answer,
-//! the connection's buffers reused. Anything else (a body, a stream, another method or
+//! the read buffer reused, and a served token's bytes (head and body) rendered once a
+//! second however many ask. Anything else (a body, a stream, another method or
 //! version, a parse error, a 403 or 404, a head too large) passes the connection to hyper
 //! for the rest of its life, with the bytes read so far, so those answers and their
 //! defences are hyper's, exactly as before the fast path existed.
 //!
 //! The bounds are hyper's too: a head must be complete within [`Limits::header_timeout`]
-//! of connecting or of the previous answer (one timer per connection, pushed forward for
-//! each request), or the connection is closed; a head longer than
+//! of the agent first waiting for it, or the connection is closed. The timer is one per
+//! connection, set only when a read would block: a request already sent when its
+//! connection is accepted (or its predecessor answered) costs no timer at all. A head longer than
 //! [`Limits::max_head_bytes`] or with more than [`MAX_HEADERS`] fields goes to hyper,
 //! which answers 431. The answers are byte for byte hyper's (status line, the route's
 //! fields, `connection: close` when asked to close, `content-length`, `date`).
@@ -20,17 +22,22 @@
 //! [`Limits::max_head_bytes`]: super::Limits::max_head_bytes
 
 use std::cell::RefCell;
+use std::future::{Future as _, poll_fn};
 use std::mem::MaybeUninit;
 use std::ops::Range;
-use std::time::UNIX_EPOCH;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
-use tokio::time::Instant;
+use hyper::StatusCode;
+use tokio::time::{Instant, Sleep};
 
 use super::conns::Slot;
 use super::io::Conn;
 use super::peer::{Caller, Role};
+use super::reply::Answer;
 use super::router::{HeadOnly, Route};
 use super::routes::token::Ask;
 use super::{MAX_HEADERS, Shared};
@@ -73,17 +80,19 @@ enum Parsed {
 
 /// Serves the connection's requests until it closes or is hyper's.
 pub async fn serve(io: &mut Conn, shared: &Shared, caller: &Caller, slot: &Slot) -> Next {
-    let limits = shared.limits;
+    let limits = &shared.limits;
     // Sized by the first read (`Conn::read_buf`), reused for every request after it.
     let mut buf: Vec<u8> = Vec::new();
+    // For built answers only; a whole one is written from `LAST`.
     let mut out: Vec<u8> = Vec::new();
-    let deadline = tokio::time::sleep(limits.header_timeout);
-    tokio::pin!(deadline);
-    let evicted = slot.evicted.cancelled();
-    tokio::pin!(evicted);
-    let shutdown = caller.shutdown.cancelled();
-    tokio::pin!(shutdown);
+    // The head timer is set when the agent first has to wait for a head: a request that
+    // is already there when its connection is accepted, or when the previous answer has
+    // been written, is read and answered without one.
+    let mut timer = pin!(None::<Sleep>);
+    let mut evicted = pin!(slot.evicted());
+    let mut shutdown = pin!(caller.shutdown.cancelled());
     loop {
+        let mut timed = false;
         let head = loop {
             match parse(&buf, caller.role) {
                 Parsed::Fast(head) if head.len <= limits.max_head_bytes => break head,
@@ -92,19 +101,46 @@ pub async fn serve(io: &mut Conn, shared: &Shared, caller: &Caller, slot: &Slot)
                     return Next::Hyper(Bytes::from(buf));
                 }
             }
+            let mut read = pin!(io.read_buf(&mut buf));
             // The read first: when it is ready the others are not polled at all.
-            tokio::select! {
-                biased;
-                read = io.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => return Next::Close,
-                    Ok(_) => {}
-                },
-                () = &mut deadline => return Next::Close,
-                () = &mut evicted => {
-                    tracing::debug!(uid = caller.peer.uid, "closed an idle connection to make room");
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(read) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Read(read));
+                }
+                if !timed {
+                    let at = Instant::now() + limits.header_timeout;
+                    match timer.as_mut().as_pin_mut() {
+                        Some(timer) => timer.reset(at),
+                        None => timer.set(Some(tokio::time::sleep_until(at))),
+                    }
+                    timed = true;
+                }
+                if timer
+                    .as_mut()
+                    .as_pin_mut()
+                    .is_some_and(|t| t.poll(cx).is_ready())
+                {
+                    return Poll::Ready(Event::Late);
+                }
+                if evicted.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Evicted);
+                }
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Read(Ok(0) | Err(_)) | Event::Late | Event::Shutdown => return Next::Close,
+                Event::Read(Ok(_)) => {}
+                Event::Evicted => {
+                    tracing::debug!(
+                        uid = caller.peer.uid,
+                        "closed an idle connection to make room"
+                    );
                     return Next::Close;
                 }
-                () = &mut shutdown => return Next::Close,
             }
         };
         let busy = slot.activity.enter();
@@ -115,19 +151,39 @@ pub async fn serve(io: &mut Conn, shared: &Shared, caller: &Caller, slot: &Slot)
                 .and_then(|r| std::str::from_utf8(&buf[r]).ok()),
             accept: head.accept.clone().map(|r| &buf[r]),
         };
-        let reply = head.route.answer(shared, ask).await;
-        shared.state.requests.count(head.path, reply.status());
-        render(&mut out, reply, head.close, &shared.clock).await;
-        let written = io.write_all(&out).await;
+        let answer = head.route.answer(shared, ask).await;
+        shared.state.requests.count(head.path, answer.status());
+        let written = match answer {
+            Answer::Whole {
+                status,
+                content_type,
+                body,
+            } => {
+                let whole = whole(status, content_type, body, head.close, &shared.clock);
+                io.write_all(&whole).await
+            }
+            Answer::Built(reply) => {
+                render(&mut out, reply, head.close, &shared.clock).await;
+                io.write_all(&out).await
+            }
+        };
         drop(busy);
-        if written.is_err() || head.close || caller.shutdown.is_cancelled() {
+        // Evicted as this request arrived (the read is looked at first): it is answered,
+        // then the connection goes, as its place is gone.
+        if written.is_err() || head.close || slot.is_evicted() || caller.shutdown.is_cancelled() {
             return Next::Close;
         }
         buf.drain(..head.len);
-        deadline
-            .as_mut()
-            .reset(Instant::now() + limits.header_timeout);
     }
+}
+
+/// What ended a wait for more of a request head.
+enum Event {
+    Read(std::io::Result<usize>),
+    /// The head took longer than the header timeout.
+    Late,
+    Evicted,
+    Shutdown,
 }
 
 /// Whether `buf` starts with a request the fast path answers for a caller with `role`.
@@ -207,7 +263,59 @@ fn within(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// Writes the whole answer into `out`, as hyper would, dated by `clock`.
+/// A whole answer's bytes, as hyper would write them, dated by `clock`.
+///
+/// The bytes of the last one are kept and written again while the answer and its second
+/// are the same: a token's body changes once a second (`expires_in`), as `date` does, so a
+/// busy second renders its answer once. A new token replaces the kept bytes at its first
+/// answer.
+fn whole(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    close: bool,
+    clock: &Clock,
+) -> Bytes {
+    let now = clock.now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|last| {
+        // The kept body is held, so no other body can be at its address: equal addresses
+        // and lengths are equal bytes.
+        let same = last.as_ref().filter(|l| {
+            l.second == second
+                && l.close == close
+                && l.status == status
+                && l.content_type == content_type
+                && l.body.as_ptr() == body.as_ptr()
+                && l.body.len() == body.len()
+        });
+        if let Some(l) = same {
+            return l.bytes.clone();
+        }
+        let mut out = Vec::with_capacity(body.len() + 160);
+        head(
+            &mut out,
+            status,
+            [("content-type", content_type.as_bytes())],
+            close,
+            body.len(),
+            now,
+        );
+        out.extend_from_slice(&body);
+        let bytes = Bytes::from(out);
+        *last = Some(Written {
+            second,
+            close,
+            status,
+            content_type,
+            body,
+            bytes: bytes.clone(),
+        });
+        bytes
+    })
+}
+
+/// Writes a built answer into `out`, as hyper would, dated by `clock`.
 async fn render(out: &mut Vec<u8>, reply: Reply, close: bool, clock: &Clock) {
     let (parts, mut body) = reply.into_parts();
     // A whole body: its one frame is ready at once.
@@ -219,42 +327,64 @@ async fn render(out: &mut Vec<u8>, reply: Reply, close: bool, clock: &Clock) {
     out.clear();
     // The head is a few hundred bytes: one allocation for the connection's answers.
     out.reserve(body.len() + 512);
+    let fields = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    head(out, parts.status, fields, close, body.len(), clock.now());
+    out.extend_from_slice(&body);
+}
+
+/// Appends the status line and `fields`, then hyper's own: `connection: close` when
+/// closing, `content-length` and `date` (for `now`).
+fn head<'a>(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    close: bool,
+    len: usize,
+    now: SystemTime,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    out.extend_from_slice(status.canonical_reason().unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
-    date(out, clock);
+    date(out, now);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(&body);
+}
+
+/// The last whole answer written on this thread, and what it was for.
+#[derive(Debug)]
+struct Written {
+    second: u64,
+    close: bool,
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    bytes: Bytes,
 }
 
 thread_local! {
+    static LAST: RefCell<Option<Written>> = const { RefCell::new(None) };
     /// The `date` value and the second it was made for (it changes once a second).
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-/// Appends the current IMF-fixdate (RFC 9110 §5.6.7).
-fn date(out: &mut Vec<u8>, clock: &Clock) {
-    let now = clock.now();
+/// Appends the IMF-fixdate (RFC 9110 §5.6.7) of `now`.
+fn date(out: &mut Vec<u8>, now: SystemTime) {
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with_borrow_mut(|(at, text)| {
         if *at != second {
@@ -365,5 +495,38 @@ mod tests {
         let (date, body) = date.split_once("\r\n\r\n").unwrap();
         assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
         assert_eq!(body, "{}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_whole_answer_is_hyper_s_bytes_kept_for_its_second() {
+        let clock = Clock::tokio_driven();
+        let json = "application/json";
+        let body = Bytes::from(br#"{"token":"eyJ"}"#.to_vec());
+        let first = whole(StatusCode::OK, json, body.clone(), false, &clock);
+        let mut built = Vec::new();
+        render(
+            &mut built,
+            wire::http::with_type(StatusCode::OK, json, body.clone()),
+            false,
+            &clock,
+        )
+        .await;
+        assert_eq!(first, built, "the same bytes as a built answer");
+        let again = whole(StatusCode::OK, json, body.clone(), false, &clock);
+        assert_eq!(again.as_ptr(), first.as_ptr(), "kept, not rendered again");
+        // Anything that differs is rendered anew: closing, another body (even one with the
+        // same bytes), another type, the next second.
+        let closing = whole(StatusCode::OK, json, body.clone(), true, &clock);
+        assert_ne!(closing.as_ptr(), first.as_ptr());
+        assert!(closing.windows(19).any(|w| w == b"connection: close\r\n"));
+        let copy = Bytes::from(body.to_vec());
+        let other = whole(StatusCode::OK, json, copy.clone(), true, &clock);
+        assert_ne!(other.as_ptr(), closing.as_ptr());
+        assert_eq!(other, closing);
+        let plain = whole(StatusCode::OK, "text/plain", copy.clone(), true, &clock);
+        assert!(plain.starts_with(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"));
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let later = whole(StatusCode::OK, "text/plain", copy, true, &clock);
+        assert_ne!(later, plain, "a new second, a new date");
     }
 }

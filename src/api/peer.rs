@@ -13,6 +13,8 @@
 //! Anyone else has no role and gets 403 on every route (deny by default).
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
 use serde::Serialize;
@@ -24,8 +26,8 @@ use crate::config;
 pub struct Caller {
     pub peer: Peer,
     pub role: Option<Role>,
-    /// Fires when the server shuts down (streams end then).
-    pub shutdown: CancellationToken,
+    /// Fires when the server shuts down (streams end then); one for every caller.
+    pub shutdown: Arc<CancellationToken>,
 }
 
 /// The credentials of a connected client.

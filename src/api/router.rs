@@ -15,7 +15,7 @@ use super::Shared;
 use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Caller, Role};
-use super::reply::error;
+use super::reply::{Answer, error};
 use super::routes::{
     assets, health, metrics, mqtt_publish, refresh, reload, sign, status, token, watch,
 };
@@ -117,13 +117,13 @@ pub enum HeadOnly {
 
 impl HeadOnly {
     /// The whole answer; authorisation and the method are the caller's to check.
-    pub async fn answer(self, shared: &Shared, ask: token::Ask<'_>) -> Reply {
+    pub async fn answer(self, shared: &Shared, ask: token::Ask<'_>) -> Answer {
         match self {
             HeadOnly::Token => token::reply(shared, ask).await,
-            HeadOnly::Status => status::reply(shared),
-            HeadOnly::Live => health::live(shared),
-            HeadOnly::Ready => health::ready(shared),
-            HeadOnly::Metrics => metrics::reply(shared),
+            HeadOnly::Status => status::reply(shared).into(),
+            HeadOnly::Live => health::live(shared).into(),
+            HeadOnly::Ready => health::ready(shared).into(),
+            HeadOnly::Metrics => metrics::reply(shared).into(),
         }
     }
 }
@@ -192,12 +192,12 @@ async fn dispatch(
     }
     let ask = token::Ask::of(&req);
     match route {
-        Route::Token => full(HeadOnly::Token.answer(shared, ask).await),
-        Route::Status => full(HeadOnly::Status.answer(shared, ask).await),
-        Route::Live => full(HeadOnly::Live.answer(shared, ask).await),
-        Route::Ready => full(HeadOnly::Ready.answer(shared, ask).await),
-        Route::Metrics => full(HeadOnly::Metrics.answer(shared, ask).await),
-        Route::Watch => watch::reply(shared.clone(), caller.shutdown.clone(), busy),
+        Route::Token => full(HeadOnly::Token.answer(shared, ask).await.into_reply()),
+        Route::Status => full(HeadOnly::Status.answer(shared, ask).await.into_reply()),
+        Route::Live => full(HeadOnly::Live.answer(shared, ask).await.into_reply()),
+        Route::Ready => full(HeadOnly::Ready.answer(shared, ask).await.into_reply()),
+        Route::Metrics => full(HeadOnly::Metrics.answer(shared, ask).await.into_reply()),
+        Route::Watch => watch::reply(shared.clone(), (*caller.shutdown).clone(), busy),
         Route::Sign => full(sign::reply(shared, caller, req).await),
         Route::Refresh => full(refresh::reply(shared).await),
         Route::Reload => full(reload::reply(shared).await),

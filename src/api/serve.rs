@@ -11,7 +11,9 @@
 //! (streams end) and the socket file is removed.
 
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -38,6 +40,11 @@ const FD_RESERVE: u64 = 128;
 const MAX_REFUSING: usize = 64;
 /// How long a refused connection is given to send its request and read the 503.
 const REFUSE_TIME: Duration = Duration::from_secs(1);
+/// Connections accepted (and served, when they can be at once) before the accept loop
+/// lets the connections that wait on the poller run. Clients answered inside the loop
+/// connect again at once, so under load the backlog never runs dry, and without this a
+/// connection whose request came late would wait for tokio's budget (128 accepts).
+const ACCEPT_BATCH: u32 = 16;
 
 // === impl Server ===
 
@@ -57,9 +64,17 @@ impl Server {
         // per connection cost an allocation each time.
         let http = Arc::new(http_builder(limits));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSING));
+        // Shared by every connection's caller: a handle each would cost a lock to take and
+        // another to give back.
+        let shutdown = Arc::new(cancel);
+        let stopped = shutdown.cancelled();
+        tokio::pin!(stopped);
+        let mut accepted: u32 = 0;
         loop {
+            // Accepting first: the stop is looked at only when no connection is waiting
+            // (tokio's budget makes even a flood of them pause now and then).
             let stream = tokio::select! {
-                () = cancel.cancelled() => break,
+                biased;
                 r = self.accept() => match r {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -69,6 +84,7 @@ impl Server {
                         continue;
                     }
                 },
+                () = &mut stopped => break,
             };
             let child_groups = shared.children.as_ref().is_some_and(|c| c.grant_groups());
             let peer = match Peer::of(&stream, &shared.policy, child_groups) {
@@ -90,18 +106,31 @@ impl Server {
                 }
             };
             let role = shared.policy.role(&peer);
-            let caller = Arc::new(Caller {
+            let caller = Caller {
                 peer,
                 role,
-                shutdown: cancel.clone(),
-            });
-            tracker.spawn(connection(
+                shutdown: shutdown.clone(),
+            };
+            let mut conn = Box::pin(connection(
                 stream,
                 caller,
                 slot,
                 shared.clone(),
                 http.clone(),
             ));
+            // Polled here once before it becomes a task. A client that sent its request
+            // before it was accepted and asked to close is answered and gone within this
+            // poll: no task is made for it, and its answer goes out before the next
+            // accept. Otherwise the connection waits on a socket or timer that now holds
+            // this loop's waker, a spurious wake-up at most: the task it becomes is polled
+            // at once, and from then on every wake-up is its own.
+            if poll_once(conn.as_mut()).await.is_pending() {
+                tracker.spawn(conn);
+            }
+            accepted = accepted.wrapping_add(1);
+            if accepted % ACCEPT_BATCH == 0 {
+                tokio::task::yield_now().await;
+            }
         }
         tracker.close();
         tracker.wait().await;
@@ -109,11 +138,16 @@ impl Server {
     }
 }
 
+/// Polls `fut` once.
+async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut fut).poll(cx))).await
+}
+
 /// Serves one connection until the client closes it, it times out, it is evicted, or the
 /// server shuts down (then after its in-flight request).
 async fn connection(
     stream: StdUnixStream,
-    caller: Arc<Caller>,
+    caller: Caller,
     slot: Slot,
     shared: Arc<Shared>,
     http: Arc<http1::Builder>,
@@ -132,7 +166,7 @@ async fn connection(
             io.unread(read);
             // Boxed: hyper's connection state is kilobytes, which the task of every
             // connection would otherwise carry (and copy) whether hyper serves it or not.
-            Box::pin(by_hyper(io, caller, slot, shared, http)).await;
+            Box::pin(by_hyper(io, Arc::new(caller), slot, shared, http)).await;
         }
     }
 }
@@ -165,7 +199,7 @@ async fn by_hyper(
                 tracing::debug!(uid = caller.peer.uid, error = %e, "connection ended with an error");
             }
         }
-        () = slot.evicted.cancelled() => {
+        () = slot.evicted() => {
             tracing::debug!(uid = caller.peer.uid, "closed an idle connection to make room");
         }
         () = caller.shutdown.cancelled() => {

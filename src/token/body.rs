@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::AssetToken;
 use wire::clock;
@@ -65,11 +66,11 @@ impl<'a> TokenBody<'a> {
 // === impl Prepared ===
 
 impl Prepared {
-    /// The JSON body for `token`: the bytes of the last answer while `expires_in` is the
+    /// The JSON body for `token` at `now`: the bytes of the last answer while `expires_in` is the
     /// same, else re-joined from the parts rendered when this token was first served.
     /// `None` only if the body could not be serialised at all.
-    pub fn body(&self, device_id: &str, token: &Arc<AssetToken>) -> Option<Bytes> {
-        let secs = token.remaining().as_secs();
+    pub fn body(&self, device_id: &str, token: &Arc<AssetToken>, now: Instant) -> Option<Bytes> {
+        let secs = token.remaining_at(now).as_secs();
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = last
             .as_mut()
@@ -139,7 +140,6 @@ fn join(head: &[u8], secs: u64, tail: &[u8]) -> Bytes {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use tokio::time::Instant;
     use wire::Secret;
     use wire::oauth::AssetTokenClaims;
 
@@ -190,7 +190,7 @@ mod tests {
             for secs in [0, 9, 10, 3599, 86_400 * 365] {
                 let t = token(jwt, sub, Duration::from_secs(secs));
                 let p = Prepared::default();
-                let got = p.body(device, &t).unwrap();
+                let got = p.body(device, &t, Instant::now()).unwrap();
                 assert_eq!(&got[..], &serialised(device, &t)[..], "{jwt} {secs}");
             }
         }
@@ -200,28 +200,37 @@ mod tests {
     async fn one_body_per_second_then_expires_in_counts_down() {
         let t = token("eyJ.a.b", Some("sub"), Duration::from_secs(60));
         let p = Prepared::default();
-        assert_eq!(json(&p.body("d", &t).unwrap())["expires_in"], 60);
+        assert_eq!(
+            json(&p.body("d", &t, Instant::now()).unwrap())["expires_in"],
+            60
+        );
         tokio::time::advance(Duration::from_millis(1)).await;
-        let first = p.body("d", &t).unwrap();
+        let first = p.body("d", &t, Instant::now()).unwrap();
         assert_eq!(json(&first)["expires_in"], 59);
         tokio::time::advance(Duration::from_millis(998)).await;
         // Same token, same whole second left (59.001 s): the same bytes, shared.
-        let again = p.body("d", &t).unwrap();
+        let again = p.body("d", &t, Instant::now()).unwrap();
         assert_eq!(first.as_ptr(), again.as_ptr());
         tokio::time::advance(Duration::from_millis(2)).await;
-        let later = p.body("d", &t).unwrap();
+        let later = p.body("d", &t, Instant::now()).unwrap();
         assert_ne!(first.as_ptr(), later.as_ptr());
         assert_eq!(&later[..], &serialised("d", &t)[..]);
         assert_eq!(json(&later)["expires_in"], 58);
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(json(&p.body("d", &t).unwrap())["expires_in"], 0);
+        assert_eq!(
+            json(&p.body("d", &t, Instant::now()).unwrap())["expires_in"],
+            0
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_new_token_is_rendered_anew_and_the_old_one_not_kept_alive() {
         let old = token("eyJ.old", Some("sub"), Duration::from_secs(60));
         let p = Prepared::default();
-        assert_eq!(json(&p.body("d", &old).unwrap())["token"], "eyJ.old");
+        assert_eq!(
+            json(&p.body("d", &old, Instant::now()).unwrap())["token"],
+            "eyJ.old"
+        );
         let weak = Arc::downgrade(&old);
         drop(old);
         assert!(
@@ -229,15 +238,21 @@ mod tests {
             "the prepared body holds no strong reference"
         );
         let new = token("eyJ.new", Some("sub"), Duration::from_secs(60));
-        assert_eq!(json(&p.body("d", &new).unwrap())["token"], "eyJ.new");
+        assert_eq!(
+            json(&p.body("d", &new, Instant::now()).unwrap())["token"],
+            "eyJ.new"
+        );
         // Another identity's holder renders its own token and device.
         let q = Prepared::default();
         let other = token("eyJ.other", None, Duration::from_secs(5));
-        let v = json(&q.body("e", &other).unwrap());
+        let v = json(&q.body("e", &other, Instant::now()).unwrap());
         assert_eq!(
             (v["token"].as_str(), v["device_id"].as_str()),
             (Some("eyJ.other"), Some("e"))
         );
-        assert_eq!(json(&p.body("d", &new).unwrap())["token"], "eyJ.new");
+        assert_eq!(
+            json(&p.body("d", &new, Instant::now()).unwrap())["token"],
+            "eyJ.new"
+        );
     }
 }

@@ -40,12 +40,22 @@ pub struct AssetToken {
 impl AssetToken {
     /// Time left before expiry, zero once expired.
     pub fn remaining(&self) -> Duration {
-        self.expires.saturating_duration_since(Instant::now())
+        self.remaining_at(Instant::now())
+    }
+
+    /// Time left at `now` before expiry, zero once expired.
+    pub fn remaining_at(&self, now: Instant) -> Duration {
+        self.expires.saturating_duration_since(now)
     }
 
     /// Whether the token may still be handed out.
     pub fn is_live(&self) -> bool {
-        Instant::now() < self.expires
+        self.is_live_at(Instant::now())
+    }
+
+    /// Whether the token may still be handed out at `now`.
+    pub fn is_live_at(&self, now: Instant) -> bool {
+        now < self.expires
     }
 
     /// Its whole validity period as received.

@@ -714,12 +714,17 @@ impl Handle {
 
     /// Records a token request (demand); wakes a lapsed loop.
     pub fn note_request(&self) {
+        self.note_request_at(Instant::now());
+    }
+
+    /// Records a token request made at `now`.
+    fn note_request_at(&self, now: Instant) {
         if let Ok(mut l) = self.inner.demand.last_request.lock() {
-            *l = Some(Instant::now());
+            *l = Some(now);
         }
         let lapsed = {
             let s = self.status.borrow();
-            s.next_refresh.is_none() || s.past_refresh_point() != Some(false)
+            s.next_refresh.is_none() || s.past_refresh_point_at(now) != Some(false)
         };
         if lapsed {
             self.inner.wake.notify_one();
@@ -758,15 +763,35 @@ impl Handle {
         min_ttl: Duration,
         wait: Duration,
     ) -> Result<Arc<AssetToken>, Unavailable> {
-        self.note_request();
-        let good = |t: &Option<Arc<AssetToken>>| {
-            t.as_ref()
-                .filter(|t| t.is_live() && t.remaining() >= min_ttl)
-                .cloned()
-        };
-        if let Some(t) = good(&self.current.borrow()) {
+        self.token_at(Instant::now(), min_ttl, wait).await
+    }
+
+    /// [`Handle::token_with`] for a request made at `now`: what a token answer reads the
+    /// clock for, once.
+    ///
+    /// # Errors
+    /// See [`Handle::token_with`].
+    pub async fn token_at(
+        &self,
+        now: Instant,
+        min_ttl: Duration,
+        wait: Duration,
+    ) -> Result<Arc<AssetToken>, Unavailable> {
+        self.note_request_at(now);
+        if let Some(t) = good(&self.current.borrow(), min_ttl, now) {
             return Ok(t);
         }
+        // Boxed: the wait is rare, and its state would otherwise make every request's
+        // future (and every connection's task) larger.
+        Box::pin(self.wait_for(min_ttl, wait)).await
+    }
+
+    /// Asks for a token with at least `min_ttl` left and waits up to `wait` for it.
+    async fn wait_for(
+        &self,
+        min_ttl: Duration,
+        wait: Duration,
+    ) -> Result<Arc<AssetToken>, Unavailable> {
         // Backing off after a failure, with the next attempt beyond the wait: no token can
         // come in time, so answer at once rather than hold the caller for nothing.
         let now = Instant::now();
@@ -800,17 +825,17 @@ impl Handle {
         }
         self.refresh_now();
         let mut rx = self.current.clone();
-        let wait_for = async {
+        let arrival = async {
             loop {
                 if rx.changed().await.is_err() {
                     return None;
                 }
-                if let Some(t) = good(&rx.borrow_and_update()) {
+                if let Some(t) = good(&rx.borrow_and_update(), min_ttl, Instant::now()) {
                     return Some(t);
                 }
             }
         };
-        match tokio::time::timeout(wait, wait_for).await {
+        match tokio::time::timeout(wait, arrival).await {
             Ok(Some(t)) => Ok(t),
             _ => Err(Unavailable),
         }
@@ -820,6 +845,17 @@ impl Handle {
     pub fn snapshot(&self) -> Snapshot {
         self.status.borrow().clone()
     }
+}
+
+/// The held token, if it is live at `now` with at least `min_ttl` left.
+fn good(
+    held: &Option<Arc<AssetToken>>,
+    min_ttl: Duration,
+    now: Instant,
+) -> Option<Arc<AssetToken>> {
+    held.as_ref()
+        .filter(|t| t.is_live_at(now) && t.remaining_at(now) >= min_ttl)
+        .cloned()
 }
 
 #[cfg(test)]

@@ -104,7 +104,12 @@ impl Snapshot {
     /// A token past it is still valid, but the loop wants (or, on demand with nothing
     /// using it, would want) a new one.
     pub fn past_refresh_point(&self) -> Option<bool> {
-        self.refresh_point.map(|p| Instant::now() >= p)
+        self.past_refresh_point_at(Instant::now())
+    }
+
+    /// [`Snapshot::past_refresh_point`] at `now`.
+    pub fn past_refresh_point_at(&self, now: Instant) -> Option<bool> {
+        self.refresh_point.map(|p| now >= p)
     }
 
     /// The loop plans no attempt: on demand, nothing uses the token, and it lapses.

@@ -167,12 +167,13 @@ pub async fn reply(
                 &child.info.device_id,
                 token::Ask::of(&req),
             )
-            .await,
+            .await
+            .into_reply(),
         ),
         Action::Watch => watch::reply_for(
             child.tokens.clone(),
             child.info.device_id.clone(),
-            caller.shutdown.clone(),
+            (*caller.shutdown).clone(),
             busy,
         ),
         Action::Status => full(http::json(

@@ -2,15 +2,15 @@
 //! least `min_ttl` seconds left (waiting up to `api.min_ttl_wait` for a refresh). The JSON
 //! is the token's [`Prepared`] body.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::ACCEPT;
 use hyper::{Request, StatusCode};
 
+use tokio::time::Instant;
+
 use crate::api::Shared;
-use crate::api::reply::{error, with_retry_after};
-use crate::token::AssetToken;
+use crate::api::reply::{Answer, error, with_retry_after};
 pub use crate::token::body::{Prepared, TokenBody};
 use crate::token::refresher::Handle;
 use wire::http::{self, Reply};
@@ -61,7 +61,7 @@ impl<'a> Ask<'a> {
 }
 
 /// Answers `GET /v1/token`.
-pub async fn reply(shared: &Shared, ask: Ask<'_>) -> Reply {
+pub async fn reply(shared: &Shared, ask: Ask<'_>) -> Answer {
     reply_for(
         shared,
         &shared.tokens,
@@ -80,34 +80,31 @@ pub async fn reply_for(
     prepared: &Prepared,
     device_id: &str,
     ask: Ask<'_>,
-) -> Reply {
+) -> Answer {
     let min_ttl = match parse_min_ttl(ask.query) {
         Ok(t) => t,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason).into(),
     };
-    let token = match tokens.token_with(min_ttl, shared.min_ttl_wait).await {
+    // The one clock read of an answer: the token's checks and its `expires_in`.
+    let now = Instant::now();
+    let token = match tokens.token_at(now, min_ttl, shared.min_ttl_wait).await {
         Ok(t) => t,
-        Err(_) => return unavailable_for(tokens, min_ttl),
+        Err(_) => return unavailable_for(tokens, min_ttl).into(),
     };
     if ask.plain() {
         let mut body = token.jwt.expose().to_owned();
         body.push('\n');
-        return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
+        return Answer::ok("text/plain; charset=utf-8", body);
     }
-    match prepared.body(device_id, &token) {
-        Some(body) => http::with_type(StatusCode::OK, "application/json", body),
-        None => http::json(StatusCode::OK, &TokenBody::of(device_id, &token)),
-    }
-}
-
-/// The JSON answer for a held token.
-pub fn token_reply(shared: &Shared, token: &Arc<AssetToken>) -> Reply {
-    match shared.token_body.body(&shared.info.device_id, token) {
-        Some(body) => http::with_type(StatusCode::OK, "application/json", body),
-        None => http::json(
-            StatusCode::OK,
-            &TokenBody::of(&shared.info.device_id, token),
-        ),
+    // A token that waited for a refresh is answered with its time left now.
+    let now = if token.received > now {
+        Instant::now()
+    } else {
+        now
+    };
+    match prepared.body(device_id, &token, now) {
+        Some(body) => Answer::ok("application/json", body),
+        None => http::json(StatusCode::OK, &TokenBody::of(device_id, &token)).into(),
     }
 }
 
