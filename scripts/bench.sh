@@ -502,11 +502,17 @@ def sockv(a, c, ka):
     ng = [r for r in sock if r["server"] == "nginx" and r["c"] == c and r["keepalive"] == ka]
     return (f"{med(mine, 'rps') / med(ng, 'rps'):.2f}x / {med(mine, 'p99_ms') / med(ng, 'p99_ms'):.2f}x"
             f" ({med(mine, 'cpu_us_per_req'):.1f} vs {med(ng, 'cpu_us_per_req'):.1f} µs CPU/req)")
+def first(rs, a):
+    # A section not run leaves no row: the cell shows "–" (KeyError, caught by cell).
+    r = next((r for r in rs if r["agent"] == a), None)
+    if r is None:
+        raise KeyError(a)
+    return r
 def coldv(a):
-    r = next(r for r in cold if r["agent"] == a)
+    r = first(cold, a)
     return f"{r['p50_ms']:.1f} ms (p90 {r['p90_ms']:.1f})"
 def idlev(a):
-    r = next(r for r in idle if r["agent"] == a)
+    r = first(idle, a)
     return f"{r['cpu_pct']:.4f} % ({r['refreshes']} refreshes, {r['cpu_ms_schedstat']:.1f} ms)"
 lines = [
     ("RSS idle, token held (max of 2)", lambda a: memv(a, "idle", "rss")),
