@@ -2,11 +2,13 @@
 //!
 //! Every connection is accepted at once (so the kernel backlog never fills), its caller
 //! identified and given a place in the [`Registry`] (which may close an idle connection to
-//! make room, or refuse with 503). The fast path ([`fast`]) answers its plain GETs; at the
-//! first other request hyper takes the connection over, with bounded head size, header
-//! count and head read time (slowloris and idle keep-alive connections are closed after
-//! [`Limits::header_timeout`], on both paths); [`TimedIo`] bounds writes to a client that
-//! stopped reading.
+//! make room, or refuse with 503). The loop itself polls each new connection once, so one
+//! whose request is already there is often answered and closed without a task; the rest
+//! become tasks, which get their turn at least every [`ACCEPT_BATCH`] accepts. The fast
+//! path ([`fast`]) answers its plain GETs; at the first other request hyper takes the
+//! connection over, with bounded head size, header count and head read time (slowloris and
+//! idle keep-alive connections are closed after [`Limits::header_timeout`], on both
+//! paths); [`TimedIo`] bounds writes to a client that stopped reading.
 //! At shutdown the loop stops accepting, every connection finishes its in-flight request
 //! (streams end) and the socket file is removed.
 
@@ -40,10 +42,11 @@ const FD_RESERVE: u64 = 128;
 const MAX_REFUSING: usize = 64;
 /// How long a refused connection is given to send its request and read the 503.
 const REFUSE_TIME: Duration = Duration::from_secs(1);
-/// Connections accepted (and served, when they can be at once) before the accept loop
-/// lets the connections that wait on the poller run. Clients answered inside the loop
-/// connect again at once, so under load the backlog never runs dry, and without this a
-/// connection whose request came late would wait for tokio's budget (128 accepts).
+/// Connections accepted (and served, when they can be at once) before the accept loop lets
+/// the other tasks run: the connections waiting on the poller, the refresh loop. Clients
+/// answered inside the loop connect again at once, so under load the backlog never runs
+/// dry, and a connection whose request came late would otherwise wait for tokio's budget
+/// (128 accepts). A burst of up to this many connections is still accepted at once.
 const ACCEPT_BATCH: u32 = 16;
 
 // === impl Server ===
@@ -128,7 +131,7 @@ impl Server {
                 tracker.spawn(conn);
             }
             accepted = accepted.wrapping_add(1);
-            if accepted % ACCEPT_BATCH == 0 {
+            if accepted.is_multiple_of(ACCEPT_BATCH) {
                 tokio::task::yield_now().await;
             }
         }
