@@ -13,9 +13,9 @@
 //! The bounds are hyper's too: a head must be complete within [`Limits::header_timeout`]
 //! of the agent first waiting for it, or the connection is closed. The timer is one per
 //! connection, set only when a read would block: a request already sent when its
-//! connection is accepted (or its predecessor answered) costs no timer at all. A head longer than
-//! [`Limits::max_head_bytes`] or with more than [`MAX_HEADERS`] fields goes to hyper,
-//! which answers 431. The answers are byte for byte hyper's (status line, the route's
+//! connection is accepted (or its predecessor answered) costs no timer at all. A head
+//! longer than [`Limits::max_head_bytes`] or with more than [`MAX_HEADERS`] fields goes to
+//! hyper, which answers 431. The answers are byte for byte hyper's (status line, the route's
 //! fields, `connection: close` when asked to close, `content-length`, `date`).
 //!
 //! [`Limits::header_timeout`]: super::Limits::header_timeout

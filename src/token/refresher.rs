@@ -712,12 +712,7 @@ impl Handle {
         DemandGuard(self.inner.clone())
     }
 
-    /// Records a token request (demand); wakes a lapsed loop.
-    pub fn note_request(&self) {
-        self.note_request_at(Instant::now());
-    }
-
-    /// Records a token request made at `now`.
+    /// Records a token request made at `now` (demand); wakes a lapsed loop.
     fn note_request_at(&self, now: Instant) {
         if let Ok(mut l) = self.inner.demand.last_request.lock() {
             *l = Some(now);
