@@ -307,7 +307,27 @@ async fn slowloris_and_silent_clients_are_cut_off_by_the_header_timeout() {
         );
         answered.elapsed()
     };
-    let (slow, silent, quiet) = tokio::join!(slowloris(dev.socket()), silent, quiet_after_answer);
+    // A request sent well after connecting: the accept loop's one poll of the connection
+    // finds nothing, so the connection becomes a task, which the socket must then wake.
+    let late = async {
+        let mut s = UnixStream::connect(dev.socket()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut answer))
+            .await
+            .expect("a late request is answered")
+            .unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    };
+    let (slow, silent, quiet, ()) =
+        tokio::join!(slowloris(dev.socket()), silent, quiet_after_answer, late);
     for lasted in [slow, silent, quiet] {
         assert!(
             lasted >= Duration::from_secs(4),
