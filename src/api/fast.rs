@@ -154,12 +154,8 @@ pub async fn serve(io: &mut Conn, shared: &Shared, caller: &Caller, slot: &Slot)
         let answer = head.route.answer(shared, ask).await;
         shared.state.requests.count(head.path, answer.status());
         let written = match answer {
-            Answer::Whole {
-                status,
-                content_type,
-                body,
-            } => {
-                let whole = whole(status, content_type, body, head.close, &shared.clock);
+            Answer::Whole { content_type, body } => {
+                let whole = whole(content_type, body, head.close, &shared.clock);
                 io.write_all(&whole).await
             }
             Answer::Built(reply) => {
@@ -263,19 +259,14 @@ fn within(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// A whole answer's bytes, as hyper would write them, dated by `clock`.
+/// A whole answer's bytes (200, `content_type`, `body`), as hyper would write them, dated
+/// by `clock`.
 ///
 /// The bytes of the last one are kept and written again while the answer and its second
 /// are the same: a token's body changes once a second (`expires_in`), as `date` does, so a
 /// busy second renders its answer once. A new token replaces the kept bytes at its first
 /// answer.
-fn whole(
-    status: StatusCode,
-    content_type: &'static str,
-    body: Bytes,
-    close: bool,
-    clock: &Clock,
-) -> Bytes {
+fn whole(content_type: &'static str, body: Bytes, close: bool, clock: &Clock) -> Bytes {
     let now = clock.now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     LAST.with_borrow_mut(|last| {
@@ -284,7 +275,6 @@ fn whole(
         let same = last.as_ref().filter(|l| {
             l.second == second
                 && l.close == close
-                && l.status == status
                 && l.content_type == content_type
                 && l.body.as_ptr() == body.as_ptr()
                 && l.body.len() == body.len()
@@ -295,7 +285,7 @@ fn whole(
         let mut out = Vec::with_capacity(body.len() + 160);
         head(
             &mut out,
-            status,
+            StatusCode::OK,
             [("content-type", content_type.as_bytes())],
             close,
             body.len(),
@@ -306,7 +296,6 @@ fn whole(
         *last = Some(Written {
             second,
             close,
-            status,
             content_type,
             body,
             bytes: bytes.clone(),
@@ -371,7 +360,6 @@ fn head<'a>(
 struct Written {
     second: u64,
     close: bool,
-    status: StatusCode,
     content_type: &'static str,
     body: Bytes,
     bytes: Bytes,
@@ -502,7 +490,7 @@ mod tests {
         let clock = Clock::tokio_driven();
         let json = "application/json";
         let body = Bytes::from(br#"{"token":"eyJ"}"#.to_vec());
-        let first = whole(StatusCode::OK, json, body.clone(), false, &clock);
+        let first = whole(json, body.clone(), false, &clock);
         let mut built = Vec::new();
         render(
             &mut built,
@@ -512,21 +500,21 @@ mod tests {
         )
         .await;
         assert_eq!(first, built, "the same bytes as a built answer");
-        let again = whole(StatusCode::OK, json, body.clone(), false, &clock);
+        let again = whole(json, body.clone(), false, &clock);
         assert_eq!(again.as_ptr(), first.as_ptr(), "kept, not rendered again");
         // Anything that differs is rendered anew: closing, another body (even one with the
         // same bytes), another type, the next second.
-        let closing = whole(StatusCode::OK, json, body.clone(), true, &clock);
+        let closing = whole(json, body.clone(), true, &clock);
         assert_ne!(closing.as_ptr(), first.as_ptr());
         assert!(closing.windows(19).any(|w| w == b"connection: close\r\n"));
         let copy = Bytes::from(body.to_vec());
-        let other = whole(StatusCode::OK, json, copy.clone(), true, &clock);
+        let other = whole(json, copy.clone(), true, &clock);
         assert_ne!(other.as_ptr(), closing.as_ptr());
         assert_eq!(other, closing);
-        let plain = whole(StatusCode::OK, "text/plain", copy.clone(), true, &clock);
+        let plain = whole("text/plain", copy.clone(), true, &clock);
         assert!(plain.starts_with(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"));
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        let later = whole(StatusCode::OK, "text/plain", copy, true, &clock);
+        let later = whole("text/plain", copy, true, &clock);
         assert_ne!(later, plain, "a new second, a new date");
     }
 }

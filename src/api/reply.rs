@@ -12,10 +12,9 @@ use wire::http::{self, Reply};
 /// A route's answer to a request answered from its head alone.
 #[derive(Debug)]
 pub enum Answer {
-    /// A status, one field (its content type) and a whole body: a served token. The fast
+    /// 200 with one field (its content type) and a whole body: a served token. The fast
     /// path writes it as it is, and hyper gets it as [`http::with_type`] builds it.
     Whole {
-        status: StatusCode,
         content_type: &'static str,
         body: Bytes,
     },
@@ -29,7 +28,6 @@ impl Answer {
     /// 200 with `body` of `content_type`.
     pub fn ok(content_type: &'static str, body: impl Into<Bytes>) -> Self {
         Self::Whole {
-            status: StatusCode::OK,
             content_type,
             body: body.into(),
         }
@@ -37,7 +35,7 @@ impl Answer {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Whole { status, .. } => *status,
+            Self::Whole { .. } => StatusCode::OK,
             Self::Built(reply) => reply.status(),
         }
     }
@@ -45,11 +43,9 @@ impl Answer {
     /// The answer as hyper sends it.
     pub fn into_reply(self) -> Reply {
         match self {
-            Self::Whole {
-                status,
-                content_type,
-                body,
-            } => http::with_type(status, content_type, body),
+            Self::Whole { content_type, body } => {
+                http::with_type(StatusCode::OK, content_type, body)
+            }
             Self::Built(reply) => reply,
         }
     }

@@ -66,9 +66,9 @@ impl<'a> TokenBody<'a> {
 // === impl Prepared ===
 
 impl Prepared {
-    /// The JSON body for `token` at `now`: the bytes of the last answer while `expires_in` is the
-    /// same, else re-joined from the parts rendered when this token was first served.
-    /// `None` only if the body could not be serialised at all.
+    /// The JSON body for `token` at `now`: the bytes of the last answer while `expires_in`
+    /// is the same, else re-joined from the parts rendered when this token was first
+    /// served. `None` only if the body could not be serialised at all.
     pub fn body(&self, device_id: &str, token: &Arc<AssetToken>, now: Instant) -> Option<Bytes> {
         let secs = token.remaining_at(now).as_secs();
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
