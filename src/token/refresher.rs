@@ -747,25 +747,13 @@ impl Handle {
         self.progress.subscribe()
     }
 
-    /// The live token if it has at least `min_ttl` left; otherwise asks for one and waits
-    /// up to `wait` for one that does. Counts as demand.
+    /// The live token if it has at least `min_ttl` left at `now` (the request's time: what
+    /// a token answer reads the clock for, once); otherwise asks for one and waits up to
+    /// `wait` for one that does. Counts as demand.
     ///
     /// # Errors
     /// [`Unavailable`] when no such token arrived in time, or at once when the loop's next
     /// attempt (after failures, or for want of retry budget) is due only after `wait`.
-    pub async fn token_with(
-        &self,
-        min_ttl: Duration,
-        wait: Duration,
-    ) -> Result<Arc<AssetToken>, Unavailable> {
-        self.token_at(Instant::now(), min_ttl, wait).await
-    }
-
-    /// [`Handle::token_with`] for a request made at `now`: what a token answer reads the
-    /// clock for, once.
-    ///
-    /// # Errors
-    /// See [`Handle::token_with`].
     pub async fn token_at(
         &self,
         now: Instant,

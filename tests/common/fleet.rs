@@ -399,7 +399,11 @@ pub async fn simulate(sc: &Scenario) -> Outcome {
                 let clock = clock.clone();
                 tokio::spawn(async move {
                     match h
-                        .token_with(Duration::ZERO, config::DEFAULT_MIN_TTL_WAIT)
+                        .token_at(
+                            tokio::time::Instant::now(),
+                            Duration::ZERO,
+                            config::DEFAULT_MIN_TTL_WAIT,
+                        )
                         .await
                     {
                         Ok(t) => {
