@@ -9,8 +9,9 @@
 #   memory     RSS and PSS idle with a token held, and after load (keep-alive and
 #              new-connection requests)
 #   socket     GET /v1/token vs nginx serving the same bytes, over Unix sockets (oha): four
-#              cells (keep-alive / new connection per request, 1 / 16 clients), rounds
-#              interleaved
+#              cells (keep-alive / new connection per request, 1 / 16 clients), and a fifth
+#              with a client lean enough not to be the bottleneck (benches/newconn.rs, new
+#              connection per request, 16 clients); rounds interleaved
 #   coldstart  process start to first token served (no token cache), p50 / p90
 #   idle       agent CPU while idle with 60 s tokens, and CPU per refresh (refreshes are
 #              budgeted since fleet-safe refresh, so they cannot be forced in bulk any more)
@@ -110,6 +111,18 @@ build() {
   # dependency features into the agent's, this still measures the shipped binary.
   cargo build --release -p asset-agent
   cargo build --release -p asset-agent-emulator
+  newconn_bin >/dev/null
+}
+
+# newconn_bin: builds the lean load generator (benches/newconn.rs, bench profile) and prints
+# its path.
+newconn_bin() {
+  cargo bench --bench newconn --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    d = json.loads(line)
+    if d.get("reason") == "compiler-artifact" and d["target"]["name"] == "newconn" and d.get("executable"):
+        print(d["executable"])'
 }
 
 aarch64_build() {
@@ -190,7 +203,7 @@ s = d["summary"]
 lat = d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
 answered = sum(codes.values())
-print(json.dumps({"server": name, "c": int(c), "keepalive": ka == "yes", "round": int(rnd),
+print(json.dumps({"server": name, "client": "oha", "c": int(c), "keepalive": ka == "yes", "round": int(rnd),
     "rps": s["requestsPerSec"], "p50_ms": lat["p50"] * 1e3, "p99_ms": lat["p99"] * 1e3,
     # Server CPU (schedstat, all threads) per answered request: what other load on the
     # machine hardly changes, unlike req/s and latency.
@@ -202,8 +215,29 @@ print(json.dumps({"server": name, "c": int(c), "keepalive": ka == "yes", "round"
 EOF
 }
 
+# newconn_run NAME SOCKET C SECS SERVER_PID ROUND: the same with the lean new-connection
+# client; appends one JSON line.
+newconn_run() {
+  local name=$1 sock=$2 c=$3 secs=$4 server_pid=$5 round=$6
+  local t0 t1 n0 n1
+  t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
+  "${LOAD_CPU[@]}" "$NEWCONN" --bench --socket "$sock" --clients "$c" --secs "$secs" >"$WORK/newconn.json"
+  t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
+  python3 - "$name" "$c" "$WORK/newconn.json" "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)" "$round" "$((n1 - n0))" <<'EOF' >>"$OUT/socket.jsonl"
+import json, sys
+name, c, path, cpu, rnd, ns = sys.argv[1:7]
+d = json.load(open(path))
+print(json.dumps({"server": name, "client": "newconn", "c": int(c), "keepalive": False, "round": int(rnd),
+    "rps": d["rps"], "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
+    "cpu_us_per_req": int(ns) / 1e3 / d["requests"], "ok": d["requests"] - d["non_200"],
+    "other": d["non_200"], "errors": d["errors"], "server_cpu_pct": float(cpu)}))
+EOF
+}
+
 socket() {
   say "socket: GET /v1/token vs nginx (oha over Unix sockets, ${SOCKET_SECS}s per run, ${SOCKET_ROUNDS} interleaved rounds)"
+  NEWCONN=$(newconn_bin)
+  [ -x "$NEWCONN" ] || { echo "could not build benches/newconn.rs (cargo bench --bench newconn --no-run)"; exit 1; }
   machine | tee "$OUT/socket-machine.txt"
   start_emulator 3600
   local spec label bin d names=() socks=() pids=()
@@ -270,11 +304,15 @@ EOF
   # none always runs first (or right after the same neighbour).
   local r mode c ka k j count=${#names[@]}
   for r in $(seq 1 "$SOCKET_ROUNDS"); do
-    for mode in "1 yes" "16 yes" "1 no" "16 no"; do
+    for mode in "1 yes" "16 yes" "1 no" "16 no" "16 lean"; do
       read -r c ka <<<"$mode"
       for k in $(seq 0 $((count - 1))); do
         j=$(((k + r) % count))
-        oha_run "${names[$j]}" "${socks[$j]}" "$c" "$ka" "$SOCKET_SECS" "${pids[$j]}" "$r"
+        if [ "$ka" = lean ]; then
+          newconn_run "${names[$j]}" "${socks[$j]}" "$c" "$SOCKET_SECS" "${pids[$j]}" "$r"
+        else
+          oha_run "${names[$j]}" "${socks[$j]}" "$c" "$ka" "$SOCKET_SECS" "${pids[$j]}" "$r"
+        fi
       done
     done
   done
@@ -292,26 +330,30 @@ socket_table() {
 import json, sys, statistics as st
 rows = [json.loads(l) for l in open(sys.argv[1])]
 servers = [s for s in dict.fromkeys(r["server"] for r in rows) if s != "nginx"]
-def agg(server, c, ka):
-    v = [r for r in rows if r["server"] == server and r["c"] == c and r["keepalive"] == ka]
+# Which load generator ran a row: oha, or the lean new-connection client.
+client = lambda r: r.get("client", "oha")
+def agg(server, c, ka, gen):
+    v = [r for r in rows if r["server"] == server and r["c"] == c and r["keepalive"] == ka and client(r) == gen]
     f = lambda k: (st.median(x[k] for x in v), min(x[k] for x in v), max(x[k] for x in v))
     return {k: f(k) for k in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "cpu_us_per_req")}, sum(x["other"] + x["errors"] for x in v)
-def paired(server, c, ka):
+def paired(server, c, ka, gen):
     # p99 against nginx's in the same round (their runs are adjacent, so a noisy stretch of
     # the host touches both): the median ratio and the rounds at or under nginx's.
-    by = lambda s, r: [x["p99_ms"] for x in rows if x["server"] == s and x["c"] == c and x["keepalive"] == ka and x["round"] == r]
+    by = lambda s, r: [x["p99_ms"] for x in rows if x["server"] == s and x["c"] == c and x["keepalive"] == ka and x["round"] == r and client(x) == gen]
     ratios = [a[0] / n[0] for r in sorted({x["round"] for x in rows}) for a, n in [(by(server, r), by("nginx", r))] if a and n]
     return f"{st.median(ratios):.2f} ({sum(q <= 1 for q in ratios)}/{len(ratios)})"
 print("| load | server | req/s (range) | vs nginx | p50 / p99 ms | p99 vs nginx | p99 vs nginx, per round (rounds at or under) | server CPU | CPU µs per request |")
 print("|---|---|---|---|---|---|---|---|---|")
-for c, ka in [(1, True), (16, True), (1, False), (16, False)]:
-    label = f"{'keep-alive' if ka else 'new connection'}, {c} client{'s' if c > 1 else ''}"
-    n, ne = agg("nginx", c, ka)
+for c, ka, gen in [(1, True, "oha"), (16, True, "oha"), (1, False, "oha"), (16, False, "oha"), (16, False, "newconn")]:
+    if not any(client(r) == gen and r["c"] == c and r["keepalive"] == ka for r in rows):
+        continue
+    label = f"{'keep-alive' if ka else 'new connection'}, {c} client{'s' if c > 1 else ''}" + (", lean client (newconn)" if gen == "newconn" else "")
+    n, ne = agg("nginx", c, ka, gen)
     for s in servers + ["nginx"]:
-        a, ae = agg(s, c, ka)
+        a, ae = agg(s, c, ka, gen)
         rng = f"{a['rps'][0]:,.0f} ({a['rps'][1]:,.0f}–{a['rps'][2]:,.0f})"
         print(f"| {label} | {s} | {rng} | {a['rps'][0]/n['rps'][0]:.2f} | {a['p50_ms'][0]:.3f} / {a['p99_ms'][0]:.3f} | "
-              f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {paired(s, c, ka) if s != 'nginx' else '–'} | {a['server_cpu_pct'][0]:.0f} % | {a['cpu_us_per_req'][0]:.1f} |"
+              f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {paired(s, c, ka, gen) if s != 'nginx' else '–'} | {a['server_cpu_pct'][0]:.0f} % | {a['cpu_us_per_req'][0]:.1f} |"
               + (f" non-200 or errors: {ae}" if ae else ""))
 print(f"\nmedian of {max(r['round'] for r in rows)} interleaved {'rounds'} per cell (range in parentheses)")
 EOF
@@ -503,9 +545,9 @@ def med(rs, k):
 def memv(a, state, k):
     v = [r[k] for r in mem if r["agent"] == a and r["state"] == state]
     return f"{max(v):,} KiB ({max(v) / 1024:.2f} MiB)"
-def sockv(a, c, ka):
-    mine = [r for r in sock if r["server"] == a and r["c"] == c and r["keepalive"] == ka]
-    ng = [r for r in sock if r["server"] == "nginx" and r["c"] == c and r["keepalive"] == ka]
+def sockv(a, c, ka, gen="oha"):
+    mine = [r for r in sock if r["server"] == a and r["c"] == c and r["keepalive"] == ka and r.get("client", "oha") == gen]
+    ng = [r for r in sock if r["server"] == "nginx" and r["c"] == c and r["keepalive"] == ka and r.get("client", "oha") == gen]
     per_round = [a["p99_ms"] / n["p99_ms"] for a in mine for n in ng if a["round"] == n["round"]]
     return (f"{med(mine, 'rps') / med(ng, 'rps'):.2f}x / {med(mine, 'p99_ms') / med(ng, 'p99_ms'):.2f}x"
             f" (p99 per round {st.median(per_round):.2f}x, {sum(q <= 1 for q in per_round)}/{len(per_round)} at or under;"
@@ -531,6 +573,7 @@ lines = [
     ("keep-alive, 16 clients", lambda a: sockv(a, 16, True)),
     ("new connection, 1 client", lambda a: sockv(a, 1, False)),
     ("new connection, 16 clients", lambda a: sockv(a, 16, False)),
+    ("new connection, 16 clients, lean client (newconn)", lambda a: sockv(a, 16, False, "newconn")),
     ("cold start to first token, p50", coldv),
     (f"idle CPU", idlev),
 ]
