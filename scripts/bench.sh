@@ -111,11 +111,11 @@ build() {
   # dependency features into the agent's, this still measures the shipped binary.
   cargo build --release -p asset-agent
   cargo build --release -p asset-agent-emulator
-  newconn_bin >/dev/null
+  cargo bench --bench newconn --no-run
 }
 
-# newconn_bin: builds the lean load generator (benches/newconn.rs, bench profile) and prints
-# its path.
+# newconn_bin: the lean load generator's path (benches/newconn.rs, bench profile), built
+# first if need be (compiler messages are not shown here: `build` shows them).
 newconn_bin() {
   cargo bench --bench newconn --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
