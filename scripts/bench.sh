@@ -186,16 +186,25 @@ refreshes_ok() {
 }
 
 # ---------------------------------------------------------------------------------------
+# with_server_cpu SERVER_PID COMMAND...: runs the load command on the load CPU and sets
+# SERVER_CPU_PCT (the server's share of one core meanwhile) and SERVER_CPU_NS.
+with_server_cpu() {
+  local server_pid=$1 t0 t1 n0 n1
+  shift
+  t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
+  "${LOAD_CPU[@]}" "$@"
+  t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
+  SERVER_CPU_PCT=$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)
+  SERVER_CPU_NS=$((n1 - n0))
+}
+
 # oha_run NAME SOCKET C KEEPALIVE(yes|no) SECS SERVER_PID ROUND: appends one JSON line.
 oha_run() {
   local name=$1 sock=$2 c=$3 ka=$4 secs=$5 server_pid=$6 round=$7 flags=()
   [ "$ka" = no ] && flags+=(--disable-keepalive)
-  local t0 t1 n0 n1
-  t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
-  "${LOAD_CPU[@]}" oha --no-tui --worker-threads "$LOAD_THREADS" --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
+  with_server_cpu "$server_pid" oha --no-tui --worker-threads "$LOAD_THREADS" --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
     --unix-socket "$sock" "http://localhost/v1/token" >"$WORK/oha.json"
-  t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
-  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)" "$round" "$((n1 - n0))" <<'EOF' >>"$OUT/socket.jsonl"
+  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
 import json, sys
 name, c, ka, path, cpu, rnd, ns = sys.argv[1:8]
 d = json.load(open(path))
@@ -219,11 +228,8 @@ EOF
 # client; appends one JSON line.
 newconn_run() {
   local name=$1 sock=$2 c=$3 secs=$4 server_pid=$5 round=$6
-  local t0 t1 n0 n1
-  t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
-  "${LOAD_CPU[@]}" "$NEWCONN" --bench --socket "$sock" --clients "$c" --secs "$secs" >"$WORK/newconn.json"
-  t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
-  python3 - "$name" "$c" "$WORK/newconn.json" "$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)" "$round" "$((n1 - n0))" <<'EOF' >>"$OUT/socket.jsonl"
+  with_server_cpu "$server_pid" "$NEWCONN" --bench --socket "$sock" --clients "$c" --secs "$secs" >"$WORK/newconn.json"
+  python3 - "$name" "$c" "$WORK/newconn.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
 import json, sys
 name, c, path, cpu, rnd, ns = sys.argv[1:7]
 d = json.load(open(path))
@@ -302,13 +308,13 @@ EOF
   done
   # Each round runs every cell for every server; the servers' order rotates per round so
   # none always runs first (or right after the same neighbour).
-  local r mode c ka k j count=${#names[@]}
+  local r mode c ka gen k j count=${#names[@]}
   for r in $(seq 1 "$SOCKET_ROUNDS"); do
-    for mode in "1 yes" "16 yes" "1 no" "16 no" "16 lean"; do
-      read -r c ka <<<"$mode"
+    for mode in "1 yes oha" "16 yes oha" "1 no oha" "16 no oha" "16 no newconn"; do
+      read -r c ka gen <<<"$mode"
       for k in $(seq 0 $((count - 1))); do
         j=$(((k + r) % count))
-        if [ "$ka" = lean ]; then
+        if [ "$gen" = newconn ]; then
           newconn_run "${names[$j]}" "${socks[$j]}" "$c" "$SOCKET_SECS" "${pids[$j]}" "$r"
         else
           oha_run "${names[$j]}" "${socks[$j]}" "$c" "$ka" "$SOCKET_SECS" "${pids[$j]}" "$r"
