@@ -11,7 +11,8 @@
 #   socket     GET /v1/token vs nginx serving the same bytes, over Unix sockets (oha): four
 #              cells (keep-alive / new connection per request, 1 / 16 clients), and a fifth
 #              with a client lean enough not to be the bottleneck (benches/newconn.rs, new
-#              connection per request, 16 clients); rounds interleaved
+#              connection per request, 16 clients); beside nginx, the floor, a server that
+#              does nothing but answer (benches/floor.rs); rounds interleaved
 #   coldstart  process start to first token served (no token cache), p50 / p90
 #   idle       agent CPU while idle with 60 s tokens, and CPU per refresh (refreshes are
 #              budgeted since fleet-safe refresh, so they cannot be forced in bulk any more)
@@ -30,7 +31,8 @@
 #
 # Knobs (environment): BENCH_OUT (results dir, default target/bench), SOCKET_SECS (length
 # of each oha run, default 5), SOCKET_ROUNDS (interleaved rounds, default 3), IDLE_SECS (60),
-# COLD_RUNS (30 per binary), REQUESTS (100000), AGENT
+# COLD_RUNS (30 per binary), REQUESTS (100000), LOAD_THREADS (oha's worker threads: 1 when
+# it has a core of its own, else one per CPU), AGENT
 # (default target/release/asset-agent), BASELINE (unset), FLEET_AGENTS ("1000 10000").
 #
 # All load goes to Unix sockets and to the emulator on 127.0.0.1; every loop is bounded.
@@ -72,11 +74,11 @@ AGENT_ENV=(env -i "PATH=$PATH")
 if [ "$(nproc)" -ge 2 ]; then
   SERVER_CPU=(taskset -c 0)
   LOAD_CPU=(taskset -c 1)
-  LOAD_THREADS=1
+  LOAD_THREADS=${LOAD_THREADS:-1}
 else
   SERVER_CPU=()
   LOAD_CPU=()
-  LOAD_THREADS=$(nproc)
+  LOAD_THREADS=${LOAD_THREADS:-$(nproc)}
 fi
 
 machine() {
@@ -111,18 +113,19 @@ build() {
   # dependency features into the agent's, this still measures the shipped binary.
   cargo build --release -p asset-agent
   cargo build --release -p asset-agent-emulator
-  cargo bench --bench newconn --no-run
+  cargo bench --bench newconn --bench floor --no-run
 }
 
-# newconn_bin: the lean load generator's path (benches/newconn.rs, bench profile), built
+# bench_bin NAME: the path of benches/NAME.rs built in the bench profile (the lean load
+# generator, the floor server), built
 # first if need be (compiler messages are not shown here: `build` shows them).
-newconn_bin() {
-  cargo bench --bench newconn --no-run --message-format=json 2>/dev/null | python3 -c '
+bench_bin() {
+  cargo bench --bench "$1" --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     d = json.loads(line)
-    if d.get("reason") == "compiler-artifact" and d["target"]["name"] == "newconn" and d.get("executable"):
-        print(d["executable"])'
+    if d.get("reason") == "compiler-artifact" and d["target"]["name"] == sys.argv[1] and d.get("executable"):
+        print(d["executable"])' "$1"
 }
 
 aarch64_build() {
@@ -187,15 +190,28 @@ refreshes_ok() {
 
 # ---------------------------------------------------------------------------------------
 # with_server_cpu SERVER_PID COMMAND...: runs the load command on the load CPU and sets
-# SERVER_CPU_PCT (the server's share of one core meanwhile) and SERVER_CPU_NS.
+# SERVER_CPU_PCT (the server's share of one core meanwhile) and SERVER_CPU_NS, and
+# LOAD_CPU_PCT and LOAD_CPU_NS, the same for the load command itself: a load generator that
+# uses its whole core is the bottleneck, and then its latencies say more about it than about
+# the server.
 with_server_cpu() {
   local server_pid=$1 t0 t1 n0 n1
   shift
   t0=$(date +%s.%N); n0=$(cpu_ns "$server_pid")
+  # `times` in this shell (not a subshell): the CPU of its children that have ended.
+  times >"$WORK/times.0"
   "${LOAD_CPU[@]}" "$@"
+  times >"$WORK/times.1"
   t1=$(date +%s.%N); n1=$(cpu_ns "$server_pid")
   SERVER_CPU_PCT=$(echo "($n1 - $n0) / 1000000000 / ($t1 - $t0) * 100" | bc -l)
   SERVER_CPU_NS=$((n1 - n0))
+  LOAD_CPU_NS=$(($(children_cpu_ns "$WORK/times.1") - $(children_cpu_ns "$WORK/times.0")))
+  LOAD_CPU_PCT=$(echo "$LOAD_CPU_NS / 1000000000 / ($t1 - $t0) * 100" | bc -l)
+}
+# children_cpu_ns FILE: user + system CPU of finished children, from the output of `times`.
+children_cpu_ns() {
+  awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] } }
+       END { printf "%.0f\n", t * 1e9 }' "$1"
 }
 
 # oha_run NAME SOCKET C KEEPALIVE(yes|no) SECS SERVER_PID ROUND: appends one JSON line.
@@ -204,9 +220,9 @@ oha_run() {
   [ "$ka" = no ] && flags+=(--disable-keepalive)
   with_server_cpu "$server_pid" oha --no-tui --worker-threads "$LOAD_THREADS" --output-format json -z "${secs}s" -c "$c" "${flags[@]}" \
     --unix-socket "$sock" "http://localhost/v1/token" >"$WORK/oha.json"
-  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
+  python3 - "$name" "$c" "$ka" "$WORK/oha.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" "$LOAD_CPU_PCT" "$LOAD_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
 import json, sys
-name, c, ka, path, cpu, rnd, ns = sys.argv[1:8]
+name, c, ka, path, cpu, rnd, ns, load_cpu, load_ns = sys.argv[1:10]
 d = json.load(open(path))
 s = d["summary"]
 lat = d["latencyPercentiles"]
@@ -220,7 +236,8 @@ print(json.dumps({"server": name, "client": "oha", "c": int(c), "keepalive": ka 
     "ok": codes.get("200", 0), "other": sum(v for k, v in codes.items() if k != "200"),
     # oha cancels the requests in flight when -z runs out and counts them as errors.
     "errors": sum(v for k, v in d.get("errorDistribution", {}).items() if "deadline" not in k and "aborted" not in k),
-    "error_kinds": d.get("errorDistribution", {}), "server_cpu_pct": float(cpu)}))
+    "error_kinds": d.get("errorDistribution", {}), "server_cpu_pct": float(cpu),
+    "client_cpu_us_per_req": int(load_ns) / 1e3 / answered if answered else None, "client_cpu_pct": float(load_cpu)}))
 EOF
 }
 
@@ -229,21 +246,25 @@ EOF
 newconn_run() {
   local name=$1 sock=$2 c=$3 secs=$4 server_pid=$5 round=$6
   with_server_cpu "$server_pid" "$NEWCONN" --bench --socket "$sock" --clients "$c" --secs "$secs" >"$WORK/newconn.json"
-  python3 - "$name" "$c" "$WORK/newconn.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
+  python3 - "$name" "$c" "$WORK/newconn.json" "$SERVER_CPU_PCT" "$round" "$SERVER_CPU_NS" "$LOAD_CPU_PCT" "$LOAD_CPU_NS" <<'EOF' >>"$OUT/socket.jsonl"
 import json, sys
-name, c, path, cpu, rnd, ns = sys.argv[1:7]
+name, c, path, cpu, rnd, ns, load_cpu, load_ns = sys.argv[1:9]
 d = json.load(open(path))
 print(json.dumps({"server": name, "client": "newconn", "c": int(c), "keepalive": False, "round": int(rnd),
     "rps": d["rps"], "p50_ms": d["p50_ms"], "p99_ms": d["p99_ms"], "p999_ms": d["p999_ms"],
     "cpu_us_per_req": int(ns) / 1e3 / d["requests"], "ok": d["requests"] - d["non_200"],
-    "other": d["non_200"], "errors": d["errors"], "server_cpu_pct": float(cpu)}))
+    "other": d["non_200"], "errors": d["errors"], "server_cpu_pct": float(cpu),
+    "client_cpu_us_per_req": int(load_ns) / 1e3 / d["requests"], "client_cpu_pct": float(load_cpu)}))
 EOF
 }
 
 socket() {
   say "socket: GET /v1/token vs nginx (oha over Unix sockets, ${SOCKET_SECS}s per run, ${SOCKET_ROUNDS} interleaved rounds)"
-  NEWCONN=$(newconn_bin)
+  NEWCONN=$(bench_bin newconn)
   [ -x "$NEWCONN" ] || { echo "could not build benches/newconn.rs (cargo bench --bench newconn --no-run)"; exit 1; }
+  local floor_bin
+  floor_bin=$(bench_bin floor)
+  [ -x "$floor_bin" ] || { echo "could not build benches/floor.rs (cargo bench --bench floor --no-run)"; exit 1; }
   machine | tee "$OUT/socket-machine.txt"
   start_emulator 3600
   local spec label bin d names=() socks=() pids=()
@@ -301,6 +322,35 @@ EOF
   local worker
   worker=$(pgrep -P "$nginx_pid" | head -1)
   names+=(nginx) socks+=("$n/nginx.sock") pids+=("$worker")
+  # The floor answers with the first agent's own bytes, as it answers a keep-alive request
+  # (the floor closes after them when a request asks it to).
+  local f=$WORK/floor
+  mkdir -p "$f"
+  python3 - "$first/run/agent.sock" "$f/answer" <<'EOF'
+import socket, sys
+def whole(got):
+    head, sep, body = got.partition(b"\r\n\r\n")
+    lengths = [int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+    return sep and lengths and len(body) >= lengths[0]
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/token HTTP/1.1\r\nhost: localhost\r\n\r\n")
+got = b""
+while not whole(got):
+    more = s.recv(65536)
+    if not more:
+        sys.exit("the agent closed before its answer was whole")
+    got += more
+open(sys.argv[2], "wb").write(got)
+EOF
+  "${SERVER_CPU[@]}" "$floor_bin" --bench --socket "$f/floor.sock" --answer "$f/answer" &
+  local floor_pid=$!
+  PIDS+=("$floor_pid")
+  for _ in $(seq 1 100); do [ -S "$f/floor.sock" ] && break; sleep 0.05; done
+  if [ "$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$f/floor.sock" http://localhost/v1/token)" != 200 ]; then
+    echo "the floor server ($floor_bin) does not answer on $f/floor.sock"; exit 1
+  fi
+  names+=(floor) socks+=("$f/floor.sock") pids+=("$floor_pid")
   : >"$OUT/socket.jsonl"
   # Warm-up, not recorded.
   for i in "${!names[@]}"; do
@@ -323,10 +373,11 @@ EOF
     done
   done
   for i in "${!names[@]}"; do
-    [ "${names[$i]}" = nginx ] || echo "${names[$i]}: refreshes during the runs (1 = only the initial fetch): $(refreshes_ok "$WORK/socket-${names[$i]}")"
+    case ${names[$i]} in nginx | floor) ;; *) echo "${names[$i]}: refreshes during the runs (1 = only the initial fetch): $(refreshes_ok "$WORK/socket-${names[$i]}")" ;; esac
   done
   stop "$nginx_pid"
-  for i in "${!names[@]}"; do [ "${names[$i]}" = nginx ] || stop "${pids[$i]}"; done
+  stop "$floor_pid"
+  for i in "${!names[@]}"; do case ${names[$i]} in nginx | floor) ;; *) stop "${pids[$i]}" ;; esac; done
   stop "$EMU_PID"
   socket_table | tee "$OUT/socket.md"
 }
@@ -341,15 +392,20 @@ client = lambda r: r.get("client", "oha")
 def agg(server, c, ka, gen):
     v = [r for r in rows if r["server"] == server and r["c"] == c and r["keepalive"] == ka and client(r) == gen]
     f = lambda k: (st.median(x[k] for x in v), min(x[k] for x in v), max(x[k] for x in v))
-    return {k: f(k) for k in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "cpu_us_per_req")}, sum(x["other"] + x["errors"] for x in v)
+    out = {k: f(k) for k in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "cpu_us_per_req")}
+    # Rows from before the load generator's CPU was recorded have none.
+    load = [x for x in v if x.get("client_cpu_us_per_req") is not None]
+    out["load"] = (f"{st.median(x['client_cpu_us_per_req'] for x in load):.1f} ({st.median(x['client_cpu_pct'] for x in load):.0f} %)"
+                   if load else "–")
+    return out, sum(x["other"] + x["errors"] for x in v)
 def paired(server, c, ka, gen):
     # p99 against nginx's in the same round (their runs are adjacent, so a noisy stretch of
     # the host touches both): the median ratio and the rounds at or under nginx's.
     by = lambda s, r: [x["p99_ms"] for x in rows if x["server"] == s and x["c"] == c and x["keepalive"] == ka and x["round"] == r and client(x) == gen]
     ratios = [a[0] / n[0] for r in sorted({x["round"] for x in rows}) for a, n in [(by(server, r), by("nginx", r))] if a and n]
     return f"{st.median(ratios):.2f} ({sum(q <= 1 for q in ratios)}/{len(ratios)})"
-print("| load | server | req/s (range) | vs nginx | p50 / p99 ms | p99 vs nginx | p99 vs nginx, per round (rounds at or under) | server CPU | CPU µs per request |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| load | server | req/s (range) | vs nginx | p50 / p99 ms | p99 vs nginx | p99 vs nginx, per round (rounds at or under) | server CPU | CPU µs per request | load generator's CPU µs per request (its core) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for c, ka, gen in [(1, True, "oha"), (16, True, "oha"), (1, False, "oha"), (16, False, "oha"), (16, False, "newconn")]:
     if not any(client(r) == gen and r["c"] == c and r["keepalive"] == ka for r in rows):
         continue
@@ -359,9 +415,10 @@ for c, ka, gen in [(1, True, "oha"), (16, True, "oha"), (1, False, "oha"), (16, 
         a, ae = agg(s, c, ka, gen)
         rng = f"{a['rps'][0]:,.0f} ({a['rps'][1]:,.0f}–{a['rps'][2]:,.0f})"
         print(f"| {label} | {s} | {rng} | {a['rps'][0]/n['rps'][0]:.2f} | {a['p50_ms'][0]:.3f} / {a['p99_ms'][0]:.3f} | "
-              f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {paired(s, c, ka, gen) if s != 'nginx' else '–'} | {a['server_cpu_pct'][0]:.0f} % | {a['cpu_us_per_req'][0]:.1f} |"
+              f"{a['p99_ms'][0]/n['p99_ms'][0]:.2f} | {paired(s, c, ka, gen) if s != 'nginx' else '–'} | {a['server_cpu_pct'][0]:.0f} % | {a['cpu_us_per_req'][0]:.1f} | {a['load']} |"
               + (f" non-200 or errors: {ae}" if ae else ""))
-print(f"\nmedian of {max(r['round'] for r in rows)} interleaved {'rounds'} per cell (range in parentheses)")
+print(f"\nmedian of {max(r['round'] for r in rows)} interleaved {'rounds'} per cell (range in parentheses); "
+      "floor: a server that does nothing but answer with the agent's bytes (benches/floor.rs)")
 EOF
 }
 
@@ -557,7 +614,12 @@ def sockv(a, c, ka, gen="oha"):
     per_round = [a["p99_ms"] / n["p99_ms"] for a in mine for n in ng if a["round"] == n["round"]]
     return (f"{med(mine, 'rps') / med(ng, 'rps'):.2f}x / {med(mine, 'p99_ms') / med(ng, 'p99_ms'):.2f}x"
             f" (p99 per round {st.median(per_round):.2f}x, {sum(q <= 1 for q in per_round)}/{len(per_round)} at or under;"
-            f" {med(mine, 'cpu_us_per_req'):.1f} vs {med(ng, 'cpu_us_per_req'):.1f} µs CPU/req)")
+            f" {med(mine, 'cpu_us_per_req'):.1f} vs {med(ng, 'cpu_us_per_req'):.1f} µs CPU/req{loadv(mine + ng)})")
+def loadv(rs):
+    # The load generator's own CPU, when recorded: at ~100 % of its core it is the bottleneck.
+    rs = [r for r in rs if r.get("client_cpu_us_per_req") is not None]
+    return (f"; load generator {med(rs, 'client_cpu_us_per_req'):.1f} µs/req at {med(rs, 'client_cpu_pct'):.0f} % of its core"
+            if rs else "")
 def first(rs, a):
     # A section not run leaves no row: the cell shows "–" (KeyError, caught by cell).
     r = next((r for r in rs if r["agent"] == a), None)
@@ -588,7 +650,7 @@ print("|---|" + "---|" * len(agents))
 for name, f in lines:
     print(f"| {name} | " + " | ".join(cell(a, f) for a in agents) + " |")
 print()
-print("socket cells: throughput / p99 as a multiple of nginx's (median of the interleaved rounds), p99 against nginx's in the same round, and server CPU per request (agent vs nginx)")
+print("socket cells: throughput / p99 as a multiple of nginx's (median of the interleaved rounds), p99 against nginx's in the same round, server CPU per request (agent vs nginx), and the load generator's own CPU per request")
 EOF
 }
 
