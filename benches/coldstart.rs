@@ -17,6 +17,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // real processes on the real clock: measured, not scheduled
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::io::{Read as _, Write as _};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
@@ -34,10 +37,6 @@ struct Args {
 }
 
 fn parse_args() -> Option<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if !argv.iter().any(|a| a == "--bench") {
-        return None;
-    }
     let mut agent = None;
     let mut config = None;
     let mut socket = None;
@@ -45,18 +44,15 @@ fn parse_args() -> Option<Args> {
     let mut runs = 50;
     let mut poll = Duration::from_micros(250);
     let mut remove_cache = true;
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+    for (flag, value) in flags::bench_flags()? {
         match flag.as_str() {
-            "--bench" => {}
-            "--agent" => agent = Some(PathBuf::from(val())),
-            "--config" => config = Some(PathBuf::from(val())),
-            "--socket" => socket = Some(PathBuf::from(val())),
-            "--state-dir" => state_dir = Some(PathBuf::from(val())),
-            "--runs" => runs = val().parse().expect("--runs N"),
-            "--poll-us" => poll = Duration::from_micros(val().parse().expect("--poll-us N")),
-            "--cache" => remove_cache = val() == "remove",
+            "--agent" => agent = Some(PathBuf::from(value)),
+            "--config" => config = Some(PathBuf::from(value)),
+            "--socket" => socket = Some(PathBuf::from(value)),
+            "--state-dir" => state_dir = Some(PathBuf::from(value)),
+            "--runs" => runs = value.parse().expect("--runs N"),
+            "--poll-us" => poll = Duration::from_micros(value.parse().expect("--poll-us N")),
+            "--cache" => remove_cache = value == "remove",
             other => panic!("unknown argument {other}"),
         }
     }

@@ -21,6 +21,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // a benchmark tool: real sockets, real threads, real time
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -186,19 +189,15 @@ fn on_readable(conn: &mut Conn, buf: &mut [u8; READ], answer: &[u8]) -> bool {
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if !argv.iter().any(|a| a == "--bench") {
+    let Some(flags) = flags::bench_flags() else {
         self_test();
         return;
-    }
+    };
     let (mut socket, mut answer) = (None, None);
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+    for (flag, value) in flags {
         match flag.as_str() {
-            "--bench" => {}
-            "--socket" => socket = Some(PathBuf::from(val())),
-            "--answer" => answer = Some(PathBuf::from(val())),
+            "--socket" => socket = Some(PathBuf::from(value)),
+            "--answer" => answer = Some(PathBuf::from(value)),
             other => panic!("unknown argument {other}"),
         }
     }

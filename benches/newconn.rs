@@ -23,6 +23,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // real sockets on the real clock: measured, not scheduled
 
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -42,21 +45,14 @@ struct Args {
 }
 
 fn parse_args() -> Option<Args> {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if !argv.iter().any(|a| a == "--bench") {
-        return None;
-    }
     let mut socket = None;
     let mut clients = 16;
     let mut secs = 5.0;
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+    for (flag, value) in flags::bench_flags()? {
         match flag.as_str() {
-            "--bench" => {}
-            "--socket" => socket = Some(PathBuf::from(val())),
-            "--clients" => clients = val().parse().expect("--clients N"),
-            "--secs" => secs = val().parse().expect("--secs SECONDS"),
+            "--socket" => socket = Some(PathBuf::from(value)),
+            "--clients" => clients = value.parse().expect("--clients N"),
+            "--secs" => secs = value.parse().expect("--secs SECONDS"),
             other => panic!("unknown argument {other}"),
         }
     }
