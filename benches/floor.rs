@@ -65,9 +65,13 @@ fn asked(bytes: &[u8]) -> Asked {
     while let Some(end) = bytes[at.used..].windows(4).position(|w| w == b"\r\n\r\n") {
         let head = &bytes[at.used..at.used + end];
         at.close |= head.split(|&b| b == b'\n').any(|line| {
-            let line = line.trim_ascii();
-            line.len() == b"connection: close".len()
-                && line.eq_ignore_ascii_case(b"connection: close")
+            let mut field = line.splitn(2, |&b| b == b':');
+            let (name, value) = (
+                field.next().unwrap_or_default(),
+                field.next().unwrap_or_default(),
+            );
+            name.eq_ignore_ascii_case(b"connection")
+                && value.trim_ascii().eq_ignore_ascii_case(b"close")
         });
         at.heads += 1;
         at.used += end + 4;
@@ -249,6 +253,7 @@ fn self_test() {
             close: false
         }
     );
+    assert!(asked(b"GET / HTTP/1.1\r\nConnection:close\r\n\r\n").close);
     // Only the field, not a value that merely contains it.
     assert!(!asked(b"GET / HTTP/1.1\r\nx-note: connection: close please\r\n\r\n").close);
 
