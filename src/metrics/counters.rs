@@ -11,8 +11,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::salesforce::Step;
-
 /// Upper bounds (seconds) of the upstream latency histogram's buckets; `+Inf` is implied.
 pub const UPSTREAM_BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
@@ -110,9 +108,11 @@ impl Counters {
         }
     }
 
-    /// One call to Salesforce took `elapsed` (whatever its outcome, timeouts included).
-    pub fn upstream_call(&self, step: Step, elapsed: Duration) {
-        let label = step_label(step);
+    /// One call to Salesforce's `endpoint` took `elapsed` (whatever its outcome, timeouts
+    /// included). `endpoint` is the label the caller names its step by (`access_token`);
+    /// a constant of the caller's, never text from outside.
+    pub fn upstream_call(&self, endpoint: &'static str, elapsed: Duration) {
+        let label = sanitize(endpoint);
         let mut map = lock(&self.upstream);
         let seconds = elapsed.as_secs_f64();
         match map.iter_mut().find(|(l, _)| *l == label) {
@@ -133,27 +133,6 @@ impl Counters {
             upstream: lock(&self.upstream).clone(),
         }
     }
-}
-
-/// `Step::AccessToken` → `access_token`. Derived from `Debug` so a new step needs no edit
-/// here.
-fn step_label(step: Step) -> String {
-    snake_case(&format!("{step:?}"))
-}
-
-fn snake_case(camel: &str) -> String {
-    let mut out = String::with_capacity(camel.len() + 4);
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    sanitize(&out)
 }
 
 /// Lower-case ASCII letters, digits, `_`, `.` and `-` only, at most [`MAX_REASON_LEN`].
@@ -205,8 +184,6 @@ mod tests {
 
     #[test]
     fn labels_are_tame() {
-        assert_eq!(step_label(Step::AccessToken), "access_token");
-        assert_eq!(step_label(Step::Jwks), "jwks");
         assert_eq!(sanitize("Invalid \"grant\"\n"), "invalid__grant__");
         assert_eq!(sanitize(""), "unknown");
         assert_eq!(sanitize(&"x".repeat(500)).len(), MAX_REASON_LEN);

@@ -30,6 +30,21 @@ pub enum Step {
     DevicePoll,
 }
 
+// === impl Step ===
+
+impl Step {
+    /// The step's name in metrics (`endpoint="access_token"`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::AccessToken => "access_token",
+            Step::Exchange => "exchange",
+            Step::Jwks => "jwks",
+            Step::DeviceCode => "device_code",
+            Step::DevicePoll => "device_poll",
+        }
+    }
+}
+
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -192,6 +207,25 @@ mod tests {
         ];
         for (err, class) in table {
             assert_eq!(err.class(), class, "{err}");
+        }
+    }
+
+    #[test]
+    fn step_labels_are_the_snake_case_names() {
+        let table = [
+            (Step::AccessToken, "access_token"),
+            (Step::Exchange, "exchange"),
+            (Step::Jwks, "jwks"),
+            (Step::DeviceCode, "device_code"),
+            (Step::DevicePoll, "device_poll"),
+        ];
+        for (step, label) in table {
+            assert_eq!(step.label(), label);
+            // The label names the variant (what `metrics` derived it from before).
+            assert_eq!(
+                format!("{step:?}").to_ascii_lowercase(),
+                label.replace('_', "")
+            );
         }
     }
 

@@ -227,7 +227,7 @@ impl Upstream {
         let outcome = tokio::time::timeout(self.timeout, call).await;
         self.metrics
             .counters()
-            .upstream_call(step, started.elapsed());
+            .upstream_call(step.label(), started.elapsed());
         let (status, headers, body) = outcome.map_err(|_| Error::Timeout {
             step,
             timeout: self.timeout,
