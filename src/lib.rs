@@ -10,7 +10,8 @@
 //!   (0600 atomic writes), [`secure_path`] (the one rule every secret and state file must
 //!   pass), [`skew`] (clock error against Salesforce), `error` (cause
 //!   chains), `tls` (trust anchors), [`crypto`] (ring for rustls and jsonwebtoken),
-//!   `metrics` (the one registry), [`backoff`], [`logging`];
+//!   `metrics` (the one registry), [`backoff`], [`log_filter`] (the `log.level` syntax),
+//!   [`logging`];
 //! - identity: [`keys`] (the device key behind `Signer`), [`actor`] (actor tokens);
 //! - Salesforce: [`salesforce`] (the HTTPS client, subject-token grants, the device flow,
 //!   the exchange, verification);
@@ -38,6 +39,7 @@ pub(crate) mod error;
 pub mod fsutil;
 pub mod gateway;
 pub mod keys;
+pub mod log_filter;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod mqtt;

@@ -437,7 +437,7 @@ impl Check<'_> {
         let level = raw.level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned());
         if level.trim().is_empty() {
             self.invalid("log.level", "must not be empty");
-        } else if let Err(e) = crate::logging::parse_filter(&level) {
+        } else if let Err(e) = crate::log_filter::parse(&level) {
             self.invalid(
                 "log.level",
                 format!("{level:?} is not a valid tracing filter: {e}"),

@@ -18,7 +18,6 @@
 //! formatter for text and JSON (`format`). `tracing-subscriber`'s layered machinery did the
 //! same through a generic pipeline per output format, at several times the code size.
 
-mod filter;
 mod format;
 
 use std::cell::RefCell;
@@ -32,10 +31,11 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 use wire::clock::Clock;
 
-pub use filter::{Filter, ParseError};
 use format::{SpanFields, Style};
 
 use crate::config::LogFormat;
+use crate::log_filter;
+pub use crate::log_filter::{Filter, ParseError};
 
 /// The variables that override `log.level`, strongest first.
 pub const ENV_FILTERS: [&str; 2] = ["ASSET_AGENT_LOG", "RUST_LOG"];
@@ -83,7 +83,7 @@ pub fn init(level: &str, format: LogFormat) {
         Some((_, value)) => (value, true),
         None => (level.to_owned(), false),
     };
-    let filter = parse_filter(&directive).unwrap_or_else(|_| Filter::level(LevelFilter::INFO));
+    let filter = log_filter::parse(&directive).unwrap_or_else(|_| Filter::level(LevelFilter::INFO));
     let filter = Arc::new(RwLock::new(filter));
     let sink = sink();
     let style = Style {
@@ -109,7 +109,7 @@ pub fn init(level: &str, format: LogFormat) {
 /// An invalid directive (config validation already rejects those), or no subscriber of
 /// ours installed.
 pub fn set_level(level: &str) -> Result<LevelChange, Error> {
-    let filter = parse_filter(level).map_err(|source| Error::Directive {
+    let filter = log_filter::parse(level).map_err(|source| Error::Directive {
         level: level.to_owned(),
         source,
     })?;
@@ -127,17 +127,6 @@ fn replace(installed: &RwLock<Filter>, filter: Filter) {
     *installed.write().unwrap_or_else(PoisonError::into_inner) = filter;
     // Callsites cache whether they are enabled; ask them all again.
     tracing::callsite::rebuild_interest_cache();
-}
-
-/// Parses a filter: a level (`debug`), or `target=level` directives separated by commas
-/// (`asset_agent=debug,rumqttc=warn,info`), as `RUST_LOG` takes them. (Span and field
-/// value filters are not supported: matching them needs a regex engine, which would cost
-/// the device binary more than the feature is worth.)
-///
-/// # Errors
-/// A directive that is not of that form.
-pub fn parse_filter(directive: &str) -> Result<Filter, ParseError> {
-    Filter::parse(directive.trim())
 }
 
 /// The first of [`ENV_FILTERS`] that is set and non-empty, with its value.

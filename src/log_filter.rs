@@ -7,12 +7,26 @@
 //! `target[{field,...}]=level` directive applies only to events that have those fields.
 //! Spans are filtered like events. These are the rules of `tracing-subscriber`'s `Targets`,
 //! which this replaces to keep its machinery out of the binary.
+//!
+//! A leaf: `config` checks `log.level` with it and `logging` filters with it, and neither
+//! of those two has to reach into the other for the syntax.
 
 use std::cmp::Ordering;
 use std::fmt;
 
 use tracing::Metadata;
 use tracing::level_filters::LevelFilter;
+
+/// Parses a filter: a level (`debug`), or `target=level` directives separated by commas
+/// (`asset_agent=debug,rumqttc=warn,info`), as `RUST_LOG` takes them. (Span and field
+/// value filters are not supported: matching them needs a regex engine, which would cost
+/// the device binary more than the feature is worth.)
+///
+/// # Errors
+/// A directive that is not of that form.
+pub fn parse(directive: &str) -> Result<Filter, ParseError> {
+    Filter::parse(directive.trim())
+}
 
 /// A parsed filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
