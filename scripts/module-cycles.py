@@ -5,9 +5,17 @@ A module is a file (`src/api/sign.rs` is `api::sign`). An edge A -> B is a `crat
 `super::` or `self::` path in A's non-test code (everything before its first
 `#[cfg(test)]`) that names B or something inside B. Edges between a module and its own
 ancestors are left out: a parent declares its children and a child may use what its
-parent defines; what must not happen is two modules that are not nested leaning on each
-other (`api::routes` -> `api::sign` -> `api::routes`), which makes neither understandable
-or testable alone. Exits 1 and prints each cycle when there is one.
+parent defines. What must not happen is two modules that are not nested leaning on each
+other, which makes neither understandable or testable alone. Two checks:
+
+- between files: `api::routes` -> `api::sign` -> `api::routes`;
+- between subtrees: each edge also counts between the two siblings, under the deepest
+  parent its ends share, whose subtrees hold them (`config::validate` -> `logging` counts
+  as `config` -> `logging`). So `config::validate` -> `logging` together with `logging`
+  -> `config` is a cycle between the top-level modules `config` and `logging`, though no
+  two files form one.
+
+Exits 1 and prints each cycle, with the file-level edges behind it, when there is one.
 
     scripts/module-cycles.py [CRATE_SRC_DIR ...]   default: src and crates/*/src
 """
@@ -92,9 +100,10 @@ def resolve(path, here, known):
     return None
 
 
-def cycles(src):
+def edges(src):
+    """Maps each module to the modules it uses that are neither itself nor nested with it."""
     known = modules(src)
-    edges = {m: set() for m in known}
+    out = {m: set() for m in known}
     for mod, path in known.items():
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -110,8 +119,20 @@ def cycles(src):
                 continue
             if target == mod[: len(target)] or mod == target[: len(mod)]:
                 continue  # ancestor or descendant
-            edges[mod].add(target)
-    # Tarjan's strongly connected components.
+            out[mod].add(target)
+    return out
+
+
+def siblings(a, b):
+    """The siblings, under the deepest parent a and b share, whose subtrees hold a and b."""
+    k = 0
+    while a[k] == b[k]:
+        k += 1
+    return a[: k + 1], b[: k + 1]
+
+
+def components(graph):
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
     index, low, on, stack, sccs, counter = {}, {}, set(), [], [], [0]
 
     def visit(v):
@@ -119,7 +140,7 @@ def cycles(src):
         counter[0] += 1
         stack.append(v)
         on.add(v)
-        for w in edges[v]:
+        for w in sorted(graph.get(v, ())):
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -134,17 +155,50 @@ def cycles(src):
                 if w == v:
                     break
             if len(comp) > 1:
-                sccs.append(comp)
+                sccs.append(sorted(comp))
 
     sys.setrecursionlimit(10000)
-    for v in sorted(edges):
+    for v in sorted(graph):
         if v not in index:
             visit(v)
-    name = lambda m: "::".join(m) or "crate"
-    return [
-        sorted((name(a), sorted(name(b) for b in edges[a] if b in comp)) for a in comp)
-        for comp in sccs
-    ], len(known)
+    return sccs
+
+
+def name(m):
+    return "::".join(m) or "crate"
+
+
+def cycles(src):
+    """Returns (cycles, module count). A cycle is a list of (module, [(next, [why])])."""
+    files = edges(src)
+    found = []
+    for comp in components(files):
+        found.append([(a, [(b, []) for b in sorted(files[a]) if b in comp]) for a in comp])
+    # The same edges between the sibling subtrees that hold their ends.
+    trees, why = {}, {}
+    for a, targets in files.items():
+        for b in targets:
+            sa, sb = siblings(a, b)
+            trees.setdefault(sa, set()).add(sb)
+            why.setdefault((sa, sb), set()).add((a, b))
+    file_cycles = [[a for a, _ in c] for c in found]
+    for comp in components(trees):
+        if comp in file_cycles:
+            continue  # the same modules, already reported as a cycle between files
+        found.append(
+            [
+                (
+                    a,
+                    [
+                        (b, [f"{name(x)} uses {name(y)}" for x, y in sorted(why[(a, b)])])
+                        for b in sorted(trees[a])
+                        if b in comp
+                    ],
+                )
+                for a in comp
+            ]
+        )
+    return found, len(files)
 
 
 def main():
@@ -156,9 +210,11 @@ def main():
             print(f"ok: {src}: {count} modules, no import cycle")
         for comp in found:
             bad += 1
-            print(f"CYCLE in {src}:")
+            print(f"CYCLE in {src}: {', '.join(name(a) for a, _ in comp)}")
             for a, bs in comp:
-                print(f"  {a} -> {', '.join(bs)}")
+                for b, reasons in bs:
+                    because = f" ({'; '.join(reasons)})" if reasons else ""
+                    print(f"  {name(a)} -> {name(b)}{because}")
     sys.exit(1 if bad else 0)
 
 
