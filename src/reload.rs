@@ -7,6 +7,9 @@
 //! - if it changes any key that needs a **restart**, *nothing* is applied and the log names
 //!   those keys: the agent never runs half on the old file and half on the new one.
 //!
+//! Which keys changed comes from the config types themselves ([`config::changed_keys`]),
+//! so a setting added later is named too, never lumped together or missed.
+//!
 //! What is live, and why the rest is not:
 //! - `log.level` is live: raising it to `debug` to diagnose a problem must not cost the
 //!   state being diagnosed.
@@ -107,7 +110,7 @@ pub fn reload(
         Ok(c) => c,
         Err(e) => return Outcome::Invalid(Box::new(e)),
     };
-    let keys = changed_keys(running, &new);
+    let keys = config::changed_keys(running, &new);
     if keys.is_empty() {
         return Outcome::Unchanged;
     }
@@ -131,89 +134,6 @@ pub fn reload(
     }
     *running = new;
     Outcome::Applied { keys, note }
-}
-
-/// The dotted keys whose values differ. Settings this list does not know yet (a section
-/// added later) are reported as `other settings`, so they are never silently ignored.
-pub fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
-    let (a, b) = (old, new);
-    let (sa, sb) = (&a.salesforce, &b.salesforce);
-    let (xa, xb) = (&a.asset, &b.asset);
-    let (ta, tb) = (&a.token, &b.token);
-    let rows: [(&'static str, bool); 35] = [
-        (
-            "salesforce.instance_url",
-            sa.instance_url != sb.instance_url,
-        ),
-        ("salesforce.client_id", sa.client_id != sb.client_id),
-        (
-            "salesforce.client_secret_file",
-            sa.client_secret_file != sb.client_secret_file,
-        ),
-        ("salesforce.ca_file", sa.ca_file != sb.ca_file),
-        ("salesforce.timeout", sa.timeout != sb.timeout),
-        ("auth.method", a.auth.method != b.auth.method),
-        (
-            "auth.refresh_token_file",
-            a.auth.refresh_token_file != b.auth.refresh_token_file,
-        ),
-        ("asset.device_id", xa.device_id != xb.device_id),
-        ("asset.name", xa.name != xb.name),
-        ("asset.serial_number", xa.serial_number != xb.serial_number),
-        ("asset.account_id", xa.account_id != xb.account_id),
-        ("asset.contact_id", xa.contact_id != xb.contact_id),
-        ("asset.id", xa.id != xb.id),
-        ("asset.token_name", xa.token_name != xb.token_name),
-        ("key.backend", a.key.backend_name() != b.key.backend_name()),
-        ("key.path", a.key.file() != b.key.file()),
-        (
-            "key.uri/module/pin_file",
-            matches!((&a.key.backend, &b.key.backend),
-                (config::KeyBackend::Pkcs11(x), config::KeyBackend::Pkcs11(y)) if x != y),
-        ),
-        ("key.bits", a.key.bits != b.key.bits),
-        (
-            "token.refresh_at",
-            ta.refresh_at.to_bits() != tb.refresh_at.to_bits(),
-        ),
-        ("token.verify", ta.verify != tb.verify),
-        ("token.audience", ta.audience != tb.audience),
-        ("token.issuer", ta.issuer != tb.issuer),
-        ("token.leeway", ta.leeway != tb.leeway),
-        ("token.backoff_max", ta.backoff_max != tb.backoff_max),
-        ("token.min_ttl_wait", ta.min_ttl_wait != tb.min_ttl_wait),
-        ("token.ready_timeout", ta.ready_timeout != tb.ready_timeout),
-        ("state.dir", a.state.dir != b.state.dir),
-        ("api.socket", a.api.socket != b.api.socket),
-        ("api.allow_uids", a.api.allow_uids != b.api.allow_uids),
-        ("api.allow_gids", a.api.allow_gids != b.api.allow_gids),
-        ("sink", a.sinks != b.sinks),
-        ("log.level", a.log.level != b.log.level),
-        ("log.format", a.log.format != b.log.format),
-        // Where child files come from matters only through the children it yields.
-        ("children", a.children != b.children),
-        ("config files", a.files != b.files),
-    ];
-    let mut keys: Vec<&'static str> = rows
-        .iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(k, _)| *k)
-        .collect();
-    // The file list is informational: a new drop-in that changes nothing changes nothing.
-    keys.retain(|k| *k != "config files");
-    if keys.is_empty() && settings(a) != settings(b) {
-        keys.push("other settings");
-    }
-    keys
-}
-
-/// `c` without the fields that describe where it came from.
-fn settings(c: &Config) -> Config {
-    let mut c = c.clone();
-    c.files.clear();
-    c.ignored_env.clear();
-    c.gateway.children_dir = None;
-    c
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //!   `token.ready_timeout`), `STATUS=` while failing or waiting for enrollment, watchdog
 //!   pings, reloads by SIGHUP and by `asset-agent reload` (a good one applied, a bad one
 //!   refused, with a non-zero exit, while tokens keep flowing; `STATUS=` back to the state
-//!   afterwards), SIGTERM → `STOPPING=1` and exit 0;
+//!   afterwards), SIGTERM → `STOPPING=1` and exit 0; a refused reload names every key
+//!   that changed;
 //! - the bounded wait: Salesforce unreachable, `READY=1` after `token.ready_timeout` with a
 //!   `STATUS=` saying no token is held; a cached token past its refresh point is refreshed
 //!   before `READY=1`;
@@ -298,6 +299,66 @@ async fn ready_only_after_the_first_token_then_reload_and_stop() {
         "{stderr}"
     );
     assert!(!dev.socket().exists());
+}
+
+/// `asset-agent reload` names every key that changed, the signer and admin lists, `[mqtt]`
+/// and `token.refresh` included (once reported only as "other settings"); all need a
+/// restart, so nothing is applied.
+#[tokio::test]
+async fn a_reload_names_every_changed_key() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    // MQTT on, towards a port nothing answers on: the uplink keeps retrying, tokens flow.
+    let broker = dead_url().replace("http://", "mqtt://");
+    let toml = format!(
+        "{}\n[mqtt]\nurl = \"{broker}\"\n",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    std::fs::write(&config, &toml).unwrap();
+    let _manager = Manager::bind(dev.dir.path());
+    let child = spawn_agent(&config, dev.dir.path());
+    let socket = dev.socket();
+    common::wait_for_token(&socket).await;
+
+    let refused = |changed: &str| {
+        std::fs::write(&config, changed).unwrap();
+        let (code, out, err) = cli(&socket, &["reload"]);
+        assert_eq!(code, Some(1), "{out}{err}");
+        err
+    };
+    let err = refused(&toml.replace("[api]\n", "[api]\nsigner_uids = [4242]\n"));
+    assert!(
+        err.contains(
+            "running configuration kept: api.signer_uids changed and need `systemctl restart"
+        ),
+        "{err}"
+    );
+    let err = refused(
+        &toml
+            .replace("[token]\n", "[token]\nrefresh = \"eager\"\n")
+            .replace("[api]\n", "[api]\nadmin_gids = [4243]\n")
+            .replace(
+                "[mqtt]\n",
+                "[mqtt]\nclient_id = \"pump-7\"\nkeep_alive = \"45s\"\n",
+            ),
+    );
+    assert!(
+        err.contains(
+            ": token.refresh, api.admin_gids, mqtt.client_id, mqtt.keep_alive changed and need"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("other settings"), "{err}");
+    // Nothing was applied: the original file is what runs.
+    std::fs::write(&config, &toml).unwrap();
+    let (code, out, err) = cli(&socket, &["reload"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.trim(), "configuration reloaded: no changes");
+
+    signal(&child, rustix::process::Signal::TERM);
+    let (code, stderr) = finish(child).await;
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[tokio::test]

@@ -21,10 +21,11 @@
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
 //! Files: `load.rs` (sources and merging), `raw.rs`, `validate.rs` (per section), `key.rs` (`[key]`, reusable for any key table) and
-//! `rules.rs` (shared rules), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
+//! `rules.rs` (shared rules), `diff.rs` (which keys differ, for reloads), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
 mod children;
+mod diff;
 mod error;
 mod key;
 mod load;
@@ -47,6 +48,7 @@ use std::time::Duration;
 
 pub use self::url::Url;
 pub use children::{Access, CHILDREN_DIR, Child, Gateway, valid_name};
+pub use diff::changed_keys;
 pub use error::Error;
 pub use key::{DEFAULT_KEY_FILE, Key, KeyBackend, Pkcs11, Pkcs11Uri};
 pub use load::{LoadOptions, NON_CONFIG_VARS};
