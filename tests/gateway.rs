@@ -243,6 +243,7 @@ async fn a_caller_allowed_one_child_gets_403_elsewhere() {
                 ),
             ),
             get(NOBODY, "/v1/assets/pump-7/token"),
+            get(NOBODY, "/v1/assets"),
         ]
     })
     .await
