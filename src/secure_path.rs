@@ -101,6 +101,32 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Inspect { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
+
+    /// What the file is, as named in messages (`"token cache"`).
+    pub fn what(&self) -> &'static str {
+        match self {
+            Error::Symlink { what, .. }
+            | Error::NotFile { what, .. }
+            | Error::Mode { what, .. }
+            | Error::Owner { what, .. }
+            | Error::OpenDir { what, .. }
+            | Error::DirOwner { what, .. }
+            | Error::Inspect { what, .. } => what,
+        }
+    }
+
+    /// Whether the file itself is refused (a link, not a regular file, its mode or owner),
+    /// rather than a directory on its way: a file that only saves work can then be discarded
+    /// and written again, safely, in the same place.
+    pub fn is_about_the_file(&self) -> bool {
+        matches!(
+            self,
+            Error::Symlink { .. }
+                | Error::NotFile { .. }
+                | Error::Mode { .. }
+                | Error::Owner { .. }
+        )
+    }
 }
 
 /// Checks `path` (a secret or state file called `what` in messages) and every directory
