@@ -43,6 +43,28 @@ fn child_table(dev: &Device, name: &str, serial: &str, key_pem: &str, extra: &st
     )
 }
 
+/// Key `i` (up to 209) of a set of distinct 2048-bit keys made from pairs of checked-in
+/// primes: tests that boot many children give each its own key, as every identity must
+/// have, without generating hundreds of keys.
+fn distinct_key(i: usize) -> String {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let primes: Vec<rsa::BigUint> = include_str!("data/primes-1024.txt")
+        .lines()
+        .map(|l| rsa::BigUint::parse_bytes(l.trim().as_bytes(), 16).unwrap())
+        .collect();
+    let pairs = (0..primes.len()).flat_map(|a| (a + 1..primes.len()).map(move |b| (a, b)));
+    let (a, b) = pairs.clone().nth(i).unwrap();
+    let key = rsa::RsaPrivateKey::from_p_q(
+        primes[a].clone(),
+        primes[b].clone(),
+        rsa::BigUint::from(65_537_u32),
+    )
+    .unwrap();
+    key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
 /// The device's config with `tail` appended (children tables), loaded.
 fn config_with(dev: &Device, emu: &Emulator, token_extra: &str, tail: &str) -> (PathBuf, Config) {
     let path = dev.write_config(emu, "", token_extra);
@@ -493,7 +515,7 @@ async fn boot_through_the_gate(n: usize) -> Vec<u64> {
                 &dev,
                 &format!("c{i:03}"),
                 &format!("S-{i}"),
-                CHILD_KEYS[0],
+                &distinct_key(i),
                 "",
             )
         })
@@ -636,6 +658,19 @@ async fn a_child_key_others_can_read_stops_only_that_child() {
     .await;
 }
 
+/// A child whose key file is a copy of the gateway's (another path, another file, the same
+/// key) is not started: it would sign as the gateway for its own signer callers. Caught
+/// once the key is open, by its thumbprint; with a key of its own it starts on reload.
+#[tokio::test]
+async fn a_child_holding_the_gateways_key_is_not_started() {
+    child_key_fixed_then_reloaded(
+        |key| write_0600(key, common::DEVICE_KEY.as_bytes()),
+        |key| write_0600(key, CHILD_KEYS[0].as_bytes()),
+        "is the key of the gateway ([key]) too",
+    )
+    .await;
+}
+
 /// Starts a gateway whose child pump-7 has a key `break_key` made unusable, checks that the
 /// gateway serves its own token and logs `want` for the child, then `fix_key`es it and
 /// reloads: the child is added and the gateway's own token untouched.
@@ -726,7 +761,7 @@ async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
                 &dev,
                 &format!("c{i:03}"),
                 &format!("S-{i}"),
-                CHILD_KEYS[0],
+                &distinct_key(usize::try_from(i).unwrap()),
                 "",
             )
         })

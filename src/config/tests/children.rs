@@ -135,3 +135,49 @@ fn the_children_dir_can_be_moved() {
         "{text}"
     );
 }
+
+/// A child whose key path is the gateway's (or another child's) spelt differently, through
+/// `..`, a symlinked directory or a hard link, is refused: the files are compared, not the
+/// text. The message names the key as it is written (`key.path`).
+#[test]
+fn one_key_file_under_two_spellings_is_refused() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    fs::create_dir_all(state.join("run")).unwrap();
+    f.write("state/device-key.pem", "not a key; only compared");
+    std::os::unix::fs::symlink(&state, f.path("alias")).unwrap();
+    fs::hard_link(state.join("device-key.pem"), f.path("linked.pem")).unwrap();
+    let gateway = format!("{MINIMAL}\n[state]\ndir = \"{}\"\n", state.display());
+    let child = |path: &Path| {
+        format!(
+            "{gateway}{PUMP}\n[children.pump-7.key]\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+    for spelling in [
+        state.join("run/../device-key.pem"),
+        f.path("alias/device-key.pem"),
+        f.path("linked.pem"),
+    ] {
+        let text = err_text(f.load(&child(&spelling)));
+        assert!(
+            text.contains("children.pump-7.key.path") && text.contains("its own key"),
+            "{}: {text}",
+            spelling.display()
+        );
+        assert!(text.contains("`key.path`"), "{text}");
+        assert!(!text.contains("key.key.path"), "{text}");
+    }
+    // A key file that does not exist yet, through a symlinked directory: the same place.
+    let text = err_text(f.load(&format!(
+        "{gateway}{PUMP}\n[children.pump-7.key]\npath = \"{}\"\n[children.b]\ndevice_id = \"b\"\nname = \"b\"\nserial_number = \"b\"\n[children.b.key]\npath = \"{}\"\n",
+        state.join("new.pem").display(),
+        f.path("alias/new.pem").display()
+    )));
+    assert!(
+        text.contains("children.pump-7.key.path") && text.contains("`children.b.key.path`"),
+        "{text}"
+    );
+    // Its own file is fine.
+    f.load(&child(&state.join("run/pump-7.pem"))).unwrap();
+}
