@@ -799,3 +799,97 @@ async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
     }
     agent.stop().await;
 }
+
+/// Config files others could change are not read, by `check`, `run` or a reload: a 0666
+/// agent.toml stops `run` with exit 78 and fails `check`, naming the file and
+/// `chmod go-w`; a child's file that another user (uid 1001) owns, dropped into children.d
+/// while the agent runs, is refused by the reload (no identity added) and by `check`,
+/// naming the file and `chown`. Root only for the foreign owner.
+#[tokio::test]
+async fn config_files_others_could_change_are_refused_by_run_reload_and_check() {
+    let bin = env!("CARGO_BIN_EXE_asset-agent");
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let config_s = config.display().to_string();
+    let run_bin = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(bin);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        c
+    };
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Bounded: an agent that accepted the file would run on.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_bin(&["run", "--config", &config_s])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run refused the file and exited")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod go-w {config_s}")),
+        "{stderr}"
+    );
+    let out = run_bin(&["check", "--config", &config_s])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("chmod go-w {config_s}")), "{text}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    if !root_or_skip("a child file another user owns") {
+        return;
+    }
+    let log = dev.path("agent.log");
+    let mut agent = run_bin(&["run", "--config", &config_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let evil = dir.join("evil.toml");
+    write_0600(
+        &evil,
+        b"device_id = \"evil\"\nname = \"evil\"\nserial_number = \"E-1\"\nsigner_uids = [1001]\n",
+    );
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(1001), Some(1001)).unwrap();
+    let socket_s = socket.display().to_string();
+    let out = run_bin(&["reload", "--socket", &socket_s])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&evil.display().to_string()), "{text}");
+    assert!(text.contains("chown"), "{text}");
+    assert_eq!(get(&socket, "/v1/assets/evil/token").await.status, 404);
+    let out = run_bin(&["check", "--config", &config_s])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&evil.display().to_string()), "{text}");
+    agent.kill().await.unwrap();
+}
