@@ -161,7 +161,8 @@ pub async fn start(
     let trust = Trust::process();
     if let Some(e) = own_secret_paths(config)
         .into_iter()
-        .find_map(|(what, path)| secure_path::check(what, &path, &trust).err())
+        .filter_map(|(what, path)| secure_path::check(what, &path, &trust).err())
+        .find(|e| !discardable(e))
     {
         return Err(Error::UnsafePath(e));
     }
@@ -490,6 +491,14 @@ pub fn own_secret_paths(config: &Config) -> Vec<(&'static str, PathBuf)> {
         config.state.dir.join(crate::token::cache::FILE_NAME),
     ));
     paths
+}
+
+/// Whether `e` refuses a file the agent discards rather than refuses: the token cache only
+/// saves work, so a cache that is a link, not a regular file, or has the wrong mode or owner
+/// is set aside with a warning when it is loaded (see `token::Cache::load`) and written
+/// again; a directory on its way that others control is still refused.
+pub fn discardable(e: &secure_path::Error) -> bool {
+    e.is_about_the_file() && e.what().ends_with("token cache")
 }
 
 /// The secret and state files (existing or to be created) that break

@@ -40,6 +40,14 @@ async fn a_stranger_gets_403_on_every_route_and_no_token_bytes() {
         .collect();
     requests.push(("GET".into(), "/v1/token?min_ttl=5".into(), None));
     requests.push(("GET".into(), "/nope".into(), None));
+    // Child routes too, on an agent that is not a gateway (it has no children).
+    requests.push(("GET".into(), "/v1/assets".into(), None));
+    requests.push(("GET".into(), "/v1/assets/pump-7/token".into(), None));
+    requests.push((
+        "POST".into(),
+        "/v1/assets/pump-7/sign".into(),
+        Some(SIGN_BODY),
+    ));
     requests.push(("DELETE".into(), "/v1/token".into(), None));
     requests.push(("GET".into(), "/v1/refresh".into(), None));
     let n = requests.len();

@@ -408,3 +408,215 @@ async fn the_fast_path_answers_as_hyper_does_and_hands_it_the_rest() {
     assert_eq!(answers(&fast), [both[4].clone(), both[5].clone()]);
     agent.stop().await;
 }
+
+/// Writes `request`, half-closes (as `socat` and `nc -N` do), and reads until the agent
+/// closes; "" when nothing came within `wait`.
+async fn half_closed(socket: &std::path::Path, request: &[u8], wait: Duration) -> String {
+    raw(socket, request, wait).await
+}
+
+/// A client that half-closes after its request is answered, whichever path serves it: a
+/// route hyper serves (`POST /v1/sign`, a 404) as well as one the fast path answers.
+#[tokio::test]
+async fn half_closing_clients_are_answered_on_both_paths() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let body = r#"{"aud":"https://backend.example.com"}"#;
+    let sign = format!(
+        "POST /v1/sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let cases = [
+        (sign.as_str(), "HTTP/1.1 200"),
+        ("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404"),
+        ("GET /v1/token HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200"),
+        (
+            "DELETE /v1/token HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+    ];
+    for (request, want) in cases {
+        let mut answered = 0;
+        for _ in 0..20 {
+            let answer = half_closed(&socket, request.as_bytes(), Duration::from_secs(5)).await;
+            if answer.starts_with(want) {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 20, "{request:?}: answered {answered} of 20");
+    }
+    agent.stop().await;
+}
+
+/// Reads `n` answers from `s` (or what came before it closed or went quiet) and returns
+/// each one's status line.
+async fn status_lines(s: &mut UnixStream, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut lines = Vec::new();
+    loop {
+        // Split off every whole answer read so far.
+        while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let len: usize = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ").map(str::to_owned))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() < end + 4 + len {
+                break;
+            }
+            lines.push(head.lines().next().unwrap_or_default().to_owned());
+            got.drain(..end + 4 + len);
+        }
+        if lines.len() >= n {
+            return lines;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return lines,
+        }
+    }
+}
+
+/// One head limit, however the connection was served before: a head over 16 KiB is 431
+/// on a fresh connection, after a request the fast path answered and after one hyper
+/// answered; one just under it is served in each case.
+#[tokio::test]
+async fn the_head_limit_is_the_same_after_any_request() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let limit = asset_agent::api::Limits::default().max_head_bytes;
+    // A token request whose head is exactly `len` bytes long.
+    let head = |len: usize| {
+        let start = "GET /v1/token HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+        let pad = len - start.len() - 4;
+        format!("{start}{}\r\n\r\n", "a".repeat(pad))
+    };
+    // Big requests before grow hyper's read buffer past the limit.
+    let big_404 = format!(
+        "GET /nope HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "b".repeat(limit - 100)
+    );
+    let sign_body = format!(
+        r#"{{"aud":"https://backend.example.com","pad":"{}"}}"#,
+        "c".repeat(limit - 200)
+    );
+    let big_sign = format!(
+        "POST /v1/sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{sign_body}",
+        sign_body.len()
+    );
+    for before in [
+        None,
+        Some("GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Some("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Some("DELETE /v1/token HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Some(big_404.as_str()),
+        Some(big_sign.as_str()),
+    ] {
+        for (len, want) in [
+            (limit, "HTTP/1.1 200"),
+            (limit + 1, "HTTP/1.1 431"),
+            (2 * limit - 100, "HTTP/1.1 431"),
+        ] {
+            // The request before and this one in one write, as a pipelining client sends.
+            let mut s = UnixStream::connect(&socket).await.unwrap();
+            let _ = s
+                .write_all(format!("{}{}", before.unwrap_or_default(), head(len)).as_bytes())
+                .await;
+            let n = 1 + usize::from(before.is_some());
+            let answers = status_lines(&mut s, n).await;
+            assert_eq!(answers.len(), n, "{answers:?}");
+            assert!(
+                answers[n - 1].starts_with(want),
+                "after {:?}, a {len}-byte head: {answers:?}",
+                before.map(|b| &b[..30]),
+            );
+        }
+    }
+    agent.stop().await;
+}
+
+/// A request with `Upgrade` and a body is answered, 400 on every route (the agent upgrades
+/// nothing), also when its body comes after its head (it used to be closed unanswered when
+/// the route does not read a body), as the first request of a connection and after another,
+/// and half-closed; with no body, `Upgrade` is ignored.
+#[tokio::test]
+async fn an_upgrade_request_with_a_body_is_answered_400() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let sign_body = r#"{"aud":"https://backend.example.com"}"#;
+    let request = |method: &str, path: &str, upgrade: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{upgrade}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (method, path, body) in [
+        ("GET", "/v1/token", "hello"),
+        ("GET", "/v1/token", ""),
+        ("GET", "/nope", "hello"),
+        ("POST", "/v1/sign", sign_body),
+        ("POST", "/v1/token", "hello"),
+    ] {
+        for upgrade in [
+            "Connection: upgrade\r\nUpgrade: websocket\r\n",
+            "Upgrade: h2c\r\n",
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        ] {
+            for first in [
+                None,
+                Some("GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ] {
+                let mut p = UnixStream::connect(&socket).await.unwrap();
+                p.write_all(request(method, path, "", body).as_bytes())
+                    .await
+                    .unwrap();
+                let plain = status_lines(&mut p, 1).await.concat();
+                for (half_close, split) in [(false, false), (false, true), (true, false)] {
+                    let mut s = UnixStream::connect(&socket).await.unwrap();
+                    if let Some(first) = first {
+                        s.write_all(first.as_bytes()).await.unwrap();
+                        assert!(status_lines(&mut s, 1).await[0].starts_with("HTTP/1.1 200"));
+                    }
+                    let whole = request(method, path, upgrade, body);
+                    let (head, rest) = whole.split_at(whole.len() - body.len());
+                    if split {
+                        // The body comes after the agent has read the head.
+                        s.write_all(head.as_bytes()).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let _ = s.write_all(rest.as_bytes()).await;
+                    } else {
+                        s.write_all(whole.as_bytes()).await.unwrap();
+                    }
+                    if half_close {
+                        s.shutdown().await.unwrap();
+                    }
+                    let answer = status_lines(&mut s, 1).await.concat();
+                    // The agent upgrades nothing: with a body, 400; without, as usual.
+                    let want = if body.is_empty() {
+                        plain.clone()
+                    } else {
+                        "HTTP/1.1 400 Bad Request".to_owned()
+                    };
+                    assert_eq!(
+                        answer,
+                        want,
+                        "after {first:?}, {method} {path} with {upgrade:?} and {} body bytes, half-closed {half_close}, split {split}",
+                        body.len()
+                    );
+                }
+            }
+        }
+    }
+    agent.stop().await;
+}

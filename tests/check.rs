@@ -246,9 +246,13 @@ async fn a_secret_owned_by_root_in_the_service_state_dir_is_an_error() {
         return;
     }
     let emu = emulator(Clock::system(), |_| {}).await;
-    let (dev, config) = device(&emu);
+    let (dev, _) = device(&emu);
     // The state dir belongs to the service user; the key was left behind by root.
     std::os::unix::fs::chown(dev.dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+    // The config itself stays root's (config files others could change are refused).
+    let etc = tempfile::tempdir().unwrap();
+    let config = etc.path().join("agent.toml");
+    std::fs::copy(dev.path("agent.toml"), &config).unwrap();
     let c = check(&config, &[], &[], None).await;
     let fix = c.fix("key", "error", "which cannot read it");
     assert!(fix.starts_with("chown 65534:"), "{fix}");

@@ -43,6 +43,28 @@ fn child_table(dev: &Device, name: &str, serial: &str, key_pem: &str, extra: &st
     )
 }
 
+/// Key `i` (up to 209) of a set of distinct 2048-bit keys made from pairs of checked-in
+/// primes: tests that boot many children give each its own key, as every identity must
+/// have, without generating hundreds of keys.
+fn distinct_key(i: usize) -> String {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    let primes: Vec<rsa::BigUint> = include_str!("data/primes-1024.txt")
+        .lines()
+        .map(|l| rsa::BigUint::parse_bytes(l.trim().as_bytes(), 16).unwrap())
+        .collect();
+    let pairs = (0..primes.len()).flat_map(|a| (a + 1..primes.len()).map(move |b| (a, b)));
+    let (a, b) = pairs.clone().nth(i).unwrap();
+    let key = rsa::RsaPrivateKey::from_p_q(
+        primes[a].clone(),
+        primes[b].clone(),
+        rsa::BigUint::from(65_537_u32),
+    )
+    .unwrap();
+    key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
 /// The device's config with `tail` appended (children tables), loaded.
 fn config_with(dev: &Device, emu: &Emulator, token_extra: &str, tail: &str) -> (PathBuf, Config) {
     let path = dev.write_config(emu, "", token_extra);
@@ -243,6 +265,7 @@ async fn a_caller_allowed_one_child_gets_403_elsewhere() {
                 ),
             ),
             get(NOBODY, "/v1/assets/pump-7/token"),
+            get(NOBODY, "/v1/assets"),
         ]
     })
     .await
@@ -492,7 +515,7 @@ async fn boot_through_the_gate(n: usize) -> Vec<u64> {
                 &dev,
                 &format!("c{i:03}"),
                 &format!("S-{i}"),
-                CHILD_KEYS[0],
+                &distinct_key(i),
                 "",
             )
         })
@@ -635,6 +658,19 @@ async fn a_child_key_others_can_read_stops_only_that_child() {
     .await;
 }
 
+/// A child whose key file is a copy of the gateway's (another path, another file, the same
+/// key) is not started: it would sign as the gateway for its own signer callers. Caught
+/// once the key is open, by its thumbprint; with a key of its own it starts on reload.
+#[tokio::test]
+async fn a_child_holding_the_gateways_key_is_not_started() {
+    child_key_fixed_then_reloaded(
+        |key| write_0600(key, common::DEVICE_KEY.as_bytes()),
+        |key| write_0600(key, CHILD_KEYS[0].as_bytes()),
+        "is the key of the gateway ([key]) too",
+    )
+    .await;
+}
+
 /// Starts a gateway whose child pump-7 has a key `break_key` made unusable, checks that the
 /// gateway serves its own token and logs `want` for the child, then `fix_key`es it and
 /// reloads: the child is added and the gateway's own token untouched.
@@ -725,7 +761,7 @@ async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
                 &dev,
                 &format!("c{i:03}"),
                 &format!("S-{i}"),
-                CHILD_KEYS[0],
+                &distinct_key(usize::try_from(i).unwrap()),
                 "",
             )
         })
@@ -762,4 +798,98 @@ async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
         assert_eq!(r.status, 200, "c{i:03}");
     }
     agent.stop().await;
+}
+
+/// Config files others could change are not read, by `check`, `run` or a reload: a 0666
+/// agent.toml stops `run` with exit 78 and fails `check`, naming the file and
+/// `chmod go-w`; a child's file that another user (uid 1001) owns, dropped into children.d
+/// while the agent runs, is refused by the reload (no identity added) and by `check`,
+/// naming the file and `chown`. Root only for the foreign owner.
+#[tokio::test]
+async fn config_files_others_could_change_are_refused_by_run_reload_and_check() {
+    let bin = env!("CARGO_BIN_EXE_asset-agent");
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let config = dev.write_config(&emu, "", "");
+    let config_s = config.display().to_string();
+    let run_bin = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(bin);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        c
+    };
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // Bounded: an agent that accepted the file would run on.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        run_bin(&["run", "--config", &config_s])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run refused the file and exited")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("chmod go-w {config_s}")),
+        "{stderr}"
+    );
+    let out = run_bin(&["check", "--config", &config_s])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&format!("chmod go-w {config_s}")), "{text}");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    if !root_or_skip("a child file another user owns") {
+        return;
+    }
+    let log = dev.path("agent.log");
+    let mut agent = run_bin(&["run", "--config", &config_s])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let socket = dev.socket();
+    wait_for_token(&socket).await;
+    let dir = dev.path("children.d");
+    std::fs::create_dir(&dir).unwrap();
+    let evil = dir.join("evil.toml");
+    write_0600(
+        &evil,
+        b"device_id = \"evil\"\nname = \"evil\"\nserial_number = \"E-1\"\nsigner_uids = [1001]\n",
+    );
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&evil, Some(1001), Some(1001)).unwrap();
+    let socket_s = socket.display().to_string();
+    let out = run_bin(&["reload", "--socket", &socket_s])
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&evil.display().to_string()), "{text}");
+    assert!(text.contains("chown"), "{text}");
+    assert_eq!(get(&socket, "/v1/assets/evil/token").await.status, 404);
+    let out = run_bin(&["check", "--config", &config_s])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains(&evil.display().to_string()), "{text}");
+    agent.kill().await.unwrap();
 }

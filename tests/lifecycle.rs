@@ -454,6 +454,54 @@ async fn corrupt_or_foreign_cache_is_discarded_with_a_warning() {
     agent.stop().await;
 }
 
+/// A token cache that is readable by others or a symbolic link is set aside with a warning
+/// naming it, and the agent goes on with a fresh exchange (it used to exit 78, which
+/// systemd does not restart). The link's target is left alone and a private file replaces
+/// the link.
+#[tokio::test]
+async fn a_loose_or_linked_token_cache_is_discarded_not_fatal() {
+    for linked in [false, true] {
+        let (logs, _guard) = Logs::capture();
+        let emu = emulator(Clock::system(), |_| {}).await;
+        let dev = Device::new(&emu);
+        let config = dev.config(&emu, "", "");
+        let agent = Agent::start(&config, Clock::system()).await;
+        wait_for_token(&dev.socket()).await;
+        agent.stop().await;
+        let cache = dev.path(FILE_NAME);
+        let saved = std::fs::read(&cache).unwrap();
+        let elsewhere = dev.path("elsewhere");
+        if linked {
+            std::fs::create_dir(&elsewhere).unwrap();
+            std::fs::rename(&cache, elsewhere.join(FILE_NAME)).unwrap();
+            std::os::unix::fs::symlink(elsewhere.join(FILE_NAME), &cache).unwrap();
+        } else {
+            std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let exchanges = emu.grant_count(Grant::TokenExchange);
+
+        let agent = Agent::start(&config, Clock::system()).await;
+        wait_for_token(&dev.socket()).await;
+        agent.stop().await;
+        assert_eq!(
+            emu.grant_count(Grant::TokenExchange),
+            exchanges + 1,
+            "linked {linked}: the cached token was not used"
+        );
+        let text = logs.text();
+        assert!(text.contains("discarding the token cache"), "{text}");
+        let why = if linked { "symbolic link" } else { "chmod 600" };
+        assert!(text.contains(why), "linked {linked}: {text}");
+        assert!(text.contains(&cache.display().to_string()), "{text}");
+        let meta = std::fs::symlink_metadata(&cache).unwrap();
+        assert!(meta.is_file(), "linked {linked}: {meta:?}");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "linked {linked}");
+        if linked {
+            assert_eq!(std::fs::read(elsewhere.join(FILE_NAME)).unwrap(), saved);
+        }
+    }
+}
+
 /// The cache file's payload, decoded (not verified).
 fn cache_body(dev: &Device) -> serde_json::Value {
     let text = std::fs::read_to_string(dev.path(FILE_NAME)).unwrap();

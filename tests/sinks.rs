@@ -323,6 +323,63 @@ async fn refused_sink_paths_stop_the_agent_with_their_error() {
     // which can name an untrusted owner without being root.)
 }
 
+/// A symlink on a sink's path or its `pid_file`'s, in a directory another user (uid 1001)
+/// owns, is refused by `run` and by `check`, naming that directory: its owner could
+/// re-point the link and have the agent (root) write a token into, or signal a process of,
+/// any root-owned place. Root only (chown).
+#[tokio::test]
+async fn a_link_another_user_controls_on_a_sink_or_pid_file_path_is_refused() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
+            "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    std::fs::set_permissions(dev.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = sink_dir(&dev);
+    let home = dev.path("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(1001), Some(1001)).unwrap();
+    std::os::unix::fs::symlink(&dir, home.join("tokens")).unwrap();
+    let home_s = home.display().to_string();
+    let cases = [
+        format!("\n[[sink]]\npath = \"{}/tokens/token\"\n", home_s),
+        format!(
+            "\n[[sink]]\npath = \"{}/token\"\npid_file = \"{}/tokens/app.pid\"\n",
+            dir.display(),
+            home_s
+        ),
+    ];
+    for sink in cases {
+        let config = with_sinks(&dev, &emu, "", &sink);
+        let err = agent::start(&config, Options::default(), CancellationToken::new())
+            .await
+            .err()
+            .expect("refused");
+        let text = asset_agent_chain(&err);
+        assert!(text.contains(&home_s), "{sink}: {text}");
+        assert!(err.is_config(), "{sink}: {text}");
+        if sink.contains("pid_file") {
+            assert!(text.contains("sink.pid_file"), "{text}");
+        } else {
+            assert!(text.contains("install -d -o asset-agent"), "{text}");
+        }
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+            .args(["check", "--config"])
+            .arg(dev.path("agent.toml"))
+            .output()
+            .await
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{sink}: {report}");
+        assert!(report.contains(&home_s), "{sink}: {report}");
+    }
+}
+
 fn asset_agent_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();

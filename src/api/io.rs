@@ -194,6 +194,29 @@ pub struct TimedIo {
     unread: Bytes,
 }
 
+/// See [`TimedIo::hangup`].
+#[derive(Debug)]
+pub struct Hangup(AsyncFd<StdUnixStream>);
+
+// === impl Hangup ===
+
+impl Hangup {
+    /// Resolves when the client has closed its end (`POLLHUP`): not when it only shut down
+    /// its writing side.
+    pub async fn wait(&self) {
+        loop {
+            let Ok(mut ready) = self.0.writable().await else {
+                return;
+            };
+            if ready.ready().is_write_closed() {
+                return;
+            }
+            // Writable and open: wait for the next change (the poller is edge-triggered).
+            ready.clear_ready();
+        }
+    }
+}
+
 // === impl TimedIo ===
 
 impl TimedIo {
@@ -204,6 +227,23 @@ impl TimedIo {
             stalled: None,
             unread: Bytes::new(),
         }
+    }
+
+    /// A watch on the client closing its end altogether, for as long as hyper serves the
+    /// connection.
+    ///
+    /// hyper serves with `half_close`, so a client that shuts down its writing side after
+    /// its request (`socat`, `nc -N`) still gets the answer; hyper then reads nothing while
+    /// it answers, and would not notice a client that closed for good during a long answer
+    /// (a watch stream, whose place must be freed at once). The watch is a second
+    /// descriptor of the same socket, registered for the hang-up alone.
+    ///
+    /// # Errors
+    /// `dup` or registering it with the poller failed.
+    pub fn hangup(&self) -> io::Result<Hangup> {
+        use std::os::fd::AsFd as _;
+        let fd = self.inner.as_fd().try_clone_to_owned()?;
+        super::sys::register(StdUnixStream::from(fd), Interest::WRITABLE).map(Hangup)
     }
 
     /// Makes `bytes` the next to be read, before anything more from the stream.

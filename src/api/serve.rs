@@ -56,7 +56,13 @@ impl Server {
     /// and removes the socket file (unless systemd owns it).
     pub async fn run(self, shared: Arc<Shared>, cancel: CancellationToken) {
         let limits = shared.limits;
-        ensure_fd_headroom(u64::try_from(limits.caps.total).unwrap_or(u64::MAX) + FD_RESERVE);
+        // Two descriptors per connection hyper serves (see `TimedIo::hangup`).
+        ensure_fd_headroom(
+            u64::try_from(limits.caps.total)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(2)
+                .saturating_add(FD_RESERVE),
+        );
         let registry = shared
             .state
             .conns
@@ -167,9 +173,16 @@ async fn connection(
                 }
             };
             io.unread(read);
+            let hangup = match io.hangup() {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(uid = caller.peer.uid, error = %e, "could not watch the connection for a hang-up");
+                    return;
+                }
+            };
             // Boxed: hyper's connection state is kilobytes, which the task of every
             // connection would otherwise carry (and copy) whether hyper serves it or not.
-            Box::pin(by_hyper(io, Arc::new(caller), slot, shared, http)).await;
+            Box::pin(by_hyper(io, hangup, Arc::new(caller), slot, shared, http)).await;
         }
     }
 }
@@ -177,6 +190,7 @@ async fn connection(
 /// hyper serves the rest of a connection the fast path passed on.
 async fn by_hyper(
     io: TimedIo,
+    hangup: super::io::Hangup,
     caller: Arc<Caller>,
     slot: Slot,
     shared: Arc<Shared>,
@@ -190,6 +204,9 @@ async fn by_hyper(
             let shared = shared.clone();
             let caller = caller.clone();
             async move {
+                if upgrade_with_body(&req) {
+                    return Ok(refuse_upgrade(&shared, req).await);
+                }
                 Ok::<_, std::convert::Infallible>(router::handle(shared, caller, req, busy).await)
             }
         })
@@ -202,6 +219,9 @@ async fn by_hyper(
                 tracing::debug!(uid = caller.peer.uid, error = %e, "connection ended with an error");
             }
         }
+        () = hangup.wait() => {
+            tracing::debug!(uid = caller.peer.uid, "the client closed the connection");
+        }
         () = slot.evicted() => {
             tracing::debug!(uid = caller.peer.uid, "closed an idle connection to make room");
         }
@@ -212,6 +232,40 @@ async fn by_hyper(
     }
 }
 
+/// Whether `req` asks for a protocol upgrade (`Upgrade`) and carries a body. The agent
+/// upgrades nothing; hyper, for such a request whose route does not read the body, ends
+/// the connection unanswered when the body comes after the head. The fast path passes
+/// every request with `Upgrade` or a body to hyper, so this is the only place they are
+/// answered. Without a body, `Upgrade` is ignored and the request served as usual.
+fn upgrade_with_body(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    use hyper::body::Body as _;
+    req.headers().contains_key(hyper::header::UPGRADE) && !req.body().is_end_stream()
+}
+
+/// 400 for [`upgrade_with_body`], after reading the body (bounded as `POST /v1/sign`'s),
+/// so the answer is not lost to a reset; the connection closes after it.
+async fn refuse_upgrade(
+    shared: &Shared,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> super::body::ApiReply {
+    let limit = super::routes::sign::MAX_BODY;
+    let _ = tokio::time::timeout(
+        shared.limits.body_timeout,
+        wire::http::read_body(req, limit),
+    )
+    .await;
+    let mut reply = super::reply::error(
+        hyper::StatusCode::BAD_REQUEST,
+        "bad_request",
+        "the agent upgrades no connection: send the request without Upgrade, or without a body",
+    );
+    reply.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    super::body::full(reply)
+}
+
 /// How hyper serves every connection: bounded head size (and hyper's own header-count cap,
 /// [`super::MAX_HEADERS`]) and head read time.
 fn http_builder(limits: Limits) -> http1::Builder {
@@ -219,7 +273,9 @@ fn http_builder(limits: Limits) -> http1::Builder {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_head_bytes);
+        .max_buf_size(limits.max_head_bytes)
+        .max_header_size(limits.max_head_bytes)
+        .half_close(true);
     builder
 }
 

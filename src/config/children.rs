@@ -15,7 +15,7 @@ use super::error::Error;
 use super::raw::{RawAsset, RawChild};
 use super::rules::Check;
 use super::units::List;
-use super::{Asset, Key};
+use super::{Asset, Key, KeyBackend};
 
 /// The directory of child files next to the main config file, unless `gateway.children_dir`
 /// names another.
@@ -99,6 +99,7 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<Declared>, Error> {
     files.sort();
     let mut out = Vec::new();
     for path in files {
+        super::load::trusted(&path)?;
         let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
             path: path.clone(),
             source,
@@ -148,6 +149,88 @@ pub fn valid_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= MAX_CHILD_NAME
+}
+
+/// What makes two configured keys one key, as far as the configuration can tell.
+#[derive(Debug)]
+enum KeyIdentity {
+    /// A key file: the path with every existing directory resolved (`..` and symlinks),
+    /// and the file's device and inode when it exists (hard links).
+    File {
+        resolved: PathBuf,
+        inode: Option<(u64, u64)>,
+    },
+    /// A PKCS#11 object: the module, and the URI that selects the token and object.
+    Pkcs11 {
+        module: PathBuf,
+        uri: Box<super::Pkcs11Uri>,
+    },
+}
+
+// === impl KeyIdentity ===
+
+impl KeyIdentity {
+    fn of(key: &Key) -> Self {
+        match &key.backend {
+            KeyBackend::File { path } => {
+                use std::os::unix::fs::MetadataExt as _;
+                Self::File {
+                    resolved: resolve(path),
+                    inode: std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino())),
+                }
+            }
+            KeyBackend::Pkcs11(p) => Self::Pkcs11 {
+                module: resolve(&p.module),
+                uri: Box::new(p.uri.clone()),
+            },
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Self::File {
+                    resolved: a,
+                    inode: ia,
+                },
+                Self::File {
+                    resolved: b,
+                    inode: ib,
+                },
+            ) => a == b || ia.is_some() && ia == ib,
+            (
+                Self::Pkcs11 {
+                    module: ma,
+                    uri: ua,
+                },
+                Self::Pkcs11 {
+                    module: mb,
+                    uri: ub,
+                },
+            ) => ma == mb && ua == ub,
+            _ => false,
+        }
+    }
+}
+
+/// `path` with its longest existing prefix resolved (symlinks, `..`) and the rest kept:
+/// a key file that does not exist yet is compared by where it will be created.
+fn resolve(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            // `..` that cannot be resolved, or the root: compare as written.
+            _ => return path.to_owned(),
+        }
+    }
 }
 
 // === impl Check: children ===
@@ -201,20 +284,20 @@ impl Check<'_> {
         children
     }
 
-    /// Device ids, serial numbers and key paths must not repeat: two identities with one
-    /// serial number would be linked to one Asset, and one key would bind both.
+    /// Device ids, serial numbers and keys must not repeat: two identities with one
+    /// serial number would be linked to one Asset, and one key would bind both. Key files
+    /// are compared as the files they are (however the path is spelt: `..`, a symlinked
+    /// directory, a hard link), PKCS#11 keys by module, token and object; a child whose
+    /// key turns out to be another identity's once opened is refused then (`gateway`).
     fn children_distinct(&mut self, children: &[Child], own: Option<&Asset>, own_key: &Key) {
         let mut device_ids: BTreeMap<&str, String> = BTreeMap::new();
         let mut serials: BTreeMap<&str, String> = BTreeMap::new();
-        let mut keys: BTreeMap<&Path, String> = BTreeMap::new();
-        // Two PKCS#11 children naming one token object are caught when the key opens.
+        let mut keys: Vec<(KeyIdentity, String)> = Vec::new();
         if let Some(a) = own {
             device_ids.insert(&a.device_id, "asset".to_owned());
             serials.insert(&a.serial_number, "asset".to_owned());
         }
-        if let Some(p) = own_key.file() {
-            keys.insert(p, "key".to_owned());
-        }
+        keys.push((KeyIdentity::of(own_key), "key".to_owned()));
         for c in children {
             let at = format!("children.{}", c.name);
             if let Some(other) = device_ids.insert(&c.asset.device_id, at.clone()) {
@@ -235,17 +318,20 @@ impl Check<'_> {
                     ),
                 );
             }
-            if let Some(path) = c.key.file()
-                && let Some(other) = keys.insert(path, at.clone())
-            {
+            let id = KeyIdentity::of(&c.key);
+            if let Some((_, other)) = keys.iter().find(|(k, _)| k.same(&id)) {
+                let (field, what) = match &c.key.backend {
+                    KeyBackend::File { path } => ("path", path.display().to_string()),
+                    KeyBackend::Pkcs11(p) => ("uri", format!("object {:?}", p.uri.object)),
+                };
                 self.invalid(
-                    &format!("{at}.key.path"),
+                    &format!("{at}.key.{field}"),
                     format!(
-                        "{} is also {other}.key.path (or its default); every identity needs its own key",
-                        path.display()
+                        "{what} is also `{other}.{field}` (or its default), the same key; every identity needs its own key: give {at} a key of its own"
                     ),
                 );
             }
+            keys.push((id, format!("{at}.key")));
         }
     }
 

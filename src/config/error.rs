@@ -28,6 +28,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A config file (the main file, a drop-in, a child's file), or a directory on its
+    /// way, could be changed by a user other than root and the agent's: whoever can write
+    /// it can give itself an identity or a role, so it is not read.
+    #[error("config file {} is not trusted", path.display())]
+    Untrusted {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::secure_path::Error>,
+    },
+
     /// The drop-in directory exists but could not be listed.
     #[error("could not list drop-in directory {}", dir.display())]
     ReadDropIns {

@@ -68,8 +68,14 @@ fn state_files(config: &Config, trust: &Trust) -> Vec<Finding> {
         if covered {
             continue;
         }
-        if let Err(e) = secure_path::check(what, &path, trust) {
-            out.push(unsafe_finding("permissions", &e));
+        match secure_path::check(what, &path, trust) {
+            Err(e) if agent::discardable(&e) => out.push(Finding::warning(
+                "permissions",
+                e.to_string(),
+                "nothing: the agent discards this cache at start and fetches a fresh token",
+            )),
+            Err(e) => out.push(unsafe_finding("permissions", &e)),
+            Ok(_) => {}
         }
     }
     if out.is_empty() {

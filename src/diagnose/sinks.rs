@@ -63,6 +63,19 @@ fn one(s: &Sink, trusted: &[u32]) -> Vec<Finding> {
             ));
         }
     }
+    if let Some(Hook::PidFile { path, .. }) = &s.hook {
+        let trust = trusted
+            .iter()
+            .fold(crate::secure_path::Trust::process(), |t, u| t.and(*u));
+        match crate::secure_path::open_through_trusted_links("PID file", path, &trust) {
+            Ok(_) | Err(crate::secure_path::Error::Inspect { .. }) => {}
+            Err(e) => out.push(Finding::error(
+                "sink",
+                format!("sink {p}: sink.pid_file: {e}"),
+                "point sink.pid_file at a path with no symbolic link in a directory others control",
+            )),
+        }
+    }
     match &s.hook {
         Some(Hook::PidFile { path, .. }) => match fs::symlink_metadata(path) {
             Err(_) => out.push(Finding::warning(

@@ -51,6 +51,15 @@ pub enum Error {
     },
     #[error("the key of child {name} could not be opened: the runtime is shutting down")]
     KeyTask { name: String },
+    #[error(
+        "the key of child {name} ({location}) is the key of {other} too (thumbprint {kid}); every identity needs its own key: give children.{name}.key a file or PKCS#11 object of its own"
+    )]
+    SharedKey {
+        name: String,
+        location: String,
+        other: String,
+        kid: String,
+    },
     #[error("the state directory of child {name} is unusable")]
     StateDir {
         name: String,
@@ -268,6 +277,24 @@ impl Children {
         let Ok(factory) = self.factory.lock() else {
             return Ok(());
         };
+        // The same key under another name (a path spelt differently, a link, the same
+        // token object): whoever may sign for this child would sign as the other identity.
+        let other = if factory.template.signer.public_jwk().kid == kid {
+            Some("the gateway ([key])".to_owned())
+        } else {
+            self.all()
+                .iter()
+                .find(|c| c.name() != name && c.info.key_thumbprint == kid)
+                .map(|c| format!("child {}", c.name()))
+        };
+        if let Some(other) = other {
+            return Err(Error::SharedKey {
+                name,
+                location: opened.location.to_string(),
+                other,
+                kid,
+            });
+        }
         let flow = factory.template.sibling(
             signer.clone(),
             Identity::of(&child.asset),

@@ -101,17 +101,31 @@ fn signal_pid_file(path: &Path, signal: Signal) -> Result<(), Failure> {
         path: path.to_owned(),
         why,
     };
-    let f = crate::secure_path::open_nofollow(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            unsafe_file("it is a symbolic link".to_owned())
-        } else {
-            read_err(e)
-        }
-    })?;
+    let trust = crate::secure_path::Trust::process();
+    let f =
+        crate::secure_path::open_through_trusted_links("PID file", path, &trust).map_err(|e| {
+            match e {
+                crate::secure_path::Error::Inspect { source, .. } => read_err(source),
+                crate::secure_path::Error::Symlink { .. } => {
+                    unsafe_file("it is a symbolic link".to_owned())
+                }
+                other => unsafe_file(format!(
+                    "{other}; fix sink.pid_file or the directory it names"
+                )),
+            }
+        })?;
     let meta = f.metadata().map_err(read_err)?;
     let euid = rustix::process::geteuid().as_raw();
     if !meta.is_file() {
         return Err(unsafe_file("it is not a regular file".to_owned()));
+    }
+    // A second name for another process's PID file, made where its writer could not
+    // otherwise reach (a hard link, when the kernel allows one).
+    if meta.nlink() > 1 {
+        return Err(unsafe_file(format!(
+            "it has {} names (hard links); point sink.pid_file at a PID file with one",
+            meta.nlink()
+        )));
     }
     if meta.uid() != 0 && meta.uid() != euid {
         return Err(unsafe_file(format!(
@@ -287,5 +301,59 @@ mod tests {
         }
         std::fs::set_permissions(&pid_file, std::fs::Permissions::from_mode(0o644)).unwrap();
         signal_pid_file(&pid_file, Signal::Cont).unwrap();
+    }
+
+    /// A root-owned PID file reached through a symlink in a directory another user owns is
+    /// not followed: that user could re-point the link at any root process's PID file. The
+    /// application's own PID directory may still be the application's (the README's
+    /// `/run/nodered/nodered.pid`) when nothing on the way is a link it controls; a second
+    /// name (hard link) is refused too. Root only (chown).
+    #[test]
+    fn a_pid_file_through_another_users_link_is_not_followed() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
+                "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
+            );
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root_run = base.join("root-run");
+        std::fs::create_dir(&root_run).unwrap();
+        let app = base.join("app");
+        std::fs::create_dir(&app).unwrap();
+        std::os::unix::fs::chown(&app, Some(1001), Some(1001)).unwrap();
+        // A "root process" and its root-owned PID file.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let target = Reaped(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        );
+        std::fs::write(root_run.join("daemon.pid"), target.0.id().to_string()).unwrap();
+        std::os::unix::fs::symlink(&root_run, app.join("run")).unwrap();
+        let err = signal_pid_file(&app.join("run/daemon.pid"), Signal::Cont).unwrap_err();
+        assert!(matches!(err, Failure::PidFileUnsafe { .. }), "{err}");
+        assert!(
+            err.to_string().contains(&app.display().to_string()),
+            "{err}"
+        );
+        // In the application's own directory, with no link on the way: signalled.
+        std::fs::write(app.join("app.pid"), target.0.id().to_string()).unwrap();
+        signal_pid_file(&app.join("app.pid"), Signal::Cont).unwrap();
+        // A hard link to the root process's PID file is a second name: refused.
+        std::fs::hard_link(root_run.join("daemon.pid"), app.join("linked.pid")).unwrap();
+        let err = signal_pid_file(&app.join("linked.pid"), Signal::Cont).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
     }
 }

@@ -56,6 +56,12 @@ pub enum Error {
         #[source]
         source: PathError,
     },
+    #[error("sink {}: sink.pid_file is refused: point it at a path with no symbolic link in a directory others control", path.display())]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::secure_path::Error>,
+    },
     #[error("sink {}: group {name:?} (sink.group) is not in /etc/group: create it or give a gid", path.display())]
     UnknownGroup { path: PathBuf, name: String },
     #[error("sink {}: the agent's user is not a member of group {gid} (sink.group), so it cannot give the file that group: add it (usermod -aG <group> <agent user>, or SupplementaryGroups= in a unit drop-in) or run as root", path.display())]
@@ -132,6 +138,24 @@ impl Writer {
             path: sink.path.clone(),
             source,
         })?;
+        // The PID file may not exist yet (its process starts later): only a link on its
+        // way that another user could re-point is refused here; the hook checks the rest
+        // each time it runs.
+        if let Some(Hook::PidFile { path, .. }) = &sink.hook {
+            match crate::secure_path::open_through_trusted_links(
+                "PID file",
+                path,
+                &crate::secure_path::Trust::process(),
+            ) {
+                Ok(_) | Err(crate::secure_path::Error::Inspect { .. }) => {}
+                Err(source) => {
+                    return Err(Error::PidFile {
+                        path: sink.path.clone(),
+                        source: Box::new(source),
+                    });
+                }
+            }
+        }
         let gid = sink
             .group
             .as_ref()

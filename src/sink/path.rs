@@ -13,6 +13,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
+use crate::secure_path::{Step, WalkError, walk_dirs};
+
 /// The sticky bit (`S_ISVTX`).
 const STICKY: u32 = 0o1000;
 
@@ -31,7 +33,7 @@ pub enum PathError {
         dir: PathBuf,
         mode: u32,
     },
-    #[error("sink path {} is below directory {}, which belongs to uid {uid}, neither the agent's user nor root, so that user could replace the token: put sinks in a directory the agent's user or root owns (e.g. install -d -o asset-agent -g GROUP -m 0750 /run/asset-agent-sinks/NAME)", path.display(), dir.display())]
+    #[error("sink path {} is below directory {} (on the path, or holding a symbolic link on it), which belongs to uid {uid}, neither the agent's user nor root, so that user could replace the token or re-point the link: put sinks in a directory the agent's user or root owns (e.g. install -d -o asset-agent -g GROUP -m 0750 /run/asset-agent-sinks/NAME)", path.display(), dir.display())]
     DirOwner {
         path: PathBuf,
         dir: PathBuf,
@@ -95,24 +97,46 @@ pub fn check(path: &Path, trusted: &[u32]) -> Result<(), PathError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(inspect(path, e)),
     }
-    let real = fs::canonicalize(dir).map_err(|e| inspect(dir, e))?;
-    for d in real.ancestors() {
-        let meta = fs::metadata(d).map_err(|e| inspect(d, e))?;
-        if !trusted.contains(&meta.uid()) {
-            return Err(PathError::DirOwner {
-                path: path.to_owned(),
-                dir: d.to_owned(),
-                uid: meta.uid(),
-            });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & 0o002 != 0 && mode & STICKY == 0 {
-            return Err(PathError::OpenDir {
-                path: path.to_owned(),
-                dir: d.to_owned(),
-                mode,
-            });
-        }
+    // Every directory on the way, as the kernel walks it (a symlink's holder included:
+    // whoever owns it could re-point the link), meets the rule, not only where it leads.
+    let walked = walk_dirs(dir, &mut |step| match step {
+        Step::Dir(d, meta) => dir_rule(path, d, meta, trusted),
+        Step::Link(..) => Ok(()),
+    })
+    .map_err(|e| match e {
+        WalkError::Refused(e) => e,
+        WalkError::BadPath(at) => PathError::NoDir {
+            path: path.to_owned(),
+            dir: at,
+        },
+        WalkError::Inspect(at, source) => inspect(&at, source),
+    })?;
+    if !walked.missing.as_os_str().is_empty() {
+        return Err(PathError::NoDir {
+            path: path.to_owned(),
+            dir: dir.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A directory above a sink: owned by a trusted uid, and not writable by others unless
+/// sticky (group-writable is the sink's group's business).
+fn dir_rule(path: &Path, d: &Path, meta: &fs::Metadata, trusted: &[u32]) -> Result<(), PathError> {
+    if !trusted.contains(&meta.uid()) {
+        return Err(PathError::DirOwner {
+            path: path.to_owned(),
+            dir: d.to_owned(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & STICKY == 0 {
+        return Err(PathError::OpenDir {
+            path: path.to_owned(),
+            dir: d.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -161,18 +185,53 @@ mod tests {
         assert!(e.to_string().contains("install -d"), "{e}");
 
         // Below a directory another user owns, also when reached through a link: that
-        // user could swap the file. (Here "another user" is every uid but u32::MAX.)
+        // user could swap the file. (Here "another user" is every uid but u32::MAX, so the
+        // first directory of the walk, `/`, is already theirs.)
         let theirs = base.join("theirs");
         fs::create_dir(&theirs).unwrap();
         let via = base.join("via");
         std::os::unix::fs::symlink(&theirs, &via).unwrap();
         let e = check(&via.join("token"), &[u32::MAX]).unwrap_err();
         match &e {
-            PathError::DirOwner { dir, .. } => {
-                assert_eq!(dir, &fs::canonicalize(&theirs).unwrap(), "{e}");
-            }
+            PathError::DirOwner { dir, .. } => assert_eq!(dir, Path::new("/"), "{e}"),
             other => panic!("{other}"),
         }
         assert!(e.to_string().contains("install -d -o asset-agent"), "{e}");
+    }
+
+    /// A symlink on the path, held by a directory another user owns, is refused although
+    /// it leads to a directory that passes: its owner could re-point it at any time (to a
+    /// directory only root may write, which the agent running as root would then write).
+    /// Also when the link is higher up than the sink's own directory. Root only (chown).
+    #[test]
+    fn a_symlink_held_by_another_users_directory_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
+                "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
+            );
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
+        fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();
+        let sinks = base.join("sinks");
+        fs::create_dir_all(sinks.join("inner")).unwrap();
+        let home = base.join("home");
+        fs::create_dir(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(1001), Some(1001)).unwrap();
+        std::os::unix::fs::symlink(&sinks, home.join("tokens")).unwrap();
+        // The link itself belongs to root: only its directory is the other user's.
+        check(&sinks.join("token"), &me()).unwrap();
+        for path in [home.join("tokens/token"), home.join("tokens/inner/token")] {
+            let e = check(&path, &me()).unwrap_err();
+            match &e {
+                PathError::DirOwner { dir, uid, .. } => {
+                    assert_eq!((dir, *uid), (&home, 1001), "{e}");
+                }
+                other => panic!("{}: {other}", path.display()),
+            }
+        }
     }
 }

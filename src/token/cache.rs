@@ -135,6 +135,15 @@ impl Cache {
         let bytes = match secure_path::read("token cache", &self.path, &Trust::process()) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Restored::default(),
+            // A link, or a file others may read or that another user owns: its content is
+            // not trusted, and the next save puts a private file in its place (the rename
+            // replaces a link, never follows it).
+            Err(e) if e.is_about_the_file() => {
+                tracing::warn!(file = %self.path.display(), error = %crate::error::chain(&e),
+                    "discarding the token cache; fetching a fresh token");
+                self.discard();
+                return Restored::default();
+            }
             Err(e) => {
                 tracing::warn!(file = %self.path.display(), error = %crate::error::chain(&e),
                     "not using the token cache; fetching a fresh token");

@@ -115,6 +115,16 @@ pub async fn reply(
     req: Request<Incoming>,
     busy: BusyGuard,
 ) -> ApiReply {
+    // A caller with no role on the gateway is only served when some child lists it; to
+    // anyone else these routes are as closed as every other (403, connection closed),
+    // whether or not the agent is a gateway.
+    let listed = shared
+        .children
+        .as_ref()
+        .is_some_and(|c| c.all().iter().any(|c| grant(c, &caller.peer).is_some()));
+    if caller.role.is_none() && !listed {
+        return full(stranger(shared, caller, &target));
+    }
     let Some(children) = shared.children.clone() else {
         return full(error(StatusCode::NOT_FOUND, "not_found", "no such route"));
     };
@@ -202,6 +212,30 @@ fn method_not_allowed(method: Method) -> Reply {
     if let Ok(v) = hyper::header::HeaderValue::from_str(method.as_str()) {
         r.headers_mut().insert(hyper::header::ALLOW, v);
     }
+    r
+}
+
+/// 403 for a caller with no role on the gateway and no child's grant, as the router
+/// answers such a caller on every other route: the connection is closed after it.
+fn stranger(shared: &Shared, caller: &Caller, target: &Target<'_>) -> Reply {
+    let path = match target {
+        Target::List => PREFIX,
+        Target::Child(_, action) => action.template(),
+    };
+    shared.state.requests.denied(Role::Token);
+    shared
+        .state
+        .denials
+        .record(&caller.peer, path, Role::Token, caller.role);
+    let reason = format!(
+        "uid {} (gid {}) may not use this socket; ask for it to be added to [api] allow_uids or allow_gids, or join the socket's group",
+        caller.peer.uid, caller.peer.gid
+    );
+    let mut r = error(StatusCode::FORBIDDEN, "forbidden", &reason);
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
     r
 }
 

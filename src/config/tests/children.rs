@@ -135,3 +135,111 @@ fn the_children_dir_can_be_moved() {
         "{text}"
     );
 }
+
+/// A child whose key path is the gateway's (or another child's) spelt differently, through
+/// `..`, a symlinked directory or a hard link, is refused: the files are compared, not the
+/// text. The message names the key as it is written (`key.path`).
+#[test]
+fn one_key_file_under_two_spellings_is_refused() {
+    let f = Fixture::new();
+    let state = f.path("state");
+    fs::create_dir_all(state.join("run")).unwrap();
+    f.write("state/device-key.pem", "not a key; only compared");
+    std::os::unix::fs::symlink(&state, f.path("alias")).unwrap();
+    fs::hard_link(state.join("device-key.pem"), f.path("linked.pem")).unwrap();
+    let gateway = format!("{MINIMAL}\n[state]\ndir = \"{}\"\n", state.display());
+    let child = |path: &Path| {
+        format!(
+            "{gateway}{PUMP}\n[children.pump-7.key]\npath = \"{}\"\n",
+            path.display()
+        )
+    };
+    for spelling in [
+        state.join("run/../device-key.pem"),
+        f.path("alias/device-key.pem"),
+        f.path("linked.pem"),
+    ] {
+        let text = err_text(f.load(&child(&spelling)));
+        assert!(
+            text.contains("children.pump-7.key.path") && text.contains("its own key"),
+            "{}: {text}",
+            spelling.display()
+        );
+        assert!(text.contains("`key.path`"), "{text}");
+        assert!(!text.contains("key.key.path"), "{text}");
+    }
+    // A key file that does not exist yet, through a symlinked directory: the same place.
+    let text = err_text(f.load(&format!(
+        "{gateway}{PUMP}\n[children.pump-7.key]\npath = \"{}\"\n[children.b]\ndevice_id = \"b\"\nname = \"b\"\nserial_number = \"b\"\n[children.b.key]\npath = \"{}\"\n",
+        state.join("new.pem").display(),
+        f.path("alias/new.pem").display()
+    )));
+    assert!(
+        text.contains("children.pump-7.key.path") && text.contains("`children.b.key.path`"),
+        "{text}"
+    );
+    // Its own file is fine.
+    f.load(&child(&state.join("run/pump-7.pem"))).unwrap();
+}
+
+/// A config file, a drop-in or a child's file that group or others could change, or that
+/// sits in a directory they could write, is not read: whoever can write it could give
+/// itself an identity or a role. The error names the file (or directory) and the fix.
+#[test]
+fn config_files_others_could_change_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let chmod =
+        |p: &Path, mode: u32| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    let f = Fixture::new();
+    f.load(MINIMAL).unwrap();
+    let main = f.path("etc/agent.toml");
+    for mode in [0o666, 0o664, 0o646] {
+        chmod(&main, mode);
+        let text = err_text(Config::load(&f.opts(Some(main.clone()))));
+        assert!(
+            text.contains(&format!("chmod go-w {}", main.display())),
+            "{mode:o}: {text}"
+        );
+    }
+    chmod(&main, 0o644);
+    Config::load(&f.opts(Some(main.clone()))).unwrap();
+
+    // A child's file, loose, then in a directory anyone can write.
+    let child = f.write(
+        "etc/children.d/meter-2.toml",
+        "device_id = \"m\"\nname = \"m\"\nserial_number = \"m\"\nsigner_uids = [1001]\n",
+    );
+    chmod(&child, 0o666);
+    let text = err_text(Config::load(&f.opts(Some(main.clone()))));
+    assert!(
+        text.contains(&format!("chmod go-w {}", child.display())),
+        "{text}"
+    );
+    chmod(&child, 0o644);
+    let dir = f.path("etc/children.d");
+    chmod(&dir, 0o777);
+    let text = err_text(Config::load(&f.opts(Some(main.clone()))));
+    assert!(
+        text.contains(&format!("chmod go-w {}", dir.display())),
+        "{text}"
+    );
+    chmod(&dir, 0o755);
+    assert_eq!(
+        Config::load(&f.opts(Some(main.clone())))
+            .unwrap()
+            .children
+            .len(),
+        1
+    );
+
+    // A drop-in.
+    let drop_in = f.write("etc/agent.d/10-api.toml", "[api]\nallow_uids = [1001]\n");
+    chmod(&drop_in, 0o664);
+    let text = err_text(Config::load(&f.opts(Some(main.clone()))));
+    assert!(
+        text.contains(&format!("chmod go-w {}", drop_in.display())),
+        "{text}"
+    );
+    chmod(&drop_in, 0o644);
+    Config::load(&f.opts(Some(main))).unwrap();
+}
