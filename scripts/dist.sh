@@ -148,7 +148,7 @@ package_of() {
 # so); a package for any other shared library it needs; systemd.
 depends_of() {
   local bin=$1 lib pkg needs
-  needs=$(readelf -V --wide "$bin" | grep -oE 'Name: GLIBC_[0-9]+(\.[0-9]+)+' | sed 's/^Name: GLIBC_//' | sort -V | tail -1)
+  needs=$(readelf -V --wide "$bin" | { grep -oE 'Name: GLIBC_[0-9]+(\.[0-9]+)+' || true; } | sed 's/^Name: GLIBC_//' | sort -V | tail -1)
   [ -n "$needs" ] || die "$bin needs no GLIBC version: not a glibc binary"
   [ "$(printf '%s\n' "$needs" "$GLIBC_FLOOR" | sort -V | tail -1)" = "$GLIBC_FLOOR" ] \
     || die "$bin needs GLIBC_$needs, above the $GLIBC_FLOOR it was to be linked against"
@@ -313,7 +313,7 @@ main() {
         floor_out=$(scripts/glibc-floor.sh "$bin" "$GLIBC_FLOOR") \
           || { say "$floor_out"; die "$t needs a newer glibc than $GLIBC_FLOOR"; }
         say "  $floor_out"
-        floor_of[$t]="glibc $(readelf -V --wide "$bin" | grep -oE 'Name: GLIBC_[0-9]+(\.[0-9]+)+' | sed 's/^Name: GLIBC_//' | sort -V | tail -1) (needs)"
+        floor_of[$t]="glibc $(readelf -V --wide "$bin" | { grep -oE 'Name: GLIBC_[0-9]+(\.[0-9]+)+' || true; } | sed 's/^Name: GLIBC_//' | sort -V | tail -1) (needs)"
         build_deb "$t" "$bin"
         ;;
       *)
@@ -335,8 +335,9 @@ main() {
   done
 
   if [ $check_only = 0 ]; then
-    (cd "$DIST" && sha256sum -- *.deb *.tar.gz 2>/dev/null >SHA256SUMS || true)
-    [ -s "$DIST/SHA256SUMS" ] || die "nothing to checksum in $DIST"
+    mapfile -t artifacts < <(cd "$DIST" && ls -- *.deb *.tar.gz 2>/dev/null)
+    [ ${#artifacts[@]} -gt 0 ] || die "nothing to checksum in $DIST"
+    (cd "$DIST" && sha256sum -- "${artifacts[@]}" >SHA256SUMS)
     (cd "$DIST" && sha256sum --quiet -c SHA256SUMS) || die "SHA256SUMS does not verify"
   fi
 
@@ -351,7 +352,9 @@ main() {
     done
     say ""
     say "artifacts in $DIST ($((SECONDS - start_all)) s):"
-    (cd "$DIST" && ls -l -- *.deb *.tar.gz SHA256SUMS 2>/dev/null | awk '{printf "  %-60s %s bytes\n", $9, $5}')
+    for f in "${artifacts[@]}" SHA256SUMS; do
+      printf '  %-60s %s bytes\n' "$f" "$(stat -c %s "$DIST/$f")"
+    done
   fi
 }
 

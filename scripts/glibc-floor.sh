@@ -15,7 +15,7 @@ set -euo pipefail
 bin=$1 floor=${2:-2.31}
 [ -f "$bin" ] || { echo "FAIL: $bin does not exist" >&2; exit 1; }
 
-needs=$(readelf -V --wide "$bin" | grep -o 'Name: GLIBC_[A-Z0-9_.]*' | sed 's/^Name: //' | sort -u)
+needs=$(readelf -V --wide "$bin" | { grep -o 'Name: GLIBC_[A-Z0-9_.]*' || true; } | sed 's/^Name: //' | sort -u)
 if [ -z "$needs" ]; then
   echo "FAIL: $bin needs no GLIBC_* symbol version: not a dynamically linked glibc binary"
   exit 1
