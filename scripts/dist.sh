@@ -31,7 +31,8 @@
 # cargo-zigbuild from PyPI (pip); cargo-deb from crates.io (`cargo install --locked`).
 # Where rustup has no prebuilt standard library for a target (a 404 from
 # static.rust-lang.org), std is built from source with the same compiler (the rust-src
-# component, `-Z build-std` under RUSTC_BOOTSTRAP=1), and the summary says so.
+# component, `-Z build-std` under RUSTC_BOOTSTRAP=1; for musl, zig's C runtime and libc
+# with `-C link-self-contained=no`), and the summary says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -290,6 +291,11 @@ main() {
     if [ "$STD_MODE" = build-std ]; then
       cmd+=(-Z build-std=std,panic_abort)
       env_extra=(RUSTC_BOOTSTRAP=1)
+      # rustc would link its own musl start files and libc from rustup's std component,
+      # which is what is missing: zig's musl provides them instead.
+      case "$t" in
+        *-musl*) env_extra+=("CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS=-C link-self-contained=no") ;;
+      esac
     fi
     if [ $check_only = 1 ]; then
       cmd=(cargo-zigbuild check "${cmd[@]:2}")
