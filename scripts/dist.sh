@@ -288,6 +288,7 @@ main() {
     case "$t" in *-gnu | *-gnueabihf) zig_target=$t.$GLIBC_FLOOR ;; esac
     cmd=(cargo zigbuild)
     env_extra=()
+    target_root=$TARGET_DIR
     if [ "$STD_MODE" = build-std ]; then
       cmd+=(-Z build-std=std,panic_abort)
       env_extra=(RUSTC_BOOTSTRAP=1)
@@ -296,6 +297,11 @@ main() {
       case "$t" in
         *-musl*) env_extra+=("CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS=-C link-self-contained=no") ;;
       esac
+      # A target directory of their own: RUSTC_BOOTSTRAP changes the host's proc-macro
+      # builds (proc-macro2 reads it), so sharing one would rebuild every other target's
+      # dependencies after each of these builds, and back.
+      target_root=$TARGET_DIR/build-std
+      env_extra+=("CARGO_TARGET_DIR=$target_root")
     fi
     if [ $check_only = 1 ]; then
       cmd=(cargo-zigbuild check "${cmd[@]:2}")
@@ -308,7 +314,7 @@ main() {
     say "  ${env_extra[*]:+${env_extra[*]} }${cmd[*]} --release --locked -p asset-agent --target $zig_target"
     env "${env_extra[@]}" "${cmd[@]}" --release --locked -p asset-agent --target "$zig_target" \
       || die "cargo zigbuild --target $zig_target failed"
-    bin=$TARGET_DIR/$t/release/asset-agent
+    bin=$target_root/$t/release/asset-agent
     [ -f "$bin" ] || die "the build left no $bin"
     mkdir -p "$DIST/$t"
     cp "$bin" "$DIST/$t/asset-agent"
