@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Builds the .deb with cargo-deb, installs it on this machine with dpkg -i, checks what
+# Installs the amd64 .deb scripts/dist.sh built on this machine with dpkg -i, checks what
 # landed (files, modes, owners, conffile, units, user, that the service user can use it),
 # then purges it and removes the user again so the machine stays clean.
-# Needs root and a Debian-like system. Installs cargo-deb (from crates.io) if missing.
+#
+#   scripts/deb-check.sh [DEB]     default: target/dist/asset-agent_<version>-1_amd64.deb
+#
+# Needs root and a Debian-like system; build the package first (scripts/dist.sh
+# x86_64-unknown-linux-gnu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,17 +14,9 @@ say() { printf '%s\n' "$*"; }
 fail() { say "FAIL: $*"; exit 1; }
 
 if [ "$(id -u)" != 0 ]; then fail "needs root (dpkg -i)"; fi
-if ! command -v cargo-deb >/dev/null 2>&1; then
-  say "installing cargo-deb from crates.io"
-  cargo install cargo-deb --locked --quiet
-fi
-
-say "-- cargo deb (the shipped release profile)"
-out=${CARGO_TARGET_DIR:-target}/debian
-rm -f "$out"/asset-agent_*.deb
-cargo deb --quiet --output "$out"
-deb=$(ls "$out"/asset-agent_*.deb)
-say "built $deb: $(stat -c %s "$deb") bytes"
+deb=${1:-$(ls "${CARGO_TARGET_DIR:-target}"/dist/asset-agent_*_amd64.deb 2>/dev/null | head -1)}
+[ -n "$deb" ] && [ -f "$deb" ] || fail "no .deb to check: run scripts/dist.sh x86_64-unknown-linux-gnu first"
+say "checking $deb: $(stat -c %s "$deb") bytes"
 
 say "-- contents"
 dpkg-deb -c "$deb" | awk '{print $1, $2, $6}' | sed 's/^/  /'
@@ -32,7 +28,15 @@ for path in ./usr/bin/asset-agent ./etc/asset-agent/agent.toml \
     || dpkg-deb -c "$deb" | awk '{print $6}' | grep -qx "${path/usr\/lib\/systemd/lib\/systemd}" \
     || fail "missing from the package: $path"
 done
-dpkg-deb -f "$deb" Depends | grep -q systemd || fail "Depends lacks systemd"
+depends=$(dpkg-deb -f "$deb" Depends)
+say "Depends: $depends"
+grep -q systemd <<<"$depends" || fail "Depends lacks systemd"
+# The release builds are linked against glibc 2.31 (scripts/dist.sh): asking for more
+# would refuse Debian 11 and Ubuntu 20.04 for nothing.
+libc=$(grep -oE 'libc6 \(>= [0-9.]+\)' <<<"$depends") || fail "Depends has no versioned libc6"
+libc_min=$(sed -E 's/.*>= ([0-9.]+)\)/\1/' <<<"$libc")
+[ "$(printf '%s\n' "$libc_min" 2.31 | sort -V | tail -1)" = 2.31 ] \
+  || fail "Depends asks for $libc, above glibc 2.31"
 if dpkg-deb -c "$deb" | grep -q 'emulator'; then fail "the package mentions an emulator file"; fi
 
 # A leftover from an interrupted run would make the checks lie.

@@ -1,4 +1,4 @@
-# Sourced by the measuring scripts (bench.sh, memory-check.sh, order-file.sh): a scratch
+# Sourced by the measuring scripts (bench.sh, memory-check.sh): a scratch
 # directory whose processes end with the script, the emulator, and an agent configured for
 # it. Not a command.
 #

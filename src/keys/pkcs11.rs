@@ -35,7 +35,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use cryptoki::types::RawAuthPin;
+use cryptoki::types::{RawAuthPin, Ulong};
 use zeroize::Zeroizing;
 
 use super::{SignError, Signer};
@@ -47,6 +47,10 @@ use wire::jose::RsaPublicJwk;
 /// the URI and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the key {uri} is in a PKCS#11 token (module {module}), but this asset-agent is a statically linked build (the musl tarball), and a static binary cannot load a PKCS#11 module: it has no dynamic loader. Install the glibc build instead (the .deb, asset-agent_<version>-1_<arch>.deb, for Debian 11+, Ubuntu 20.04+, Raspberry Pi OS bullseye+ and Jetson L4T 35+, or `cargo build --release` on the device's distribution), or keep the device key in a file instead (key.backend = \"file\", key.path)"
+    )]
+    StaticBinary { module: String, uri: String },
     #[error(
         "could not load the PKCS#11 module {module} for {uri}: check that key.module names the token's library and that its package is installed (softhsm2, libtpm2-pkcs11-1, or the vendor's)"
     )]
@@ -155,6 +159,15 @@ pub enum Error {
         #[source]
         source: Ck,
     },
+    #[error(
+        "key.bits = {bits} does not fit the PKCS#11 interface of this platform (CK_ULONG, at most {max}): set key.bits to 2048, 3072 or 4096 (for {uri}, module {module})",
+        max = std::ffi::c_ulong::MAX
+    )]
+    Bits {
+        module: String,
+        uri: String,
+        bits: usize,
+    },
     #[error("could not take the key creation lock {}", path.display())]
     Lock {
         path: PathBuf,
@@ -261,6 +274,7 @@ impl Pkcs11Key {
         trust: &Trust,
     ) -> Result<(Self, bool), Error> {
         let uri = config.uri.to_string();
+        loadable(STATIC_BINARY, &config.module, &uri)?;
         // Whoever may create the key holds the lock for the whole open, so a second agent
         // starting at once neither generates a second key nor reads the token while the
         // first is still writing it (SoftHSM's file store is not safe to read mid-write).
@@ -499,11 +513,12 @@ impl Pkcs11Key {
     fn create(&self, session: &Session, bits: usize) -> Result<ObjectHandle, Error> {
         let label = self.config.uri.object.as_bytes().to_vec();
         let id = self.id();
+        let modulus_bits = modulus_bits(bits, &self.module_name(), &self.uri)?;
         let public = [
             Attribute::Token(true),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::ModulusBits((bits as u64).into()),
+            Attribute::ModulusBits(modulus_bits),
             Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
             Attribute::Label(label.clone()),
             Attribute::Id(id.clone()),
@@ -772,6 +787,31 @@ fn lock_name(module: &Path, uri: &str) -> String {
     format!(".pkcs11-create-{hex}.lock")
 }
 
+/// Whether this binary is statically linked (the musl tarballs). A static binary has no
+/// dynamic loader (`dlopen` always fails), so it cannot load any PKCS#11 module.
+const STATIC_BINARY: bool = cfg!(target_feature = "crt-static");
+
+/// Refuses a PKCS#11 key up front in a static binary, with the artifact to use instead,
+/// rather than letting `dlopen` fail with a hint about installing the module.
+fn loadable(static_binary: bool, module: &Path, uri: &str) -> Result<(), Error> {
+    match static_binary {
+        true => Err(Error::StaticBinary {
+            module: module.display().to_string(),
+            uri: uri.to_owned(),
+        }),
+        false => Ok(()),
+    }
+}
+
+/// `bits` as a CK_ULONG, which is 32 bits on 32-bit ARM: never truncated.
+fn modulus_bits(bits: usize, module: &str, uri: &str) -> Result<Ulong, Error> {
+    Ulong::try_from(bits).map_err(|_| Error::Bits {
+        module: module.to_owned(),
+        uri: uri.to_owned(),
+        bits,
+    })
+}
+
 fn init_args() -> CInitializeArgs {
     CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)
 }
@@ -817,5 +857,42 @@ mod tests {
         assert!(std::error::Error::source(&e).is_none());
         let e = Ck(CkError::NotSupported);
         assert_eq!(e.to_string(), "NotSupported");
+    }
+
+    #[test]
+    fn a_static_binary_refuses_a_token_key_and_names_the_build_to_use() {
+        let module = Path::new("/usr/lib/softhsm/libsofthsm2.so");
+        let uri = "pkcs11:token=agent;object=device";
+        assert!(loadable(false, module, uri).is_ok());
+        let e = loadable(true, module, uri).unwrap_err();
+        assert!(matches!(e, Error::StaticBinary { .. }), "{e:?}");
+        assert!(!e.is_transient(), "retrying cannot help a static binary");
+        let msg = e.to_string();
+        for part in [
+            uri,
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "statically linked",
+            "cannot load a PKCS#11 module",
+            "the .deb",
+            "key.path",
+        ] {
+            assert!(msg.contains(part), "{part:?} missing from: {msg}");
+        }
+        // Nothing about installing the module: it may well be installed.
+        assert!(!msg.contains("package is installed"), "{msg}");
+    }
+
+    #[test]
+    fn static_means_the_musl_build_here() {
+        // The shipped static builds are the musl targets; every glibc build loads modules.
+        assert_eq!(STATIC_BINARY, cfg!(target_env = "musl"));
+    }
+
+    #[test]
+    fn key_sizes_pass_to_the_token_unchanged() {
+        for bits in [2048, 3072, 4096, 8192] {
+            let got = modulus_bits(bits, "m", "u").unwrap();
+            assert_eq!(got.to_string(), bits.to_string());
+        }
     }
 }
