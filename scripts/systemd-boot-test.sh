@@ -372,7 +372,7 @@ say "ok: accepted reload; STATUS: $(show StatusText asset-agent.service)"
 main=$(show MainPID asset-agent.service)
 restarts=$(show NRestarts asset-agent.service)
 t=$(now)
-in_ns kill -STOP "$main"
+in_ns sh -c 'kill -STOP "$1"' sh "$main"  # the shell's kill: a minimal root has no procps
 wait_for 40 bash -c "[ \"\$(nsenter -t $pid1 -m -p -u -i -C -- systemctl show -p NRestarts --value asset-agent.service)\" -gt $restarts ]" \
   || fail "no watchdog restart within 40 s of SIGSTOP"
 wait_for 20 status_is "ready: *" || fail "not ready again after the watchdog restart"
@@ -436,7 +436,7 @@ fi
 in_ns systemctl stop asset-agent.service asset-agent.socket 2>/dev/null || true
 journal=$(in_ns journalctl -u asset-agent.service --after-cursor "$cursor" --no-pager -o cat)
 say "ok: without the drop-in the agent does not start: $(printf '%s\n' "$journal" | grep -m1 -i -e error -e failed -e refused || true)"
-out=$(in_ns asset-agent check 2>&1) && fail "asset-agent check passed though the unit hides the token directory: $out"
+out=$(in_ns env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin asset-agent check 2>&1) && fail "asset-agent check passed though the unit hides the token directory: $out"
 printf '%s\n' "$out" | grep -q "softhsm.conf" \
   || { printf '%s\n' "$out"; fail "asset-agent check does not name the drop-in that gives the token directory back"; }
 say "ok: asset-agent check says: $(printf '%s\n' "$out" | grep -m1 "sandbox")"
@@ -458,7 +458,7 @@ printf '%s\n' "$journal" | grep -q "device key generated" \
 if printf '%s\n' "$journal" | grep -E 'SIGSYS|Bad system call|Operation not permitted|Permission denied|Read-only file system|EPERM|EACCES|EROFS'; then
   fail "SoftHSM2 key: hardening got in the way (lines above)"
 fi
-out=$(in_ns asset-agent check 2>&1) || { printf '%s\n' "$out"; fail "asset-agent check with the drop-in in place"; }
+out=$(in_ns env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin asset-agent check 2>&1) || { printf '%s\n' "$out"; fail "asset-agent check with the drop-in in place"; }
 in_ns systemctl stop asset-agent.service 2>/dev/null
 say "ok: SoftHSM2 key under the shipped unit + softhsm.conf: key generated on the token, READY, 200, check passes ($(since "$t") s)"
 
