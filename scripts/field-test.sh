@@ -40,9 +40,18 @@ suite=bullseye
 native_pkgs=systemd,systemd-sysv,curl,softhsm2
 
 [ "$(id -u)" = 0 ] || fail "needs root (debootstrap, chroot, mount)"
-for tool in debootstrap qemu-aarch64 qemu-arm unshare chroot curl python3; do
-  command -v "$tool" >/dev/null 2>&1 \
-    || fail "$tool is missing (apt-get install debootstrap qemu-user curl python3)"
+# What the steps need from Debian, installed when missing (CI runs as root).
+missing=()
+for p in debootstrap qemu-user curl python3 binutils; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null \
+    || fail "apt-get install ${missing[*]}"
+fi
+for tool in debootstrap qemu-aarch64 qemu-arm unshare chroot curl python3 readelf; do
+  command -v "$tool" >/dev/null 2>&1 || fail "$tool is missing"
 done
 target_dir=${CARGO_TARGET_DIR:-target}
 emu_bin=$target_dir/debug/asset-agent-emulator
