@@ -81,9 +81,16 @@ pub(super) fn check(config: &Config) -> Vec<Finding> {
             None => None,
         }
         .or_else(|| in_service.then(|| hidden_here(need)).flatten());
+        let seen_by = if unit.is_some() {
+            format!("{UNIT}'s sandbox gives the agent")
+        } else if in_service {
+            "this service sees".to_owned()
+        } else {
+            format!("no {UNIT} known to systemd here, so no sandbox hides")
+        };
         out.push(match hidden {
             Some(why) => Finding::error(CHECK, why, fix(need)),
-            None => Finding::ok(CHECK, reachable(need, unit.is_some())),
+            None => Finding::ok(CHECK, format!("{seen_by} {}", thing(need))),
         });
     }
     out
@@ -315,17 +322,11 @@ fn fix(need: &Need) -> String {
     )
 }
 
-fn reachable(need: &Need, from_unit: bool) -> String {
-    let how = if from_unit {
-        format!("{UNIT}'s sandbox gives the agent")
-    } else {
-        "no systemd unit to check: the agent runs unsandboxed, with".to_owned()
-    };
+/// What `need` names, for a message.
+fn thing(need: &Need) -> String {
     match need {
-        Need::Device { path, .. } => format!("{how} {} (read-write)", path.display()),
-        Need::Writable { dir, .. } => {
-            format!("{how} the token directory {} (writable)", dir.display())
-        }
+        Need::Device { path, .. } => format!("{} (read-write)", path.display()),
+        Need::Writable { dir, .. } => format!("the token directory {} (writable)", dir.display()),
     }
 }
 
@@ -450,6 +451,37 @@ mod tests {
         let swtpm = |n: &str| (n == "TPM2_PKCS11_TCTI").then(|| "swtpm:port=2321".to_owned());
         assert!(needs(tpm_module, &swtpm, &no_file).is_empty());
         assert!(needs(Path::new("/usr/lib/opensc-pkcs11.so"), &none, &no_file).is_empty());
+    }
+
+    #[test]
+    fn inside_the_service_a_missing_node_or_unwritable_directory_is_named() {
+        let module = PathBuf::from("/usr/lib/softhsm/libsofthsm2.so");
+        let tmp = std::env::temp_dir();
+        let here = Need::Writable {
+            dir: tmp.clone(),
+            module: module.clone(),
+        };
+        assert_eq!(hidden_here(&here), None);
+        let gone = Need::Writable {
+            dir: tmp.join("asset-agent-no-such-tokendir"),
+            module: module.clone(),
+        };
+        let why = hidden_here(&gone).unwrap_or_default();
+        assert!(
+            why.contains("read-only or hidden inside this service"),
+            "{why}"
+        );
+        let null = Need::Device {
+            path: PathBuf::from("/dev/null"),
+            module: module.clone(),
+        };
+        assert_eq!(hidden_here(&null), None);
+        let why = hidden_here(&Need::Device {
+            path: PathBuf::from("/dev/asset-agent-no-such-tpm"),
+            module,
+        })
+        .unwrap_or_default();
+        assert!(why.contains("PrivateDevices=yes"), "{why}");
     }
 
     #[test]
