@@ -135,12 +135,16 @@ EOF
       >"$m/var/lib/asset-agent/refresh-token"
     chroot "$m" chown asset-agent:asset-agent /var/lib/asset-agent/refresh-token
     chmod 600 "$m/var/lib/asset-agent/refresh-token"
-    # As the unit runs it: its user, and the directories systemd would name.
+    # As the unit runs it: its user, and the directories systemd would name. chroot
+    # switches user and execs (no runuser between), so $! below is the agent itself.
+    user=$(chroot "$m" id -u asset-agent):$(chroot "$m" id -g asset-agent)
     as_unit() {
-      chroot "$m" runuser -u asset-agent -- env CONFIGURATION_DIRECTORY=/etc/asset-agent \
+      chroot --userspec="$user" "$m" env CONFIGURATION_DIRECTORY=/etc/asset-agent \
         STATE_DIRECTORY=/var/lib/asset-agent RUNTIME_DIRECTORY=/run/asset-agent "$@"
     }
-    as_unit asset-agent run >"$work/deb-agent.log" 2>&1 &
+    chroot --userspec="$user" "$m" env CONFIGURATION_DIRECTORY=/etc/asset-agent \
+      STATE_DIRECTORY=/var/lib/asset-agent RUNTIME_DIRECTORY=/run/asset-agent \
+      asset-agent run >"$work/deb-agent.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 900); do
       tok=$(as_unit asset-agent token --raw 2>/dev/null) && break
