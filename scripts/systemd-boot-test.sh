@@ -3,8 +3,13 @@
 # into it with dpkg -i, and runs the agent under it the way a device does: against the
 # Salesforce emulator (on loopback; the namespaces share the host's network).
 #
-# Usage (as root): scripts/systemd-boot-test.sh [path/to/asset-agent_*.deb]
+# Usage (as root): scripts/systemd-boot-test.sh [--root DIR] [path/to/asset-agent_*.deb]
 #   default .deb: the newest target/debian/asset-agent_*.deb (scripts/deb-check.sh builds it)
+#   --root DIR: boot the Debian tree DIR (its own systemd, libc, dpkg) instead of the host's
+#           /usr, /etc and /var, e.g. Debian 11 from `scripts/field-rootfs.sh bullseye amd64
+#           systemd,systemd-sysv,curl,softhsm2`; DIR is only read (an overlay's lower dir).
+# The .deb may be anywhere, /tmp included: it is streamed into the machine, whose /tmp is
+# its own.
 #
 # What it checks, in two boots of one throw-away machine:
 #   boot 1: dpkg -i under a running systemd; units installed, user created; enable both
@@ -16,7 +21,11 @@
 #           SIGSTOP; socket activation on first connect; a member of the agent's group gets
 #           200 (and `asset-agent status` works for it with no RUNTIME_DIRECTORY or
 #           XDG_RUNTIME_DIR), another user is refused; stop; no SIGSYS/EPERM/EACCES/EROFS
-#           and no error text repeating itself in the journal; power off.
+#           and no error text repeating itself in the journal; then a SoftHSM2 key:
+#           without a drop-in the unit's sandbox makes the token directory read-only, and
+#           the agent and `asset-agent check` say so; with the shipped softhsm.conf drop-in
+#           the agent generates its key on the token and serves tokens signed by it; the
+#           TPM drop-in lets the service open /dev/tpmrm0 that the bare unit hides; power off.
 #
 # The machine: stage two (scripts/systemd-boot-stage2.sh) becomes PID 1 of new pid, mount,
 # uts, ipc and cgroup namespaces, with overlays over /etc, /var and /usr whose upper dirs
@@ -55,7 +64,17 @@ if [ -z "${ASSET_AGENT_BOOT_CGROUP:-}" ]; then
   for tool in unshare nsenter python3 dpkg-deb; do
     command -v "$tool" >/dev/null 2>&1 || skip "$tool is missing"
   done
-  [ -x /lib/systemd/systemd ] || skip "no /lib/systemd/systemd (apt-get install systemd)"
+  root=""
+  if [ "${1:-}" = --root ]; then
+    [ -n "${2:-}" ] && [ -d "$2" ] || fail "--root needs a directory (scripts/field-rootfs.sh makes one)"
+    root=$(realpath "$2")
+    shift 2
+  fi
+  [ -x "${root}/lib/systemd/systemd" ] || skip "no ${root}/lib/systemd/systemd (apt-get install systemd)"
+  for tool in softhsm2-util curl runuser; do
+    [ -n "$(chroot "${root:-/}" sh -c "command -v $tool" 2>/dev/null)" ] \
+      || skip "$tool is missing${root:+ in $root} (scripts/ci-packages.sh installs it)"
+  done
   grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null || true
   grep -qw overlay /proc/filesystems || skip "the kernel has no overlayfs"
   if [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ]; then
@@ -101,7 +120,7 @@ if [ -z "${ASSET_AGENT_BOOT_CGROUP:-}" ]; then
   trap cleanup_outer EXIT
   trap 'exit 130' INT TERM HUP
   echo $$ >"$cg/outer/cgroup.procs"
-  ASSET_AGENT_BOOT_CGROUP=$cg unshare --mount --propagation private -- "$0" "$deb" "$emu"
+  ASSET_AGENT_BOOT_CGROUP=$cg unshare --mount --propagation private -- "$0" "$deb" "$emu" "$root"
   exit $?
 fi
 
@@ -109,6 +128,7 @@ fi
 cg=$ASSET_AGENT_BOOT_CGROUP
 deb=$1
 emu=$2
+root=${3:-}
 test_start=$(now)
 disk=$(mktemp -d /tmp/asset-agent-boot.XXXXXX)
 mount -t tmpfs -o mode=0700 tmpfs "$disk"
@@ -174,7 +194,7 @@ boot() {
   (
     echo "$BASHPID" >"$cg/boot/cgroup.procs"
     exec unshare --pid --fork --mount --uts --ipc --cgroup --mount-proc --propagation private \
-      "$repo/scripts/systemd-boot-stage2.sh" "$disk" "$target"
+      "$repo/scripts/systemd-boot-stage2.sh" "$disk" "$target" "$root"
   ) >"$log" 2>&1 &
   unshare_pid=$!
   pid1=""
@@ -278,7 +298,11 @@ boot
 verdict=$(wait_booted 30)
 say "ok: booted ($verdict): $(in_ns systemd-analyze time 2>/dev/null | head -1)"
 [ "$verdict" = running ] || { in_ns systemctl --failed --no-pager || true; fail "boot 1 ended $verdict"; }
-in_ns dpkg -i "$deb" >"$disk/dpkg.log" 2>&1 || { cat "$disk/dpkg.log"; fail "dpkg -i"; }
+say "machine: $(in_ns sh -c '. /etc/os-release; echo "$PRETTY_NAME"'), $(in_ns systemctl --version | head -1)"
+# Into the machine's own disk: the host's path may be hidden there (its /tmp is its own).
+in_ns install -m 0644 /dev/stdin /var/cache/asset-agent-test.deb <"$deb"
+in_ns dpkg -i /var/cache/asset-agent-test.deb >"$disk/dpkg.log" 2>&1 || { cat "$disk/dpkg.log"; fail "dpkg -i"; }
+in_ns rm /var/cache/asset-agent-test.deb
 say "ok: dpkg -i $(basename "$deb")"
 in_ns getent passwd asset-agent >/dev/null || fail "no asset-agent user after install"
 in_ns systemctl cat asset-agent.service >/dev/null || fail "systemd does not know asset-agent.service"
@@ -348,7 +372,7 @@ say "ok: accepted reload; STATUS: $(show StatusText asset-agent.service)"
 main=$(show MainPID asset-agent.service)
 restarts=$(show NRestarts asset-agent.service)
 t=$(now)
-in_ns kill -STOP "$main"
+in_ns sh -c 'kill -STOP "$1"' sh "$main"  # the shell's kill: a minimal root has no procps
 wait_for 40 bash -c "[ \"\$(nsenter -t $pid1 -m -p -u -i -C -- systemctl show -p NRestarts --value asset-agent.service)\" -gt $restarts ]" \
   || fail "no watchdog restart within 40 s of SIGSTOP"
 wait_for 20 status_is "ready: *" || fail "not ready again after the watchdog restart"
@@ -393,6 +417,83 @@ if printf '%s\n' "$journal" | grep -E 'SIGSYS|Bad system call|Operation not perm
 fi
 printf '%s\n' "$journal" | no_repeats || fail "error texts repeat themselves in the journal (lines above)"
 say "ok: no SIGSYS/EPERM/EACCES/EROFS and no repeated error text in $(printf '%s\n' "$journal" | wc -l) journal lines"
+
+# === a SoftHSM2 key under the shipped unit, with and without its drop-in ===
+# The token is made as the agent's user (SoftHSM2 writes its files owner-only), in Debian's
+# token directory (root:softhsm 2770), as an installer following the README would.
+t=$(now)
+module=/usr/lib/softhsm/libsofthsm2.so
+in_ns test -f "$module" || fail "no $module in the machine"
+in_ns runuser -u asset-agent -g softhsm -- softhsm2-util --init-token --free --label asset-agent \
+  --so-pin 12345678 --pin 4711 >/dev/null || fail "softhsm2-util --init-token"
+printf '4711\n' | in_ns install -m 0600 -o asset-agent -g asset-agent /dev/stdin /etc/asset-agent/pkcs11-pin
+pkcs11_key=$(printf '[key]\nbackend = "pkcs11"\nuri = "pkcs11:token=asset-agent;object=device-key"\nmodule = "%s"\npin_file = "/etc/asset-agent/pkcs11-pin"\n' "$module")
+write_config "$url" "$pkcs11_key"
+cursor=$(in_ns journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+if in_ns systemctl restart asset-agent 2>/dev/null; then
+  fail "the agent started with its key on a SoftHSM2 token the bare unit makes unreachable"
+fi
+in_ns systemctl stop asset-agent.service asset-agent.socket 2>/dev/null || true
+journal=$(in_ns journalctl -u asset-agent.service --after-cursor "$cursor" --no-pager -o cat)
+say "ok: without the drop-in the agent does not start: $(printf '%s\n' "$journal" | grep -m1 -i -e error -e failed -e refused || true)"
+out=$(in_ns env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin asset-agent check 2>&1) && fail "asset-agent check passed though the unit hides the token directory: $out"
+printf '%s\n' "$out" | grep -q "softhsm.conf" \
+  || { printf '%s\n' "$out"; fail "asset-agent check does not name the drop-in that gives the token directory back"; }
+say "ok: asset-agent check says: $(printf '%s\n' "$out" | grep -m1 "sandbox")"
+in_ns install -D -m 0644 /dev/stdin /etc/systemd/system/asset-agent.service.d/softhsm.conf \
+  <"$repo/systemd/examples/softhsm.conf"
+in_ns systemctl daemon-reload
+in_ns systemctl reset-failed asset-agent.service 2>/dev/null || true
+in_ns systemctl start asset-agent.socket
+cursor=$(in_ns journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+out=$(in_ns systemctl restart asset-agent 2>&1) || {
+  in_ns journalctl -u asset-agent.service --after-cursor "$cursor" --no-pager -o cat | tail -n 20
+  fail "with the softhsm.conf drop-in the agent did not start: $out"
+}
+wait_for 20 status_is "ready: *" || fail "SoftHSM2 key: not ready: $(show StatusText asset-agent.service)"
+[ "$(curl_token member)" = 200 ] || fail "SoftHSM2 key: GET /v1/token as a group member"
+journal=$(in_ns journalctl -u asset-agent.service --after-cursor "$cursor" --no-pager -o cat)
+printf '%s\n' "$journal" | grep -q "device key generated" \
+  || { printf '%s\n' "$journal" | tail -n 20; fail "SoftHSM2 key: the journal does not show the key generated on the token"; }
+if printf '%s\n' "$journal" | grep -E 'SIGSYS|Bad system call|Operation not permitted|Permission denied|Read-only file system|EPERM|EACCES|EROFS'; then
+  fail "SoftHSM2 key: hardening got in the way (lines above)"
+fi
+out=$(in_ns env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin asset-agent check 2>&1) || { printf '%s\n' "$out"; fail "asset-agent check with the drop-in in place"; }
+in_ns systemctl stop asset-agent.service 2>/dev/null
+say "ok: SoftHSM2 key under the shipped unit + softhsm.conf: key generated on the token, READY, 200, check passes ($(since "$t") s)"
+
+# === the TPM drop-in: /dev/tpmrm0 inside the unit's sandbox ===
+# No TPM here, so the node is a character device no driver answers (misc 10:224, the TPM's
+# own number, unregistered without one): opening it reaches the kernel (ENXIO/ENODEV) only
+# if the sandbox lets it through; the bare unit hides it (ENOENT), and the node without
+# DeviceAllow= is refused by the device policy (EPERM). The probe is the shipped unit's
+# [Service] with only the command swapped.
+in_ns getent group tss >/dev/null || in_ns groupadd --system tss
+in_ns mknod -m 0660 /dev/tpmrm0 c 10 224
+in_ns chgrp tss /dev/tpmrm0
+unit_file=$(show FragmentPath asset-agent.service)
+in_ns sh -c "sed -e 's|^ExecStart=.*|ExecStart=/bin/sh -c \"exec 3</dev/tpmrm0\"|' \
+  -e 's|^Type=.*|Type=oneshot|' -e '/^ExecReload=/d' -e '/^WatchdogSec=/d' -e '/^Restart/d' \
+  -e '/^RuntimeDirectory/d' -e '/^Also=/d' $unit_file >/etc/systemd/system/tpm-probe.service"
+probe() { # prints the probe's error (empty: it opened the node)
+  in_ns systemctl daemon-reload
+  c=$(in_ns journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p')
+  in_ns systemctl start tpm-probe.service >/dev/null 2>&1 || true
+  in_ns journalctl -u tpm-probe.service --after-cursor "$c" --no-pager -o cat | grep -m1 'tpmrm0' || true
+}
+out=$(probe)
+case "$out" in *"No such file"*|*"nonexistent"*|*"not found"*) ;; *) fail "the bare unit let the service see /dev/tpmrm0: $out" ;; esac
+say "ok: the bare unit hides /dev/tpmrm0: $out"
+in_ns mkdir -p /etc/systemd/system/tpm-probe.service.d
+in_ns install -m 0644 /dev/stdin /etc/systemd/system/tpm-probe.service.d/tpm.conf <"$repo/systemd/examples/tpm.conf"
+out=$(probe)
+case "$out" in *"No such device"*) ;; *) fail "with tpm.conf the service still cannot reach /dev/tpmrm0: $out" ;; esac
+say "ok: with tpm.conf the open reaches the kernel: $out"
+grep -v '^DeviceAllow=' "$repo/systemd/examples/tpm.conf" \
+  | in_ns install -m 0644 /dev/stdin /etc/systemd/system/tpm-probe.service.d/tpm.conf
+out=$(probe)
+case "$out" in *"Operation not permitted"*) ;; *) fail "without DeviceAllow= the device policy did not refuse /dev/tpmrm0: $out" ;; esac
+say "ok: and its DeviceAllow= line is needed (without it: $out)"
 
 poweroff
 say "ok: real systemd: offline boot $boot_s s, READY after first token $ready_s s, stop $stop_s s, whole test $(since "$test_start") s"

@@ -12,6 +12,7 @@
 //! | `credentials` | refresh token / client secret / JWT-bearer key for `auth.method` |
 //! | `state_dir` | the state directory is writable (or can be created) |
 //! | `runtime_dir` | the socket's directory is writable (or can be created) |
+//! | `sandbox` | a PKCS#11 key's TPM node or SoftHSM2 token directory is within reach of `asset-agent.service`'s sandbox |
 //! | `sink` | each `[[sink]]`: path rule, group, existing file's mode, hook PID file or program |
 //! | `socket` | the socket path is free, stale, or served; matches the socket unit |
 //! | `clock` | the system clock's year is plausible |
@@ -23,11 +24,13 @@
 //!
 //! Checks run as the invoking user: run it as the service user (or root) to see what the
 //! service sees. Layout: `files` (key, credentials, directories, socket), `net` (clock,
-//! DNS, TCP, TLS, skew), `exchange` (the dry run).
+//! DNS, TCP, TLS, skew), `sandbox` (the unit's sandbox against the key's hardware),
+//! `exchange` (the dry run).
 
 mod exchange;
 mod files;
 mod net;
+mod sandbox;
 mod sinks;
 
 use std::path::PathBuf;
@@ -157,6 +160,7 @@ pub async fn run(opts: &Options) -> Report {
         ));
     }
     findings.extend(files::check(&config));
+    findings.extend(sandbox::check(&config));
     findings.extend(sinks::check(&config));
     findings.extend(net::check(&config, &opts.clock).await);
     if opts.exchange {
