@@ -4,7 +4,7 @@
 # Salesforce emulator (on loopback; the namespaces share the host's network).
 #
 # Usage (as root): scripts/systemd-boot-test.sh [--root DIR] [path/to/asset-agent_*.deb]
-#   default .deb: the newest target/debian/asset-agent_*.deb (scripts/deb-check.sh builds it)
+#   default .deb: target/dist/asset-agent_*_amd64.deb (scripts/dist.sh x86_64-unknown-linux-gnu builds it)
 #   --root DIR: boot the Debian tree DIR (its own systemd, libc, dpkg) instead of the host's
 #           /usr, /etc and /var, e.g. Debian 11 from `scripts/field-rootfs.sh bullseye amd64
 #           systemd,systemd-sysv,curl,softhsm2`; DIR is only read (an overlay's lower dir).
@@ -87,8 +87,8 @@ if [ -z "${ASSET_AGENT_BOOT_CGROUP:-}" ]; then
   unshare --pid --fork --mount --uts --ipc --cgroup --mount-proc true 2>/dev/null \
     || skip "unshare of pid/mount/uts/ipc/cgroup namespaces is not permitted"
 
-  deb=${1:-$(ls -t "$target_dir"/debian/asset-agent_*.deb 2>/dev/null | head -1 || true)}
-  [ -n "$deb" ] && [ -f "$deb" ] || fail "no .deb: run scripts/deb-check.sh (cargo deb) first, or pass its path"
+  deb=${1:-$(ls "$target_dir"/dist/asset-agent_*_amd64.deb 2>/dev/null | head -1 || true)}
+  [ -n "$deb" ] && [ -f "$deb" ] || fail "no .deb: run scripts/dist.sh x86_64-unknown-linux-gnu first, or pass its path"
   deb=$(realpath "$deb")
   emu=""
   for cand in "$target_dir/debug/asset-agent-emulator" "$target_dir/release/asset-agent-emulator"; do
