@@ -293,6 +293,13 @@ mod tests {
         n.ready("again").unwrap(); // only once
         n.watchdog(Duration::from_secs(30)).unwrap();
         assert_eq!(recv(&server), "WATCHDOG=1");
+        n.reloading().unwrap();
+        assert_eq!(
+            recv(&server),
+            "RELOADING=1\nSTATUS=reloading the configuration"
+        );
+        n.reloaded().unwrap();
+        assert_eq!(recv(&server), "READY=1");
         n.stopping("bye").unwrap();
         assert_eq!(recv(&server), "STOPPING=1\nSTATUS=bye");
     }
