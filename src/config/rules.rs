@@ -37,7 +37,13 @@ pub(super) struct Check<'a> {
 /// Checks `instance_url`: https, or http to a loopback host; no credentials, query or
 /// fragment; a site path prefix is kept without its trailing slash.
 pub(super) fn instance_url(s: &str) -> Result<Url, String> {
-    let mut url = Url::parse(s).map_err(|e| format!("{s:?} is not a valid URL: {e}"))?;
+    let mut url = Url::parse(s).map_err(|e| {
+        if e == super::url::NO_HOST {
+            format!("{s:?} has no host")
+        } else {
+            format!("{s:?} is not a valid URL: {e}")
+        }
+    })?;
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}

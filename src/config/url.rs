@@ -1,32 +1,24 @@
-//! The URLs a config holds (`salesforce.instance_url`, `mqtt.url`): absolute, ASCII,
-//! `scheme://[user[:password]@]host[:port][/path][?query][#fragment]`.
+//! The URLs a config holds (`salesforce.instance_url`, `mqtt.url`): the `url` crate's
+//! WHATWG parser, behind a stricter check of the text.
 //!
 //! Stricter than a browser on purpose. What the WHATWG parser would quietly repair is
-//! refused with a reason instead: spaces, control characters and backslashes inside, a
-//! host that is not a plain name or an IP address (percent signs, non-ASCII: Salesforce,
-//! site and broker hosts are ASCII), short IPv4 forms such as `127.1`, and `.` or `..`
-//! path segments. What it keeps from that standard: scheme and host are lowercased (every
-//! host here, also an mqtt one, which that standard leaves as written), the
-//! default port of http and https is dropped, and an http(s) URL without a path has `/`,
-//! so a valid URL prints the same as before this parser replaced the `url` crate (its
-//! tests compare the two).
+//! refused with a reason before it sees the text: spaces, control characters and
+//! backslashes inside, a host that is not a plain name or an IP address (percent signs,
+//! non-ASCII: Salesforce, site and broker hosts are ASCII), short IPv4 forms such as
+//! `127.1`, and `.` or `..` path segments. What the parser does is kept: scheme and host
+//! are lowercased, the default port of http and https is dropped, and an http(s) URL
+//! without a path has `/`. On top of it, an mqtt host is lowercased too (the standard
+//! leaves a host of another scheme as written; names are case-insensitive).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// An absolute URL, parsed and normalised.
+/// The reason [`Url::parse`] gives for an http(s) URL without a host (`https://`).
+pub const NO_HOST: &str = "it has no host";
+
+/// An absolute URL, checked, parsed and normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    serialization: String,
-    scheme: String,
-    username: String,
-    password: Option<String>,
-    host: String,
-    port: Option<u16>,
-    path: String,
-    query: Option<String>,
-    fragment: Option<String>,
-}
+pub struct Url(::url::Url);
 
 // === impl Url ===
 
@@ -37,91 +29,40 @@ impl Url {
     /// Why it is not a URL this agent accepts, in a few words.
     pub fn parse(input: &str) -> Result<Self, String> {
         let s = input.trim_matches(|c: char| c.is_ascii_whitespace() || c.is_ascii_control());
-        if let Some(c) = s.chars().find(|c| {
-            !c.is_ascii() || c.is_ascii_whitespace() || c.is_ascii_control() || *c == '\\'
-        }) {
-            return Err(format!(
-                "it contains {c:?}; write the URL in ASCII, without spaces"
-            ));
+        check(s)?;
+        let mut url = ::url::Url::parse(s).map_err(|e| match e {
+            ::url::ParseError::EmptyHost => NO_HOST.to_owned(),
+            other => other.to_string(),
+        })?;
+        if let Some(host) = url
+            .host_str()
+            .filter(|h| h.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            let lower = host.to_ascii_lowercase();
+            url.set_host(Some(&lower))
+                .map_err(|e| format!("{lower:?} is not a host name ({e})"))?;
         }
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or("it is not an absolute URL (scheme://host)")?;
-        let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            && scheme
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-        if !valid_scheme {
-            return Err(format!("{scheme:?} is not a URL scheme"));
-        }
-        let scheme = scheme.to_ascii_lowercase();
-        let special = matches!(scheme.as_str(), "http" | "https");
-
-        let (rest, fragment) = split_off(rest, '#');
-        let (rest, query) = split_off(rest, '?');
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (username, password) = match userinfo {
-            None => (String::new(), None),
-            Some(u) => match u.split_once(':') {
-                Some((user, pass)) => (user.to_owned(), Some(pass.to_owned())),
-                None => (u.to_owned(), None),
-            },
-        };
-        let (host, port) = host_and_port(hostport)?;
-        let default = match scheme.as_str() {
-            "https" => Some(443),
-            "http" => Some(80),
-            _ => None,
-        };
-        let port = port.filter(|p| Some(*p) != default);
-        if path.split('/').any(|seg| matches!(seg, "." | "..")) {
-            return Err("it has a '.' or '..' path segment".to_owned());
-        }
-        let path = if path.is_empty() && special {
-            "/"
-        } else {
-            path
-        };
-        let mut url = Self {
-            serialization: String::new(),
-            scheme,
-            username,
-            password,
-            host,
-            port,
-            path: path.to_owned(),
-            query: query.map(str::to_owned),
-            fragment: fragment.map(str::to_owned),
-        };
-        url.serialize();
-        Ok(url)
+        Ok(Self(url))
     }
 
     pub fn scheme(&self) -> &str {
-        &self.scheme
+        self.0.scheme()
     }
 
     /// The host as written in the URL: a lowercased name, an IPv4 address, or an IPv6
     /// address in brackets. `None` when empty.
     pub fn host_str(&self) -> Option<&str> {
-        (!self.host.is_empty()).then_some(self.host.as_str())
+        self.0.host_str().filter(|h| !h.is_empty())
     }
 
     /// The port, unless it is the scheme's default (443 for https, 80 for http).
     pub fn port(&self) -> Option<u16> {
-        self.port
+        self.0.port()
     }
 
     /// The port, or the default of http and https.
     pub fn port_or_known_default(&self) -> Option<u16> {
-        self.port.or(match self.scheme.as_str() {
+        self.0.port().or(match self.0.scheme() {
             "https" => Some(443),
             "http" => Some(80),
             _ => None,
@@ -129,63 +70,32 @@ impl Url {
     }
 
     pub fn username(&self) -> &str {
-        &self.username
+        self.0.username()
     }
 
     pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+        self.0.password()
     }
 
     pub fn path(&self) -> &str {
-        &self.path
+        self.0.path()
     }
 
     pub fn query(&self) -> Option<&str> {
-        self.query.as_deref()
+        self.0.query()
     }
 
     pub fn fragment(&self) -> Option<&str> {
-        self.fragment.as_deref()
+        self.0.fragment()
     }
 
     /// Replaces the path; an http(s) URL's empty path becomes `/`.
     pub fn set_path(&mut self, path: &str) {
-        self.path = if path.is_empty() && matches!(self.scheme.as_str(), "http" | "https") {
-            "/".to_owned()
-        } else {
-            path.to_owned()
-        };
-        self.serialize();
+        self.0.set_path(path);
     }
 
     pub fn as_str(&self) -> &str {
-        &self.serialization
-    }
-
-    fn serialize(&mut self) {
-        let mut s = format!("{}://", self.scheme);
-        if !self.username.is_empty() || self.password.is_some() {
-            s.push_str(&self.username);
-            if let Some(p) = &self.password {
-                s.push(':');
-                s.push_str(p);
-            }
-            s.push('@');
-        }
-        s.push_str(&self.host);
-        if let Some(port) = self.port {
-            s.push_str(&format!(":{port}"));
-        }
-        s.push_str(&self.path);
-        if let Some(q) = &self.query {
-            s.push('?');
-            s.push_str(q);
-        }
-        if let Some(f) = &self.fragment {
-            s.push('#');
-            s.push_str(f);
-        }
-        self.serialization = s;
+        self.0.as_str()
     }
 }
 
@@ -199,35 +109,63 @@ impl std::str::FromStr for Url {
 
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.serialization)
+        f.write_str(self.0.as_str())
     }
 }
 
-/// `s` up to the first `sep`, and what follows it (`Some("")` for a trailing `sep`).
-fn split_off(s: &str, sep: char) -> (&str, Option<&str>) {
-    match s.split_once(sep) {
-        Some((head, tail)) => (head, Some(tail)),
-        None => (s, None),
+/// What the WHATWG parser would repair or read otherwise, refused with a reason:
+/// `scheme://[user[:password]@]host[:port][/path][?query][#fragment]`, ASCII, no spaces.
+fn check(s: &str) -> Result<(), String> {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_whitespace() || c.is_ascii_control() || *c == '\\')
+    {
+        return Err(format!(
+            "it contains {c:?}; write the URL in ASCII, without spaces"
+        ));
     }
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or("it is not an absolute URL (scheme://host)")?;
+    let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !valid_scheme {
+        return Err(format!("{scheme:?} is not a URL scheme"));
+    }
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    check_host_and_port(hostport)?;
+    if path.split('/').any(|seg| matches!(seg, "." | "..")) {
+        return Err("it has a '.' or '..' path segment".to_owned());
+    }
+    Ok(())
 }
 
-/// The normalised host (empty when absent) and the port of `hostport`.
-fn host_and_port(hostport: &str) -> Result<(String, Option<u16>), String> {
-    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+/// The host must be a plain name, a full IPv4 address or a bracketed IPv6 address; the
+/// port, if any, a number that fits.
+fn check_host_and_port(hostport: &str) -> Result<(), String> {
+    let port = if let Some(v6) = hostport.strip_prefix('[') {
         let (addr, after) = v6.split_once(']').ok_or("its IPv6 address has no ']'")?;
-        let ip: Ipv6Addr = addr
-            .parse()
+        addr.parse::<Ipv6Addr>()
             .map_err(|_| format!("[{addr}] is not an IPv6 address"))?;
-        let port = match after {
+        match after {
             "" => None,
             p => Some(
                 p.strip_prefix(':')
                     .ok_or("something follows its IPv6 address")?,
             ),
-        };
-        (format!("[{ip}]"), port)
+        }
     } else {
-        let (host, port) = split_off(hostport, ':');
+        let (host, port) = match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        };
         let valid = host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
@@ -239,17 +177,16 @@ fn host_and_port(hostport: &str) -> Result<(String, Option<u16>), String> {
             host.parse::<Ipv4Addr>()
                 .map_err(|_| format!("{host:?} is not an IPv4 address (a.b.c.d)"))?;
         }
-        (host.to_ascii_lowercase(), port)
+        port
     };
-    let port = match port {
-        None | Some("") => None,
-        Some(p) if p.chars().all(|c| c.is_ascii_digit()) => Some(
-            p.parse::<u16>()
-                .map_err(|_| format!("port {p} is out of range"))?,
-        ),
-        Some(p) => return Err(format!("port {p:?} is not a number")),
-    };
-    Ok((host, port))
+    match port {
+        None | Some("") => Ok(()),
+        Some(p) if p.chars().all(|c| c.is_ascii_digit()) => p
+            .parse::<u16>()
+            .map(drop)
+            .map_err(|_| format!("port {p} is out of range")),
+        Some(p) => Err(format!("port {p:?} is not a number")),
+    }
 }
 
 #[cfg(test)]
@@ -326,7 +263,10 @@ mod tests {
         // every host is lowercased.
         let u = Url::parse("MQTT://Broker.Example.com").unwrap();
         assert_eq!(u.as_str(), "mqtt://broker.example.com");
-        assert_eq!(Url::parse("https://").unwrap().host_str(), None);
+        // An http(s) URL without a host is no URL to the WHATWG parser; another scheme's is
+        // one without a host.
+        assert_eq!(Url::parse("https://").unwrap_err(), NO_HOST);
+        assert_eq!(Url::parse("mqtt://").unwrap().host_str(), None);
     }
 
     #[test]

@@ -214,58 +214,17 @@ impl FileKey {
     }
 }
 
-/// A new RSA key of exactly `bits` bits (e = 65537), from two primes of half the size.
-///
-/// `rsa::RsaPrivateKey::new` does the same through its multi-prime generator, whose checks
-/// for tiny keys call `f64::ln`: that one call made the agent load libm (328 KiB resident
-/// in every agent process, for a function that never runs). Here: two primes from
-/// num-bigint-dig (the generator rsa uses; each has its top two bits set, so the product has
-/// exactly `bits` bits), and the key from `from_p_q`, which computes d modulo
-/// lcm(p-1, q-1) and validates the whole key.
+/// A new RSA key of exactly `bits` bits (e = 65537, two primes), from the OS's random
+/// source. rsa's generator retries until the modulus has exactly `bits` bits and checks the
+/// key it builds; ring checks it again when the stored file is loaded.
 fn new_rsa_key(bits: usize) -> Result<rsa::RsaPrivateKey, rsa::Error> {
-    use num_bigint_dig::RandPrime as _;
-    let e = rsa::BigUint::from(65_537_u32);
-    let mut rng = rsa::rand_core::OsRng;
-    let mut last = rsa::Error::InvalidPrime;
-    // Retries only when p = q, or e shares a factor with p-1 or q-1 (about 1 in 30,000
-    // for each prime); 16 failures in a row mean something else is wrong.
-    for _ in 0..16 {
-        let p = rng.gen_prime(bits / 2);
-        let q = rng.gen_prime(bits - bits / 2);
-        match rsa::RsaPrivateKey::from_p_q(p, q, e.clone()) {
-            Ok(key) if rsa::traits::PublicKeyParts::n(&key).bits() == bits => return Ok(key),
-            Ok(_) => last = rsa::Error::InvalidModulus,
-            Err(err) => last = err,
-        }
-    }
-    Err(last)
+    rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
 }
 
-/// The PKCS#8 PEM of `key`, every intermediate buffer wiped; `None` when the CRT values
-/// are missing (rsa computes them for every key it builds).
+/// The PKCS#8 PEM of `key`, written by rsa's encoder (pkcs8 and pkcs1), which keeps every
+/// buffer that holds key material in a wiping wrapper; `None` when it cannot encode it.
 fn pkcs8_pem(key: &rsa::RsaPrivateKey) -> Option<Zeroizing<String>> {
-    use rsa::traits::{PrivateKeyParts as _, PublicKeyParts as _};
-    let be = |n: &rsa::BigUint| Zeroizing::new(n.to_bytes_be());
-    let [p, q] = key.primes() else {
-        return None;
-    };
-    let (qinv_sign, qinv) = key.qinv()?.to_bytes_be();
-    let qinv = Zeroizing::new(qinv);
-    if qinv_sign == num_bigint_dig::Sign::Minus {
-        return None;
-    }
-    let (n, e, d, p, q) = (be(key.n()), be(key.e()), be(key.d()), be(p), be(q));
-    let (dp, dq) = (be(key.dp()?), be(key.dq()?));
-    Some(der::rsa_pkcs8_pem(&der::RsaPrivateParts {
-        n: &n,
-        e: &e,
-        d: &d,
-        p: &p,
-        q: &q,
-        dp: &dp,
-        dq: &dq,
-        qinv: &qinv,
-    }))
+    rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(key, rsa::pkcs8::LineEnding::LF).ok()
 }
 
 impl Signer for FileKey {
@@ -382,15 +341,17 @@ mod tests {
             assert_eq!(key.primes().len(), 2);
             // ring checks every component when it loads the key, then signs with it.
             let pem = pkcs8_pem(&key).unwrap();
-            // Byte for byte what the rsa crate's own PKCS#8 encoder writes.
-            let theirs =
-                rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, rsa::pkcs8::LineEnding::LF)
-                    .unwrap();
-            assert_eq!(pem.as_str(), theirs.as_str());
+            assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
             let loaded = FileKey::from_pem(Path::new("k.pem"), pem.as_bytes()).unwrap();
             assert_eq!(loaded.bits(), bits);
+            assert_eq!(
+                loaded.public_jwk(),
+                &RsaPublicJwk::from_components(&key.n().to_bytes_be(), &key.e().to_bytes_be())
+            );
             let sig = loaded.sign_rs256(b"message").unwrap();
             assert_eq!(sig.len(), bits / 8);
+            assert!(loaded.public_jwk().verify_rs256(b"message", &sig));
+            assert!(!loaded.public_jwk().verify_rs256(b"messagE", &sig));
         }
     }
 }

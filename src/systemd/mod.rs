@@ -1,11 +1,16 @@
-//! systemd integration, written against the documented protocols rather than libsystemd.
+//! systemd integration: the `sd_notify(3)` protocol without libsystemd.
 //!
 //! - [`Notifier`]: the `sd_notify(3)` datagram protocol. systemd passes the address of its
 //!   notification socket in `NOTIFY_SOCKET` (a path, or an abstract name written with a
 //!   leading `@`); the service sends newline-separated `KEY=VALUE` assignments to it in one
-//!   datagram each. std's `UnixDatagram` does all of it, so no `unsafe` and no C library.
+//!   datagram each. The assignments are the `sd-notify` crate's [`NotifyState`]s; the
+//!   sending is ours, on std's `UnixDatagram`, because that crate's `notify` cannot reach an
+//!   abstract socket (it hands `@name` to `connect` as a file name) and blocks without a
+//!   limit when systemd's queue is full. The tests show the first.
 //! - [`watchdog_timeout`]: `WATCHDOG_USEC`/`WATCHDOG_PID`, as `sd_watchdog_enabled(3)`
-//!   reads them.
+//!   reads them. Not the crate's `watchdog_enabled`: it reports `WATCHDOG_USEC=0` as a
+//!   watchdog of zero (pings in a busy loop) and an unreadable `WATCHDOG_PID` as ours,
+//!   where libsystemd reports no watchdog for both (the tests show it).
 //! - `supervisor`: the task that turns the refresh loop's state into `READY=1`,
 //!   `STATUS=` and `WATCHDOG=1` (see its docs for the readiness and liveness rules).
 //!
@@ -20,6 +25,8 @@ use std::os::linux::net::SocketAddrExt as _;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use sd_notify::NotifyState;
 
 pub use supervisor::{Readiness, Resync, Supervisor, Why};
 
@@ -104,16 +111,18 @@ impl Notifier {
         })
     }
 
-    /// Sends `state`, one or more `KEY=VALUE` lines, in one datagram.
+    /// Sends `states`, one `KEY=VALUE` line each, in one datagram.
     ///
     /// # Errors
     /// [`Error::Send`] when the datagram could not be delivered.
-    pub fn notify(&self, state: &str) -> Result<(), Error> {
+    pub fn notify(&self, states: &[NotifyState<'_>]) -> Result<(), Error> {
+        let lines: Vec<String> = states.iter().map(ToString::to_string).collect();
+        let datagram = lines.join("\n");
         self.socket
-            .send_to_addr(state.as_bytes(), &self.addr)
+            .send_to_addr(datagram.as_bytes(), &self.addr)
             .map(drop)
             .map_err(|source| Error::Send {
-                what: state.lines().next().unwrap_or_default().to_owned(),
+                what: lines.first().cloned().unwrap_or_default(),
                 source,
             })
     }
@@ -126,7 +135,7 @@ impl Notifier {
         if self.ready.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.notify(&format!("READY=1\nSTATUS={}", sanitize(status)))
+        self.notify(&[NotifyState::Ready, NotifyState::Status(&sanitize(status))])
     }
 
     /// Whether `READY=1` has been sent.
@@ -139,7 +148,7 @@ impl Notifier {
     /// # Errors
     /// See [`Notifier::notify`].
     pub fn status(&self, status: &str) -> Result<(), Error> {
-        self.notify(&format!("STATUS={}", sanitize(status)))
+        self.notify(&[NotifyState::Status(&sanitize(status))])
     }
 
     /// `WATCHDOG=1`, plus, before `READY=1`, `EXTEND_TIMEOUT_USEC=` so a start that waits
@@ -149,12 +158,11 @@ impl Notifier {
     /// See [`Notifier::notify`].
     pub fn watchdog(&self, extend_start_by: Duration) -> Result<(), Error> {
         if self.is_ready() {
-            self.notify("WATCHDOG=1")
+            self.notify(&[NotifyState::Watchdog])
         } else {
-            self.notify(&format!(
-                "WATCHDOG=1\nEXTEND_TIMEOUT_USEC={}",
-                extend_start_by.as_micros()
-            ))
+            // The crate's field is a u32 of microseconds: at most ~71 minutes.
+            let usec = u32::try_from(extend_start_by.as_micros()).unwrap_or(u32::MAX);
+            self.notify(&[NotifyState::Watchdog, NotifyState::ExtendTimeoutUsec(usec)])
         }
     }
 
@@ -163,7 +171,10 @@ impl Notifier {
     /// # Errors
     /// See [`Notifier::notify`].
     pub fn stopping(&self, status: &str) -> Result<(), Error> {
-        self.notify(&format!("STOPPING=1\nSTATUS={}", sanitize(status)))
+        self.notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status(&sanitize(status)),
+        ])
     }
 
     /// `RELOADING=1` when the service is ready (systemd then waits for [`Notifier::reloaded`]);
@@ -173,7 +184,10 @@ impl Notifier {
     /// See [`Notifier::notify`].
     pub fn reloading(&self) -> Result<(), Error> {
         if self.is_ready() {
-            self.notify("RELOADING=1\nSTATUS=reloading the configuration")
+            self.notify(&[
+                NotifyState::Reloading,
+                NotifyState::Status("reloading the configuration"),
+            ])
         } else {
             Ok(())
         }
@@ -187,7 +201,7 @@ impl Notifier {
     /// See [`Notifier::notify`].
     pub fn reloaded(&self) -> Result<(), Error> {
         if self.is_ready() {
-            self.notify("READY=1")
+            self.notify(&[NotifyState::Ready])
         } else {
             Ok(())
         }
@@ -279,6 +293,13 @@ mod tests {
         n.ready("again").unwrap(); // only once
         n.watchdog(Duration::from_secs(30)).unwrap();
         assert_eq!(recv(&server), "WATCHDOG=1");
+        n.reloading().unwrap();
+        assert_eq!(
+            recv(&server),
+            "RELOADING=1\nSTATUS=reloading the configuration"
+        );
+        n.reloaded().unwrap();
+        assert_eq!(recv(&server), "READY=1");
         n.stopping("bye").unwrap();
         assert_eq!(recv(&server), "STOPPING=1\nSTATUS=bye");
     }
@@ -289,8 +310,92 @@ mod tests {
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let server = UnixDatagram::bind_addr(&addr).unwrap();
         let n = Notifier::connect(&format!("@{name}")).unwrap();
-        n.notify("WATCHDOG=1").unwrap();
+        n.notify(&[NotifyState::Watchdog]).unwrap();
         assert_eq!(recv(&server), "WATCHDOG=1");
+    }
+
+    /// Set in the environment of this test binary run again as a child (the `sd-notify`
+    /// crate reads only the process environment, which a test cannot change safely).
+    const PROBE: &str = "ASSET_AGENT_SD_NOTIFY_PROBE";
+
+    /// In the child: what the `sd-notify` crate answers, printed for the parent.
+    #[test]
+    #[ignore = "run as a child by the sd_notify_crate tests"]
+    fn sd_notify_crate_probe() {
+        match std::env::var(PROBE).as_deref() {
+            Ok("notify") => {
+                let sent = sd_notify::notify(&[NotifyState::Watchdog]);
+                println!("probe: {}", if sent.is_ok() { "sent" } else { "failed" });
+            }
+            Ok("watchdog") => println!("probe: {:?}", sd_notify::watchdog_enabled()),
+            _ => {}
+        }
+    }
+
+    /// This test binary run as a child with `env`, running only the probe of `what`.
+    fn probe(what: &str, env: &[(&str, &str)]) -> String {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "systemd::tests::sd_notify_crate_probe",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env_remove(NOTIFY_SOCKET)
+            .env_remove(WATCHDOG_USEC)
+            .env_remove(WATCHDOG_PID)
+            .env(PROBE, what)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("probe: "))
+            .unwrap_or(&stdout)
+            .to_owned()
+    }
+
+    /// Why the sending is ours: the crate's `notify` gives `@name` to `connect` as a file
+    /// name, so systemd's abstract notification socket never hears from it. (When this
+    /// fails, the crate has learnt abstract sockets and could do the sending.)
+    #[test]
+    fn the_sd_notify_crate_cannot_reach_an_abstract_socket() {
+        let name = format!("asset-agent-probe-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let server = UnixDatagram::bind_addr(&addr).unwrap();
+        server.set_nonblocking(true).unwrap();
+        let at = format!("@{name}");
+        assert_eq!(probe("notify", &[(NOTIFY_SOCKET, at.as_str())]), "failed");
+        assert!(server.recv(&mut [0u8; 64]).is_err(), "the crate reached it");
+        // The same address through ours arrives.
+        Notifier::connect(&at)
+            .unwrap()
+            .notify(&[NotifyState::Watchdog])
+            .unwrap();
+        server.set_nonblocking(false).unwrap();
+        assert_eq!(recv(&server), "WATCHDOG=1");
+    }
+
+    /// Why the watchdog settings are read by ours: where libsystemd (and
+    /// [`watchdog_timeout`]) see no watchdog, the crate sees one.
+    #[test]
+    fn the_sd_notify_crate_reads_a_watchdog_where_there_is_none() {
+        let zero = [(WATCHDOG_USEC, "0")];
+        assert_eq!(probe("watchdog", &zero), "Some(0ns)");
+        let env: HashMap<String, String> = zero
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(watchdog_timeout(&env), None);
+        let unreadable_pid = [(WATCHDOG_USEC, "500000"), (WATCHDOG_PID, "x")];
+        assert_eq!(probe("watchdog", &unreadable_pid), "Some(500ms)");
+        let env: HashMap<String, String> = unreadable_pid
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(watchdog_timeout(&env), None);
     }
 
     #[test]
@@ -304,7 +409,7 @@ mod tests {
     fn a_gone_manager_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().unwrap();
         let n = Notifier::connect(dir.path().join("absent").to_str().unwrap()).unwrap();
-        let err = n.notify("READY=1").unwrap_err();
+        let err = n.notify(&[NotifyState::Ready]).unwrap_err();
         assert!(err.to_string().contains("READY=1"), "{err}");
     }
 

@@ -197,6 +197,12 @@ fn invalid_values_in_env() {
         ),
         (
             "SALESFORCE__INSTANCE_URL",
+            "https://",
+            "salesforce.instance_url",
+            "\"https://\" has no host",
+        ),
+        (
+            "SALESFORCE__INSTANCE_URL",
             "https://u:p@acme.example",
             "salesforce.instance_url",
             "password",

@@ -60,17 +60,9 @@ impl std::fmt::Debug for RsaKey {
 }
 
 /// The SPKI PEM (`-----BEGIN PUBLIC KEY-----`) of the RSA public key with big-endian
-/// modulus `n` and exponent `e`.
-pub fn spki_pem(n: &[u8], e: &[u8]) -> String {
-    let pkcs1 = der::tlv(0x30, &[der::uint(n), der::uint(e)].concat());
-    let mut bits = vec![0u8]; // no unused bits
-    bits.extend_from_slice(&pkcs1);
-    let spki = der::tlv(
-        0x30,
-        &[&der::RSA_ALGORITHM_ID[..], &der::tlv(0x03, &bits)].concat(),
-    );
-    // A public key: nothing to wipe, so the text is moved out of its wiping wrapper.
-    std::mem::take(&mut *der::pem("PUBLIC KEY", &spki))
+/// modulus `n` and exponent `e`; `None` when either is not a positive integer.
+pub fn spki_pem(n: &[u8], e: &[u8]) -> Option<String> {
+    der::rsa_spki_pem(n, e)
 }
 
 #[cfg(test)]
@@ -79,7 +71,7 @@ mod tests {
 
     #[test]
     fn spki_pem_has_the_rfc_shape() {
-        let pem = spki_pem(&[0xc1; 256], &[1, 0, 1]);
+        let pem = spki_pem(&[0xc1; 256], &[1, 0, 1]).unwrap();
         assert!(pem.starts_with(
             "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"
         ));
@@ -90,7 +82,7 @@ mod tests {
     fn an_spki_reads_back_its_modulus_and_exponent() {
         let mut n = vec![0xc1; 256];
         n[255] = 0x07;
-        let pem = spki_pem(&n, &[1, 0, 1]);
+        let pem = spki_pem(&n, &[1, 0, 1]).unwrap();
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
         assert_eq!(der::read_rsa_spki(&der), Some((&n[..], &[1u8, 0, 1][..])));

@@ -84,7 +84,7 @@ pub trait Signer: Send + Sync {
         let jwk = self.public_jwk();
         let n = b64url_decode(&jwk.n).map_err(|_| SignError::default())?;
         let e = b64url_decode(&jwk.e).map_err(|_| SignError::default())?;
-        Ok(spki_pem(&n, &e))
+        spki_pem(&n, &e).ok_or_else(SignError::default)
     }
 
     /// Key size in bits.
