@@ -615,7 +615,6 @@ async fn a_failed_write_shows_in_status_and_the_older_token_is_removed_at_its_ex
     }
     let s = status(&dev.socket()).await;
     assert_eq!(s["sinks"][0]["present"], true, "{s}");
-    assert!(s["sinks"][0]["expires_in_s"].as_u64().unwrap() <= 4, "{s}");
     let first = std::fs::read_to_string(&file).unwrap();
     // The agent's next temporary file cannot be created: every write from now on fails.
     std::fs::create_dir(dir.join(format!(".token.tmp-{}", std::process::id()))).unwrap();
