@@ -29,6 +29,11 @@ const SIGNING_THREADS: usize = 2;
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> ExitCode {
+    // exec's guard process (src/commands/exec.rs): no runtime, no parser.
+    let mut argv = std::env::args_os().skip(1);
+    if argv.next().is_some_and(|a| a == commands::exec::GUARD_ARG) {
+        return ExitCode::from(commands::exec::guard_main(argv.next().map(Into::into)));
+    }
     let cli = match Cli::from_env() {
         Ok(cli) => cli,
         // Help, version, or a usage mistake (exit 2).

@@ -650,3 +650,58 @@ async fn a_failed_write_shows_in_status_and_the_older_token_is_removed_at_its_ex
     assert!(s["sinks"][0]["expires_in_s"].is_null(), "{s}");
     agent.stop().await;
 }
+
+/// kill -9 of exec: its command is stopped and its token file removed all the same (by
+/// exec's guard process), within a second or two, not left running on an expiring token.
+#[tokio::test]
+async fn a_killed_exec_leaves_neither_its_command_nor_its_token_file() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let file = dev.path("tok");
+    let pid_file = dev.path("child.pid");
+    let mut exec = exec_cmd(&dev.socket())
+        .arg("--file")
+        .arg(&file)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!(
+            "echo $$ > {p}.tmp; mv {p}.tmp {p}; while :; do sleep 0.05; done",
+            p = pid_file.display()
+        ))
+        .spawn()
+        .unwrap();
+    let mut child = None;
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            child = Some(text.trim().parse::<i32>().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let child = child.expect("the command never started");
+    assert!(file.exists() && alive(child));
+    exec.start_kill().unwrap();
+    exec.wait().await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !file.exists() && !alive(child) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(child) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(
+        gone,
+        "5 s after kill -9 of exec: token file there: {}, command alive: {}",
+        file.exists(),
+        alive(child)
+    );
+    agent.stop().await;
+}
