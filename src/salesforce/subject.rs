@@ -225,6 +225,9 @@ struct Store {
     /// Where a rotated token that could not be stored waits, crash-safe (runtime dir).
     fallback: Option<PathBuf>,
     memory: Mutex<Memory>,
+    /// Serialises the fallback copy's writes and removal (file-work threads only: the
+    /// runtime thread never waits on a write through `memory`).
+    fallback_turn: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +253,7 @@ impl RefreshToken {
                 path,
                 fallback: None,
                 memory: Mutex::new(Memory::default()),
+                fallback_turn: Mutex::new(()),
             }),
         }
     }
@@ -269,6 +273,7 @@ impl RefreshToken {
                     path: self.store.path.clone(),
                     fallback: Some(path),
                     memory: Mutex::new(std::mem::take(&mut *self.store.memory())),
+                    fallback_turn: Mutex::new(()),
                 };
                 self.store = Arc::new(store);
             }
@@ -418,14 +423,16 @@ impl Store {
             Ok(()) => {
                 let recovered = memory.reported.take().is_some();
                 memory.last = Some(token.clone());
-                if memory.unsaved.as_ref() == Some(token) {
+                let stored = memory.unsaved.as_ref() == Some(token);
+                if stored {
                     memory.unsaved = None;
-                    // Under the lock: a fallback copy being written now is not left behind.
-                    if let Some(fallback) = &self.fallback {
-                        let _ = std::fs::remove_file(fallback);
-                    }
                 }
                 drop(memory);
+                // After a copy being written now (it sees `unsaved` cleared otherwise).
+                if let (true, Some(fallback)) = (stored, &self.fallback) {
+                    let _turn = self.fallback_turn();
+                    let _ = std::fs::remove_file(fallback);
+                }
                 if recovered {
                     tracing::info!(file = %self.path.display(), "the rotated refresh token is stored now");
                 }
@@ -458,20 +465,24 @@ impl Store {
         }
     }
 
-    /// Copies `token` to the fallback file while it is still the unsaved one (under the
-    /// lock, so a store that completes meanwhile cannot leave a stale copy). Whether the
-    /// fallback holds it.
+    /// Copies `token` to the fallback file while it is still the unsaved one (in turn with
+    /// the copy's removal, so a store that completes meanwhile cannot leave a stale copy).
+    /// Whether the fallback holds it.
     fn keep_in_fallback(&self, token: &Secret) -> bool {
         let Some(fallback) = &self.fallback else {
             return false;
         };
-        let memory = self.memory();
-        if memory.unsaved.as_ref() != Some(token) {
+        let _turn = self.fallback_turn();
+        if self.memory().unsaved.as_ref() != Some(token) {
             return false;
         }
-        let kept = fsutil::write_secret_atomic(fallback, token.expose().as_bytes()).is_ok();
-        drop(memory);
-        kept
+        fsutil::write_secret_atomic(fallback, token.expose().as_bytes()).is_ok()
+    }
+
+    fn fallback_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.fallback_turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

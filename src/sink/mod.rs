@@ -13,6 +13,13 @@
 //!   exists therefore always holds a token that is still valid; a reader that finds none
 //!   retries later. The agent also removes its sink files when it stops (nothing would be
 //!   left to remove them at expiry) and any stale one when it starts.
+//! - **Off the runtime thread:** every write, removal and sweep runs on the file-work lane
+//!   of the sink's directory ([`crate::filework`]); the loop awaits it, so a filesystem
+//!   that stops answering holds this sink only (and the agent's stop for [`STOP_WAIT`] at
+//!   most).
+//! - **Status** ([`Status::present`]) is what the file holds: the last write or removal
+//!   worked and its token has not expired. A file that cannot be removed is emptied if
+//!   possible.
 //! - **Demand:** a sink holds the refresh loop's demand ([`Handle::hold`]) for as long as it
 //!   runs, so with `token.refresh = "on_demand"` an identity that has sinks is refreshed
 //!   ahead of expiry exactly as under `eager`.
