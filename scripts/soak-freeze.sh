@@ -123,6 +123,11 @@ soak() {
   PIDS+=("$EMU_PID")
   for _ in $(seq 1 200); do curl -sf "$EMU_URL/__emulator/stats" >/dev/null && break; sleep 0.05; done
   write_agent_config "$d" "$AGENT" "soak-$what"
+  # The runtime directory (socket, fallback copy of a rotated refresh token) is a tmpfs, as
+  # /run is on a device.
+  mkdir -p "$d/run"
+  mount -t tmpfs -o size=4m,mode=0755 tmpfs "$d/run" || cannot "could not mount a tmpfs"
+  MOUNTS+=("$d/run")
   if [ "$what" = sink ]; then
     chmod 755 "$mnt"
     printf '\n[[sink]]\npath = "%s/token.jwt"\n' "$mnt" >>"$d/agent.toml"

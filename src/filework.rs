@@ -81,6 +81,13 @@ impl Lane {
         &self.dir
     }
 
+    /// Whether a job is queued or running on this lane now: a caller that would wait for
+    /// a new job with a bound can tell that the lane is stalled and not wait at all (a
+    /// frozen filesystem then delays only the first of its callers).
+    pub fn is_busy(&self) -> bool {
+        self.order.try_lock().is_err()
+    }
+
     /// Runs `job` on a blocking thread after the lane's earlier jobs.
     ///
     /// # Errors

@@ -354,19 +354,22 @@ impl RefreshToken {
             // memory at once; the file gets it on the file-work lane, waited for a bounded
             // time (see the type's docs), so a stalled disk never holds the refresh loop.
             self.store.memory().unsaved = Some(rotated.clone());
+            // A lane still busy with an earlier write is stalled: not waited for.
+            let stalled = crate::filework::Lane::for_file(&self.store.path).is_busy();
             let stored = match self.start_persist() {
-                Some(done) => tokio::time::timeout(PERSIST_WAIT, done).await,
-                // A write is already queued; it writes the newest token.
-                None => Ok(false),
+                Some(done) if !stalled => tokio::time::timeout(PERSIST_WAIT, done).await.ok(),
+                // Stalled, or a write is queued already (it writes the newest token).
+                _ => None,
             };
             match stored {
-                Ok(true) => {
+                Some(true) => {
                     tracing::info!(file = %self.store.path.display(), "refresh token rotated and stored");
                 }
-                Ok(false) => {}
-                Err(_) => {
+                // Refused: `persist` logged it and kept the copy.
+                Some(false) => {}
+                None => {
                     tracing::warn!(file = %self.store.path.display(),
-                        "the state directory did not store the rotated refresh token within {} s; serving on, keeping it in memory and in the runtime directory until it does",
+                        "the state directory has not stored the rotated refresh token (its filesystem does not answer within {} s); serving on, keeping it in memory and in the runtime directory until it does",
                         PERSIST_WAIT.as_secs());
                     let store = self.store.clone();
                     if let Some(fallback) = store.fallback.clone() {
