@@ -97,14 +97,12 @@ impl Lane {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let stopped = || Stopped {
-            dir: self.dir.clone(),
-        };
-        let _turn = self.order.lock().await;
-        let _permit = PERMITS.acquire().await.map_err(|_| stopped())?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|_| stopped())
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.run_boxed(Box::new(move || {
+            let _ = tx.send(job());
+        }))
+        .await?;
+        rx.await.map_err(|_| self.stopped())
     }
 
     /// Queues `job` and returns at once; it runs in the lane's order, whoever waits.
@@ -115,26 +113,39 @@ impl Lane {
         T: Send + 'static,
     {
         let lane = self.clone();
-        let dir = self.dir.clone();
+        let stopped = self.stopped();
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(job());
+        });
         // Spawned now, so the lane's order is that of `submit` calls.
-        let queued = async move {
-            let _ = tx.send(lane.run(job).await);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(queued);
-            }
-            Err(_) => drop(queued),
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(crate::spawn::boxed(async move {
+                let _ = lane.run_boxed(job).await;
+            }));
         }
-        async move {
-            match rx.await {
-                Ok(r) => r,
-                Err(_) => Err(Stopped { dir }),
-            }
+        async move { rx.await.map_err(|_| stopped) }
+    }
+
+    /// The one way a job reaches a thread: in turn on the lane, within the permits (one
+    /// boxed job type, so tokio's blocking-task code is compiled once for all).
+    async fn run_boxed(&self, job: Job) -> Result<(), Stopped> {
+        let _turn = self.order.lock().await;
+        let _permit = PERMITS.acquire().await.map_err(|_| self.stopped())?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> Stopped {
+        Stopped {
+            dir: self.dir.clone(),
         }
     }
 }
+
+/// A job as the one type the lanes run.
+type Job = Box<dyn FnOnce() + Send>;
 
 #[cfg(test)]
 mod tests {
