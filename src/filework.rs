@@ -29,7 +29,10 @@ pub const FILE_THREADS: usize = 4;
 static PERMITS: Semaphore = Semaphore::const_new(FILE_THREADS);
 
 /// The live lanes, by directory.
-static LANES: Mutex<Vec<(PathBuf, Weak<tokio::sync::Mutex<()>>)>> = Mutex::new(Vec::new());
+static LANES: Mutex<Vec<(PathBuf, Weak<Shared>)>> = Mutex::new(Vec::new());
+
+/// A lane whose job has run this long is stalled (see [`Lane::is_stalled`]).
+pub const STALLED: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The file work could not run: the runtime is shutting down.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +45,16 @@ pub struct Stopped {
 #[derive(Debug, Clone)]
 pub struct Lane {
     dir: PathBuf,
-    order: Arc<tokio::sync::Mutex<()>>,
+    shared: Arc<Shared>,
+}
+
+/// What every handle of one directory's lane shares.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Held by the job that runs (or waits for a permit); the rest queue on it in order.
+    order: tokio::sync::Mutex<()>,
+    /// When the running job started.
+    since: Mutex<Option<tokio::time::Instant>>,
 }
 
 // === impl Lane ===
@@ -56,14 +68,14 @@ impl Lane {
             .iter()
             .find(|(d, _)| d == dir)
             .and_then(|(_, l)| l.upgrade());
-        let order = found.unwrap_or_else(|| {
-            let order = Arc::new(tokio::sync::Mutex::new(()));
-            lanes.push((dir.to_owned(), Arc::downgrade(&order)));
-            order
+        let shared = found.unwrap_or_else(|| {
+            let shared = Arc::new(Shared::default());
+            lanes.push((dir.to_owned(), Arc::downgrade(&shared)));
+            shared
         });
         Self {
             dir: dir.to_owned(),
-            order,
+            shared,
         }
     }
 
@@ -81,11 +93,16 @@ impl Lane {
         &self.dir
     }
 
-    /// Whether a job is queued or running on this lane now: a caller that would wait for
-    /// a new job with a bound can tell that the lane is stalled and not wait at all (a
-    /// frozen filesystem then delays only the first of its callers).
-    pub fn is_busy(&self) -> bool {
-        self.order.try_lock().is_err()
+    /// Whether the job running on this lane has run for [`STALLED`] or longer: a caller
+    /// that would wait for a new job with a bound then does not wait at all (a frozen
+    /// filesystem delays only the first of its callers).
+    pub fn is_stalled(&self) -> bool {
+        let since = *self
+            .shared
+            .since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since.is_some_and(|t| t.elapsed() >= STALLED)
     }
 
     /// Runs `job` on a blocking thread after the lane's earlier jobs.
@@ -130,11 +147,19 @@ impl Lane {
     /// The one way a job reaches a thread: in turn on the lane, within the permits (one
     /// boxed job type, so tokio's blocking-task code is compiled once for all).
     async fn run_boxed(&self, job: Job) -> Result<(), Stopped> {
-        let _turn = self.order.lock().await;
+        let _turn = self.shared.order.lock().await;
         let _permit = PERMITS.acquire().await.map_err(|_| self.stopped())?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|_| self.stopped())
+        let since = |at| {
+            *self
+                .shared
+                .since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = at
+        };
+        since(Some(tokio::time::Instant::now()));
+        let done = tokio::task::spawn_blocking(job).await;
+        since(None);
+        done.map_err(|_| self.stopped())
     }
 
     fn stopped(&self) -> Stopped {
@@ -159,8 +184,8 @@ mod tests {
         let a = Lane::for_dir(&dir.path().join("a"));
         let b = Lane::for_dir(&dir.path().join("b"));
         assert!(Arc::ptr_eq(
-            &a.order,
-            &Lane::for_file(&dir.path().join("a/file")).order
+            &a.shared,
+            &Lane::for_file(&dir.path().join("a/file")).shared
         ));
         // Lane a is stuck until `release` is sent.
         let (release, stuck) = std::sync::mpsc::channel::<()>();

@@ -333,7 +333,21 @@ impl RefreshToken {
         }
     }
 
+    /// Waits (within [`PERSIST_WAIT`], and not at all while the state directory's lane is
+    /// stalled) for a write started by [`Self::start_persist`]; whether the file holds the
+    /// token, `None` when not known in time.
+    async fn wait_stored(&self, done: impl std::future::Future<Output = bool>) -> Option<bool> {
+        if crate::filework::Lane::for_file(&self.store.path).is_stalled() {
+            return None;
+        }
+        tokio::time::timeout(PERSIST_WAIT, done).await.ok()
+    }
+
     async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
+        // A rotated token still waiting for the disk is stored first, if the disk answers.
+        if let Some(done) = self.start_persist() {
+            self.wait_stored(done).await;
+        }
         let refresh = self.current()?;
         let mut form = vec![
             ("grant_type", wire::oauth::GRANT_REFRESH_TOKEN),
@@ -354,12 +368,10 @@ impl RefreshToken {
             // memory at once; the file gets it on the file-work lane, waited for a bounded
             // time (see the type's docs), so a stalled disk never holds the refresh loop.
             self.store.memory().unsaved = Some(rotated.clone());
-            // A lane still busy with an earlier write is stalled: not waited for.
-            let stalled = crate::filework::Lane::for_file(&self.store.path).is_busy();
             let stored = match self.start_persist() {
-                Some(done) if !stalled => tokio::time::timeout(PERSIST_WAIT, done).await.ok(),
-                // Stalled, or a write is queued already (it writes the newest token).
-                _ => None,
+                Some(done) => self.wait_stored(done).await,
+                // A write is queued already (it writes the newest token), on a stalled lane.
+                None => None,
             };
             match stored {
                 Some(true) => {
