@@ -191,8 +191,46 @@ pub fn create_secret(path: &Path, contents: &[u8]) -> Result<(), Error> {
 /// Removes what a killed writer left in `dir`: temporary files of this agent's pattern
 /// (`.<name>.tmp-<pid>`) whose process is gone. Returns what was removed. Never fails:
 /// an unreadable directory simply has nothing removed.
+///
+/// Only names the agent could have made are touched: regular files (not links) that
+/// belong to this process's user, in a directory that belongs to it too and that nobody
+/// else can write. In a directory others share (a sink's, possibly sticky and
+/// world-writable) use [`remove_stale_temps_of`], which touches only one file's own
+/// temporaries.
 pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let euid = rustix::process::geteuid().as_raw();
+    let private = fs::symlink_metadata(dir)
+        .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o022 == 0);
+    if !private {
+        return Vec::new();
+    }
     let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(pid) = temp_pid(&name)
+            && let Some(path) = stale_temp(&entry.path(), pid, euid)
+        {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// Removes the temporaries a killed writer of `file` left beside it: exactly
+/// `.<file name>.tmp-<pid>` with `pid` gone, a regular file this process's user owns. Safe
+/// in a directory other users share: nothing else there is touched.
+pub fn remove_stale_temps_of(file: &Path) -> Vec<PathBuf> {
+    let euid = rustix::process::geteuid().as_raw();
+    let (Ok(dir), Some(own)) = (parent_dir(file), file.file_name()) else {
+        return Vec::new();
+    };
+    let own = own.to_string_lossy();
+    let Ok(entries) = fs::read_dir(&dir) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
@@ -202,16 +240,44 @@ pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
         let Some(pid) = temp_pid(&name) else {
             continue;
         };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if name
+            .strip_prefix('.')
+            .and_then(|r| r.rsplit_once(".tmp-"))
+            .map(|(b, _)| b)
+            != Some(own.as_ref())
+        {
             continue;
         }
-        let path = entry.path();
-        let is_file = fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-        if is_file && fs::remove_file(&path).is_ok() {
+        if let Some(path) = stale_temp(&entry.path(), pid, euid) {
             removed.push(path);
         }
     }
     removed
+}
+
+/// Removes `path`, a temporary named for `pid`, when that process is gone and the file is
+/// a regular file `euid` owns; returns it when removed.
+fn stale_temp(path: &Path, pid: u32, euid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    let ours = fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == euid);
+    (ours && fs::remove_file(path).is_ok()).then(|| path.to_owned())
+}
+
+/// Opens `path` for reading without following a final symbolic link (`ELOOP`) and without
+/// blocking: a FIFO or device put in a file's place returns at once instead of hanging the
+/// caller until a writer comes. The caller checks the descriptor's own metadata (a
+/// regular file?) before it reads, and bounds the read.
+///
+/// # Errors
+/// The `open` error.
+pub fn open_nonblocking(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
 }
 
 /// The pid in a temporary file name `.<name>.tmp-<pid>`, if `name` is one.
@@ -349,6 +415,58 @@ mod tests {
         for name in [".tmp-12", ".a.tmp-", ".a.tmp-1x", "a.tmp-12"] {
             assert_eq!(temp_pid(name), None, "{name}");
         }
+    }
+
+    /// In a sticky world-writable directory (where a sink may live) the sweep touches
+    /// only the sink file's own temporaries, never another user's look-alike.
+    #[test]
+    fn the_sweep_leaves_other_users_files_in_a_shared_directory() {
+        let root = rustix::process::geteuid().is_root();
+        assert!(
+            root || std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
+            "needs root (to plant another user's file), and ASSET_AGENT_REQUIRE_ROOT is set"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let notes = dir.path().join(".alice-notes.tmp-999998");
+        let alike = dir.path().join(".token.jwt.tmp-999997");
+        let ours = dir.path().join(".token.jwt.tmp-999996");
+        let unrelated = dir.path().join(".other.tmp-999995");
+        for p in [&notes, &alike, &ours, &unrelated] {
+            fs::write(p, b"x").unwrap();
+        }
+        if root {
+            // Another user's files, one of them under the sink's own temporary name.
+            std::os::unix::fs::chown(&notes, Some(1001), Some(1001)).unwrap();
+            std::os::unix::fs::chown(&alike, Some(1001), Some(1001)).unwrap();
+        }
+        // A directory others can write gets no pattern sweep at all.
+        assert_eq!(remove_stale_temps(dir.path()), Vec::<PathBuf>::new());
+        assert!(notes.exists() && unrelated.exists());
+        // The sink's sweep: only its own file's temporaries that belong to us.
+        let removed = remove_stale_temps_of(&dir.path().join("token.jwt"));
+        assert!(removed.contains(&ours), "{removed:?}");
+        assert!(!ours.exists());
+        assert!(notes.exists(), "another user's file was removed");
+        assert!(unrelated.exists(), "an unrelated file was removed");
+        if root {
+            assert!(alike.exists(), "another user's look-alike was removed");
+        }
+    }
+
+    #[test]
+    fn a_fifo_opens_without_blocking_and_is_seen_for_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("app.pid");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let f = open_nonblocking(&fifo).unwrap();
+        assert!(!f.metadata().unwrap().is_file());
     }
 
     #[test]

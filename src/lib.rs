@@ -36,6 +36,7 @@ pub mod config;
 pub mod crypto;
 pub(crate) mod diagnose;
 pub(crate) mod error;
+pub mod filework;
 pub mod fsutil;
 pub mod gateway;
 pub mod keys;

@@ -644,3 +644,121 @@ async fn exec_keeps_supervising_when_the_token_file_cannot_be_rewritten() {
     );
     agent.stop().await;
 }
+
+/// Status reflects what the file holds: after a failed write the file keeps the older
+/// token and `present` is false at once (not "holds a valid token now"), with the error and
+/// its age; when that older token runs out the file is removed.
+#[tokio::test]
+async fn a_failed_write_shows_in_status_and_the_older_token_is_removed_at_its_expiry() {
+    let emu = emulator(Clock::system(), |c| {
+        c.asset_token_lifetime = Duration::from_secs(4);
+    })
+    .await;
+    let dev = Device::new(&emu);
+    let dir = sink_dir(&dev);
+    let file = dir.join("token");
+    let config = with_sinks(
+        &dev,
+        &emu,
+        "",
+        &format!("\n[[sink]]\npath = \"{}\"\n", file.display()),
+    );
+    let agent = Agent::start(&config, Clock::system()).await;
+    for _ in 0..200 {
+        if file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let s = status(&dev.socket()).await;
+    assert_eq!(s["sinks"][0]["present"], true, "{s}");
+    let first = std::fs::read_to_string(&file).unwrap();
+    // The agent's next temporary file cannot be created: every write from now on fails.
+    std::fs::create_dir(dir.join(format!(".token.tmp-{}", std::process::id()))).unwrap();
+    let mut s = status(&dev.socket()).await;
+    for _ in 0..100 {
+        if s["sinks"][0]["write_failures"].as_u64().unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s = status(&dev.socket()).await;
+    }
+    let k = &s["sinks"][0];
+    assert!(k["write_failures"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(
+        k["present"], false,
+        "a failed write reported as present: {s}"
+    );
+    assert!(k["last_error"].as_str().unwrap().contains("tmp"), "{s}");
+    assert!(k["last_error_s"].is_u64(), "{s}");
+    if file.exists() {
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+    }
+    // The older token's expiry (4 s tokens): the file goes, and status says so.
+    for _ in 0..100 {
+        if !file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!file.exists(), "the file kept an expired token");
+    let s = status(&dev.socket()).await;
+    assert_eq!(s["sinks"][0]["present"], false, "{s}");
+    assert!(s["sinks"][0]["expires_in_s"].is_null(), "{s}");
+    agent.stop().await;
+}
+
+/// kill -9 of exec: its command is stopped and its token file removed all the same (by
+/// exec's guard process), within a second or two, not left running on an expiring token.
+#[tokio::test]
+async fn a_killed_exec_leaves_neither_its_command_nor_its_token_file() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let agent = Agent::start(&dev.config(&emu, "", ""), Clock::system()).await;
+    wait_for_token(&dev.socket()).await;
+    let file = dev.path("tok");
+    let pid_file = dev.path("child.pid");
+    let mut exec = exec_cmd(&dev.socket())
+        .arg("--file")
+        .arg(&file)
+        .args(["--", "/bin/sh", "-c"])
+        .arg(format!(
+            "echo $$ > {p}.tmp; mv {p}.tmp {p}; while :; do sleep 0.05; done",
+            p = pid_file.display()
+        ))
+        .spawn()
+        .unwrap();
+    let mut child = None;
+    for _ in 0..400 {
+        if let Ok(text) = std::fs::read_to_string(&pid_file) {
+            child = Some(text.trim().parse::<i32>().unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let child = child.expect("the command never started");
+    assert!(file.exists() && alive(child));
+    exec.start_kill().unwrap();
+    exec.wait().await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !file.exists() && !alive(child) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if alive(child) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(
+        gone,
+        "5 s after kill -9 of exec: token file there: {}, command alive: {}",
+        file.exists(),
+        alive(child)
+    );
+    agent.stop().await;
+}

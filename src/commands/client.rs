@@ -166,10 +166,11 @@ fn human(s: &Status) -> String {
         }
     }
     for k in &s.sinks {
-        let state = if k.present {
-            "holds a token"
-        } else {
-            "no file"
+        let state = match (k.present, k.expires_in_s) {
+            (true, _) => "holds a token",
+            (false, None) => "no file",
+            (false, Some(0)) => "holds an EXPIRED token",
+            (false, Some(_)) => "holds an older token; the last write failed",
         };
         let _ = write!(
             out,

@@ -14,6 +14,16 @@
 //! the file. No failure leaves the file behind: one that cannot be rewritten on rotation is
 //! removed (and the command keeps running); a command that cannot be started (or
 //! restarted) ends exec with an error after the file is removed.
+//!
+//! **When exec itself is killed** (SIGKILL, an OOM kill), a small guard process cleans up:
+//! exec starts its own binary as `asset-agent __exec-guard PATH` (in a process group of its
+//! own, so a signal to exec's group spares it) with a pipe on its stdin whose only writer
+//! is exec, and tells it the child's pid and the file's identity (device, inode) as they
+//! change. When the pipe closes without a word from exec (exec is gone, however it died),
+//! the guard removes the file if it is still the one exec wrote, sends the child SIGTERM
+//! and, after [`STOP_GRACE`], SIGKILL. What remains: killing the guard and exec together
+//! (a SIGKILL to both, a whole cgroup killed at once) leaves the file until the token in it
+//! expires and the next exec with the same `--file` replaces it.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -79,6 +89,7 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
         argv: args.command,
         env,
         file: args.file,
+        guard: Guard::none(),
     };
 
     // The first token, waited for at most `--wait`.
@@ -113,6 +124,8 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
     };
     // From here on no way out leaves the token file behind or the command unsupervised.
     let mut signals = Signals::new()?;
+    let guard = Guard::start(spec.file.as_deref())?;
+    let spec = Spec { guard, ..spec };
     spec.write_file(held.jwt.expose())?;
     let mut child = spec
         .spawn(held.jwt.expose())
@@ -127,6 +140,7 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
         tokio::select! {
             status = child.wait() => {
                 spec.remove_file();
+                spec.guard.tell("done");
                 let status = status.map_err(|e| Error::Failed(format!("could not wait for the command: {e}")))?;
                 return Err(Error::Exit(exit_code(status)));
             }
@@ -162,7 +176,10 @@ pub async fn run(config: Option<PathBuf>, args: ExecArgs) -> Result<(), Error> {
                                     stop(&mut child).await;
                                     child = spec
                                         .spawn(held.jwt.expose())
-                                        .inspect_err(|_| spec.remove_file())?;
+                                        .inspect_err(|_| {
+                                            spec.remove_file();
+                                            spec.guard.tell("done");
+                                        })?;
                                 }
                                 OnRotation::None => {}
                             }
@@ -203,6 +220,8 @@ struct Spec {
     argv: Vec<OsString>,
     env: Option<String>,
     file: Option<PathBuf>,
+    /// Cleans up if exec dies (see the module docs).
+    guard: Guard,
 }
 
 // === impl Spec ===
@@ -217,12 +236,16 @@ impl Spec {
         if let Some(name) = &self.env {
             cmd.env(name, jwt);
         }
-        cmd.spawn().map_err(|e| {
+        let child = cmd.spawn().map_err(|e| {
             Error::Failed(format!(
                 "could not start {}: {e}",
                 Path::new(program).display()
             ))
-        })
+        })?;
+        if let Some(pid) = child.id() {
+            self.guard.tell(&format!("child {pid}"));
+        }
+        Ok(child)
     }
 
     fn write_file(&self, jwt: &str) -> Result<(), Error> {
@@ -230,7 +253,12 @@ impl Spec {
             return Ok(());
         };
         crate::fsutil::write_secret_atomic(path, jwt.as_bytes())
-            .map_err(|e| Error::Failed(crate::error::chain(&e)))
+            .map_err(|e| Error::Failed(crate::error::chain(&e)))?;
+        if let Ok(m) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::MetadataExt as _;
+            self.guard.tell(&format!("file {} {}", m.dev(), m.ino()));
+        }
+        Ok(())
     }
 
     fn remove_file(&self) {
@@ -240,6 +268,121 @@ impl Spec {
             tracing::warn!(error = %crate::error::chain(&e), "could not remove the token file");
         }
     }
+}
+
+/// exec's end of the pipe to its guard process (see the module docs); `None` without one.
+struct Guard(Option<std::fs::File>);
+
+/// The hidden command line of the guard process.
+pub const GUARD_ARG: &str = "__exec-guard";
+
+// === impl Guard ===
+
+impl Guard {
+    fn none() -> Self {
+        Self(None)
+    }
+
+    /// Starts the guard for `file` (none: it only looks after the child).
+    fn start(file: Option<&Path>) -> Result<Self, Error> {
+        let (reader, writer) = std::io::pipe().map_err(|e| {
+            Error::Failed(format!(
+                "could not create a pipe for exec's guard process: {e}"
+            ))
+        })?;
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg(GUARD_ARG);
+        if let Some(f) = file {
+            cmd.arg(f);
+        }
+        cmd.stdin(reader)
+            .stdout(std::process::Stdio::null())
+            .process_group(0);
+        let guard = cmd.spawn().map_err(|e| {
+            Error::Failed(format!(
+                "could not start exec's guard process (/proc/self/exe {GUARD_ARG}): {e}"
+            ))
+        })?;
+        // Reaped by nobody we wait for: it exits when the pipe closes, after exec.
+        drop(guard);
+        Ok(Self(Some(std::fs::File::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))))
+    }
+
+    /// Sends the guard one line (a pipe write of a few bytes: it does not block).
+    fn tell(&self, line: &str) {
+        use std::io::Write as _;
+        if let Some(mut pipe) = self.0.as_ref() {
+            let _ = pipe.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
+
+/// The guard process's whole life (`asset-agent __exec-guard [PATH]`, stdin a pipe from
+/// exec): follow what exec says until the pipe closes; if exec did not say "done", remove
+/// the file it wrote last and stop the child. Returns the exit code.
+pub fn guard_main(file: Option<PathBuf>) -> u8 {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let mut child: Option<(i32, std::os::fd::OwnedFd)> = None;
+    let mut written: Option<(u64, u64)> = None;
+    let mut done = false;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("done"), _, _) => done = true,
+            (Some("child"), Some(pid), _) => {
+                child = pid
+                    .parse::<i32>()
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                    .and_then(|p| {
+                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                            .ok()
+                            .map(|fd| (p.as_raw_nonzero().get(), fd))
+                    });
+            }
+            (Some("file"), Some(dev), Some(ino)) => {
+                written = dev.parse().ok().zip(ino.parse().ok());
+            }
+            _ => {}
+        }
+    }
+    if done {
+        return 0;
+    }
+    if let (Some(path), Some((dev, ino))) = (&file, written) {
+        let same = std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.is_file() && m.dev() == dev && m.ino() == ino);
+        if same {
+            let _ = crate::fsutil::remove_synced(path);
+        }
+    }
+    if let Some((pid, fd)) = child {
+        let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::TERM);
+        let gone = |pid: i32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        };
+        let step = Duration::from_millis(100);
+        let mut waited = Duration::ZERO;
+        while !gone(pid) && waited < STOP_GRACE {
+            // A process of its own with nothing else to do: no runtime to stall.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(step);
+            waited += step;
+        }
+        if !gone(pid) {
+            let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+        }
+    }
+    0
 }
 
 /// The signals forwarded to the child.

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::error::{Error as UpstreamError, Step};
 use super::upstream::Upstream;
@@ -198,28 +198,48 @@ impl JwtBearer {
 ///
 /// The file is the source of truth and is read before every grant, so a token stored by
 /// `asset-agent enroll` (first enrollment, or re-enrollment after a revocation) is picked up
-/// by a running agent without a restart. A rotated token is written to the file before it
-/// is used; if that write fails (a read-only or full disk), the token is kept in memory (never
-/// dropped: the old one is already dead), copied to the fallback file in the runtime
-/// directory (a tmpfs that survives a crash of the agent, though not a reboot), and the
-/// agent goes on serving with the new tokens; the write is retried before every pass. At
-/// start, a fallback copy newer than the file is the token to use.
+/// by a running agent without a restart. A rotated token is kept in memory first (never
+/// dropped: the old one is already dead) and written to the file on the state directory's
+/// file-work lane ([`crate::filework`]); the grant waits up to [`PERSIST_WAIT`] for that
+/// write. If it fails (a read-only or full disk) or does not finish in time (a frozen
+/// filesystem, a stalled SD card), the token is also copied to the fallback file in the
+/// runtime directory (a tmpfs that survives a crash of the agent, though not a reboot), and
+/// the agent goes on serving with the new tokens; the write is retried before every pass
+/// and completes on its own when the disk answers again. At start, a fallback copy newer
+/// than the file is the token to use.
 #[derive(Debug)]
 pub struct RefreshToken {
     client_id: String,
     client_secret: Option<Secret>,
+    store: Arc<Store>,
+}
+
+/// How long a grant that rotated the refresh token waits for it to reach the disk before
+/// it goes on (with the token in memory and in the fallback copy).
+pub const PERSIST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where the refresh token is kept, shared with the file-work threads.
+#[derive(Debug)]
+struct Store {
     path: PathBuf,
     /// Where a rotated token that could not be stored waits, crash-safe (runtime dir).
     fallback: Option<PathBuf>,
     memory: Mutex<Memory>,
+    /// Serialises the fallback copy's writes and removal (file-work threads only: the
+    /// runtime thread never waits on a write through `memory`).
+    fallback_turn: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct Memory {
     /// The token last read from or written to the file.
     last: Option<Secret>,
-    /// A rotated token that could not be persisted yet.
+    /// A rotated token that is not in the file yet.
     unsaved: Option<Secret>,
+    /// A write of `unsaved` is queued or running.
+    persisting: bool,
+    /// The last token whose failed write was logged (once per token, not per retry).
+    reported: Option<Secret>,
 }
 
 // === impl RefreshToken ===
@@ -229,9 +249,12 @@ impl RefreshToken {
         Self {
             client_id,
             client_secret,
-            path,
-            fallback: None,
-            memory: Mutex::new(Memory::default()),
+            store: Arc::new(Store {
+                path,
+                fallback: None,
+                memory: Mutex::new(Memory::default()),
+                fallback_turn: Mutex::new(()),
+            }),
         }
     }
 
@@ -239,76 +262,205 @@ impl RefreshToken {
     /// picks up a copy a crashed agent left there when it is newer than the file.
     #[must_use]
     pub fn with_fallback(mut self, path: PathBuf) -> Self {
-        if let Some(token) = newer_copy(&path, &self.path) {
+        if let Some(token) = newer_copy(&path, &self.store.path) {
             tracing::warn!(file = %path.display(), "a rotated refresh token that was never stored is waiting here; using it and storing it now");
-            self.memory().unsaved = Some(token);
+            self.store.memory().unsaved = Some(token);
         }
-        self.fallback = Some(path);
+        match Arc::get_mut(&mut self.store) {
+            Some(store) => store.fallback = Some(path),
+            None => {
+                let store = Store {
+                    path: self.store.path.clone(),
+                    fallback: Some(path),
+                    memory: Mutex::new(std::mem::take(&mut *self.store.memory())),
+                    fallback_turn: Mutex::new(()),
+                };
+                self.store = Arc::new(store);
+            }
+        }
         self
     }
 
     /// Retries storing a rotated token that is still waiting (before every pass, so a disk
-    /// that comes back is used at once).
+    /// that comes back is used at once). Returns at once: the write runs on the state
+    /// directory's file-work lane.
     pub fn persist_pending(&self) {
-        let unsaved = self.memory().unsaved.clone();
-        if let Some(token) = unsaved {
-            self.persist(&token);
-        }
+        drop(self.start_persist());
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.store.path
     }
 
+    /// Queues the write of the unsaved token, unless one is queued already; the future
+    /// says whether the file holds it (false: failed, or nothing to write).
+    fn start_persist(&self) -> Option<impl std::future::Future<Output = bool> + use<>> {
+        {
+            let mut memory = self.store.memory();
+            if memory.unsaved.is_none() || memory.persisting {
+                return None;
+            }
+            memory.persisting = true;
+        }
+        let store = self.store.clone();
+        let done = crate::filework::Lane::for_file(&store.path).submit(move || store.persist_all());
+        Some(async move { done.await.unwrap_or(false) })
+    }
+
+    /// The token to use now: a rotated one still waiting to be persisted (its write queued
+    /// again if none is), else the file's.
+    fn current(&self) -> Result<Secret, Error> {
+        let unsaved = self.store.memory().unsaved.clone();
+        if let Some(token) = unsaved {
+            drop(self.start_persist());
+            return Ok(token);
+        }
+        let token = read_refresh_token(&self.store.path)?;
+        let mut memory = self.store.memory();
+        if memory.last.as_ref().is_some_and(|last| *last != token) {
+            tracing::info!(file = %self.store.path.display(), "the refresh token file changed; using the new token");
+        }
+        memory.last = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Whether the file now holds a token other than the one last used (someone ran
+    /// `asset-agent enroll` or replaced it), so a failing agent can retry at once.
+    pub fn changed(&self) -> bool {
+        match read_refresh_token(&self.store.path) {
+            Ok(token) => self.store.memory().last.as_ref() != Some(&token),
+            Err(_) => false,
+        }
+    }
+
+    /// Waits (within [`PERSIST_WAIT`], and not at all while the state directory's lane is
+    /// stalled) for a write started by [`Self::start_persist`]; whether the file holds the
+    /// token, `None` when not known in time.
+    async fn wait_stored(&self, done: impl std::future::Future<Output = bool>) -> Option<bool> {
+        if crate::filework::Lane::for_file(&self.store.path).is_stalled() {
+            return None;
+        }
+        tokio::time::timeout(PERSIST_WAIT, done).await.ok()
+    }
+
+    async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
+        // A rotated token still waiting for the disk is stored first, if the disk answers.
+        if let Some(done) = self.start_persist() {
+            self.wait_stored(done).await;
+        }
+        let refresh = self.current()?;
+        let mut form = vec![
+            ("grant_type", wire::oauth::GRANT_REFRESH_TOKEN),
+            ("refresh_token", refresh.expose()),
+            ("client_id", self.client_id.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose()));
+        }
+        let resp: OAuthTokenResponse = up
+            .post_form(Step::AccessToken, wire::oauth::TOKEN_PATH, &form)
+            .await?;
+        if let Some(rotated) = resp
+            .refresh_token
+            .filter(|r| !r.is_empty() && *r != refresh)
+        {
+            // Rotation: the old token is already dead at Salesforce. The new one is in
+            // memory at once; the file gets it on the file-work lane, waited for a bounded
+            // time (see the type's docs), so a stalled disk never holds the refresh loop.
+            self.store.memory().unsaved = Some(rotated.clone());
+            let stored = match self.start_persist() {
+                Some(done) => self.wait_stored(done).await,
+                // A write is queued already (it writes the newest token), on a stalled lane.
+                None => None,
+            };
+            match stored {
+                Some(true) => {
+                    tracing::info!(file = %self.store.path.display(), "refresh token rotated and stored");
+                }
+                // Refused: `persist` logged it and kept the copy.
+                Some(false) => {}
+                None => {
+                    tracing::warn!(file = %self.store.path.display(),
+                        "the state directory has not stored the rotated refresh token (its filesystem does not answer within {} s); serving on, keeping it in memory and in the runtime directory until it does",
+                        PERSIST_WAIT.as_secs());
+                    let store = self.store.clone();
+                    if let Some(fallback) = store.fallback.clone() {
+                        let copied = crate::filework::Lane::for_file(&fallback)
+                            .submit(move || store.keep_in_fallback(&rotated));
+                        let _ = tokio::time::timeout(PERSIST_WAIT, copied).await;
+                    }
+                }
+            }
+        }
+        Ok(AccessToken {
+            token: resp.access_token,
+            instance_url: resp.instance_url,
+        })
+    }
+}
+
+// === impl Store ===
+
+impl Store {
     fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The token to use now: a rotated one still waiting to be persisted (persisted first),
-    /// else the file's.
-    fn current(&self) -> Result<Secret, Error> {
-        let unsaved = self.memory().unsaved.clone();
-        if let Some(token) = unsaved {
-            self.persist(&token);
-            return Ok(token);
+    /// Writes the unsaved token until the file holds the newest (a rotation may come
+    /// while a write runs). On a file-work thread. Returns whether the file holds it.
+    fn persist_all(&self) -> bool {
+        loop {
+            let token = {
+                let mut memory = self.memory();
+                match memory.unsaved.clone() {
+                    Some(token) => token,
+                    None => {
+                        memory.persisting = false;
+                        return true;
+                    }
+                }
+            };
+            if !self.persist(&token) {
+                self.memory().persisting = false;
+                return false;
+            }
         }
-        let token = read_refresh_token(&self.path)?;
-        let mut memory = self.memory();
-        if memory.last.as_ref().is_some_and(|last| *last != token) {
-            tracing::info!(file = %self.path.display(), "the refresh token file changed; using the new token");
-        }
-        memory.last = Some(token.clone());
-        Ok(token)
     }
 
-    /// Writes `token` to the file; if that fails, keeps it in memory and in the fallback
-    /// file for the next attempt. Returns whether the file holds it.
+    /// Writes `token` to the file; if that fails, it stays in memory and goes to the
+    /// fallback file for the next attempt. Returns whether the file holds it.
     fn persist(&self, token: &Secret) -> bool {
         let result = fsutil::write_secret_atomic(&self.path, token.expose().as_bytes());
-        let was_unsaved = self.memory().unsaved.is_some();
         let mut memory = self.memory();
         match result {
             Ok(()) => {
+                let recovered = memory.reported.take().is_some();
                 memory.last = Some(token.clone());
-                memory.unsaved = None;
+                let stored = memory.unsaved.as_ref() == Some(token);
+                if stored {
+                    memory.unsaved = None;
+                }
                 drop(memory);
-                if let Some(fallback) = &self.fallback {
+                // After a copy being written now (it sees `unsaved` cleared otherwise).
+                if let (true, Some(fallback)) = (stored, &self.fallback) {
+                    let _turn = self.fallback_turn();
                     let _ = std::fs::remove_file(fallback);
                 }
-                if was_unsaved {
+                if recovered {
                     tracing::info!(file = %self.path.display(), "the rotated refresh token is stored now");
                 }
                 true
             }
             Err(e) => {
-                let first = memory.unsaved.as_ref() != Some(token);
-                memory.unsaved = Some(token.clone());
+                let first = memory.reported.as_ref() != Some(token);
+                memory.reported = Some(token.clone());
                 drop(memory);
-                let kept = self.fallback.as_ref().filter(|fallback| {
-                    fsutil::write_secret_atomic(fallback, token.expose().as_bytes()).is_ok()
-                });
+                let kept = self
+                    .fallback
+                    .as_ref()
+                    .filter(|_| self.keep_in_fallback(token));
                 let err = Error::PersistRotated(e);
                 if first {
                     match kept {
@@ -328,43 +480,24 @@ impl RefreshToken {
         }
     }
 
-    /// Whether the file now holds a token other than the one last used (someone ran
-    /// `asset-agent enroll` or replaced it), so a failing agent can retry at once.
-    pub fn changed(&self) -> bool {
-        match read_refresh_token(&self.path) {
-            Ok(token) => self.memory().last.as_ref() != Some(&token),
-            Err(_) => false,
+    /// Copies `token` to the fallback file while it is still the unsaved one (in turn with
+    /// the copy's removal, so a store that completes meanwhile cannot leave a stale copy).
+    /// Whether the fallback holds it.
+    fn keep_in_fallback(&self, token: &Secret) -> bool {
+        let Some(fallback) = &self.fallback else {
+            return false;
+        };
+        let _turn = self.fallback_turn();
+        if self.memory().unsaved.as_ref() != Some(token) {
+            return false;
         }
+        fsutil::write_secret_atomic(fallback, token.expose().as_bytes()).is_ok()
     }
 
-    async fn obtain(&self, up: &Upstream) -> Result<AccessToken, Error> {
-        let refresh = self.current()?;
-        let mut form = vec![
-            ("grant_type", wire::oauth::GRANT_REFRESH_TOKEN),
-            ("refresh_token", refresh.expose()),
-            ("client_id", self.client_id.as_str()),
-        ];
-        if let Some(secret) = &self.client_secret {
-            form.push(("client_secret", secret.expose()));
-        }
-        let resp: OAuthTokenResponse = up
-            .post_form(Step::AccessToken, wire::oauth::TOKEN_PATH, &form)
-            .await?;
-        if let Some(rotated) = resp
-            .refresh_token
-            .filter(|r| !r.is_empty() && *r != refresh)
-        {
-            // Rotation: the old token is already dead at Salesforce. Persist the new one
-            // before anything else; if the disk refuses it, it waits in memory and in the
-            // runtime directory, and the agent serves on with the new access token.
-            if self.persist(&rotated) {
-                tracing::info!(file = %self.path.display(), "refresh token rotated and stored");
-            }
-        }
-        Ok(AccessToken {
-            token: resp.access_token,
-            instance_url: resp.instance_url,
-        })
+    fn fallback_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.fallback_turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -3,8 +3,14 @@
 //! A hook runs beside the sink's writer, never in the refresh loop's way: rotations that
 //! arrive while a hook still runs are coalesced into one more run after it. A command hook
 //! runs without a shell in its own process group, with stdin closed and its output logged
-//! line by line (at most [`MAX_LOG_LINES`] lines of [`MAX_LINE`] bytes per run); at its
-//! time limit the whole group is killed.
+//! line by line (at most [`MAX_LOG_LINES`] lines of [`MAX_LINE`] bytes per run, anything
+//! token-shaped replaced by its length: see [`redact`]). When the hook exits, at its time
+//! limit, and when the agent stops, the whole group is killed, so whatever it started in
+//! the background (a daemon) goes with it instead of piling up, one per rotation.
+//!
+//! A `pid_file` hook reads its file on a file-work thread ([`crate::filework`]), opened
+//! without blocking and refused unless it is a regular file: a FIFO put in its place
+//! cannot hold the agent.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
@@ -84,7 +90,15 @@ pub async fn run(hook: &Hook, sink: &Path, cancel: &CancellationToken) -> Result
             ];
             command(&argv, Duration::from_secs(30), sink, cancel).await
         }
-        Hook::PidFile { path, signal } => signal_pid_file(path, *signal),
+        Hook::PidFile { path, signal } => {
+            let (path, signal) = (path.clone(), *signal);
+            let lane = crate::filework::Lane::for_file(&path);
+            let read = lane.run(move || signal_pid_file(&path, signal));
+            tokio::select! {
+                done = read => done.unwrap_or(Err(Failure::Cancelled)),
+                () = cancel.cancelled() => Err(Failure::Cancelled),
+            }
+        }
     }
 }
 
@@ -192,7 +206,14 @@ async fn command(
             log_lines(err, program, "stderr")
         );
     };
-    let finished = async { tokio::join!(child.wait(), logged).0 };
+    // When the hook itself exits, what it left running in its group goes too (that also
+    // closes the output pipes a background child inherited, so the logging ends).
+    let waited = async {
+        let status = child.wait().await;
+        kill_group(pid);
+        status
+    };
+    let finished = async { tokio::join!(waited, logged).0 };
     let outcome = tokio::select! {
         status = finished => Some(status),
         () = tokio::time::sleep(timeout) => None,
@@ -206,14 +227,7 @@ async fn command(
             source,
         }),
         None => {
-            // The group id is the child's pid (process_group(0)): this reaches whatever
-            // the hook started too, unless it left the group on purpose.
-            if let Some(pgid) = pid
-                .and_then(|p| i32::try_from(p).ok())
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-            }
+            kill_group(pid);
             let _ = child.wait().await;
             if cancel.is_cancelled() {
                 Err(Failure::Cancelled)
@@ -224,7 +238,62 @@ async fn command(
     }
 }
 
-/// Logs what `stream` says, line by line, within the caps.
+/// Kills the process group a hook ran in. The group id is the hook's pid
+/// (`process_group(0)`): this reaches whatever the hook started too, unless it left the
+/// group on purpose (setsid).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pgid) = pid
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Shortest run of token characters [`redact`] hides.
+const TOKEN_MIN: usize = 24;
+
+/// `line` with anything token-shaped replaced by `[redacted: N characters]`: a run of at
+/// least [`TOKEN_MIN`] characters of the alphabets tokens use (base64url, `.`, `!`, `+`,
+/// `~`) that mixes letters and digits. That covers a JWT (`xxx.yyy.zzz`), a Salesforce
+/// access token (`00D…!AQ…`) and a refresh token, whatever a hook prints: the token file
+/// it was handed, an environment dump, a curl trace. A path (`/`) or prose is left as is.
+pub fn redact(line: &str) -> std::borrow::Cow<'_, str> {
+    let is_token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '!' | '+' | '~');
+    let secret = |run: &str| {
+        run.len() >= TOKEN_MIN
+            && run.bytes().any(|b| b.is_ascii_digit())
+            && run.bytes().any(|b| b.is_ascii_alphabetic())
+    };
+    let mut out = String::new();
+    let mut last = 0;
+    let mut start = None;
+    for (i, c) in line
+        .char_indices()
+        .chain(std::iter::once((line.len(), ' ')))
+    {
+        match (is_token_char(c) && i < line.len(), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                if secret(&line[s..i]) {
+                    out.push_str(&line[last..s]);
+                    out.push_str(&format!("[redacted: {} characters]", i - s));
+                    last = i;
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if last == 0 {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    out.push_str(&line[last..]);
+    std::borrow::Cow::Owned(out)
+}
+
+/// Logs what `stream` says, line by line, within the caps, tokens redacted.
 async fn log_lines(stream: Option<impl AsyncRead + Unpin>, program: &str, name: &str) {
     let Some(mut stream) = stream else { return };
     let mut buf = Vec::new();
@@ -234,7 +303,7 @@ async fn log_lines(stream: Option<impl AsyncRead + Unpin>, program: &str, name: 
     let mut emit = |line: &[u8]| {
         if logged < MAX_LOG_LINES {
             let text = String::from_utf8_lossy(&line[..line.len().min(MAX_LINE)]);
-            tracing::info!(hook = program, stream = name, "{}", text.trim_end());
+            tracing::info!(hook = program, stream = name, "{}", redact(text.trim_end()));
             logged += 1;
         } else {
             dropped += 1;
@@ -355,5 +424,56 @@ mod tests {
         std::fs::hard_link(root_run.join("daemon.pid"), app.join("linked.pid")).unwrap();
         let err = signal_pid_file(&app.join("linked.pid"), Signal::Cont).unwrap_err();
         assert!(err.to_string().contains("hard links"), "{err}");
+    }
+
+    /// A FIFO put where the PID file was (its directory's owner can do that) is refused at
+    /// once; a blocking open would wait for a writer for ever.
+    #[test]
+    fn a_fifo_at_the_pid_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&pid_file)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pid_file.clone();
+        // On a thread of its own, so a hang fails the test instead of stopping it.
+        std::thread::spawn(move || {
+            let _ = tx.send(signal_pid_file(&p, Signal::Cont));
+        });
+        let outcome = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("reading a FIFO PID file hung");
+        let err = outcome.unwrap_err();
+        assert!(matches!(err, Failure::PidFileUnsafe { .. }), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn token_shaped_output_is_redacted() {
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIwMDVYWDAwMDAwMDAwMDEifQ.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU";
+        let line = format!("token={jwt} written to /run/app/token.jwt");
+        let out = redact(&line);
+        assert!(!out.contains("eyJ"), "{out}");
+        assert!(
+            out.contains(&format!("[redacted: {} characters]", jwt.len())),
+            "{out}"
+        );
+        assert!(out.ends_with(" written to /run/app/token.jwt"), "{out}");
+        let access = "00DXX0000000001!AQ4AQFtdQ3F9pJzFQ8vS8g7mKqDqHkM6.bEXAMPLE";
+        assert!(!redact(access).contains("AQ4AQ"));
+        let refresh = "5Aep861TSESvWeug_ztpnAk6BGQxRdovMLhHso6aVjwnQYV9ZF0V3F5JcLm1P3pnWv8L2lD8Jv";
+        assert!(!redact(&format!("[{refresh}]")).contains("5Aep"));
+        for plain in [
+            "reloading the configuration of /etc/app/config.yaml",
+            "pid 1234 got SIGHUP after 0.5 s",
+            "",
+        ] {
+            assert_eq!(redact(plain), plain);
+        }
     }
 }

@@ -13,6 +13,13 @@
 //!   exists therefore always holds a token that is still valid; a reader that finds none
 //!   retries later. The agent also removes its sink files when it stops (nothing would be
 //!   left to remove them at expiry) and any stale one when it starts.
+//! - **Off the runtime thread:** every write, removal and sweep runs on the file-work lane
+//!   of the sink's directory ([`crate::filework`]); the loop awaits it, so a filesystem
+//!   that stops answering holds this sink only (and the agent's stop for [`STOP_WAIT`] at
+//!   most).
+//! - **Status** ([`Status::present`]) is what the file holds: the last write or removal
+//!   worked and its token has not expired. A file that cannot be removed is emptied if
+//!   possible.
 //! - **Demand:** a sink holds the refresh loop's demand ([`Handle::hold`]) for as long as it
 //!   runs, so with `token.refresh = "on_demand"` an identity that has sinks is refreshed
 //!   ahead of expiry exactly as under `eager`.
@@ -37,6 +44,7 @@ pub use path::{PathError, check as check_path};
 
 use crate::config::{self, Group, Hook, SinkFormat};
 use crate::error::chain;
+use crate::filework::Lane;
 use crate::metrics::{Collect, Writer as MetricsWriter};
 use crate::token::refresher::DemandGuard;
 use crate::token::{AssetToken, Current};
@@ -46,6 +54,8 @@ use crate::token::{AssetToken, Current};
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 /// After a failed write, the next try comes this much later.
 pub const RETRY_WRITE: Duration = Duration::from_secs(5);
+/// At stop, how long the file's removal is waited for before the agent stops anyway.
+pub const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// A sink could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +85,10 @@ pub struct Stats {
     pub format: SinkFormat,
     /// `pid_file`, `unit` or `command`, when a hook is configured.
     pub hook: Option<&'static str>,
-    present: AtomicBool,
+    /// Whether the last write or removal worked.
+    ok: AtomicBool,
+    /// When the token the file holds expires (`None`: no file, or an empty one).
+    holds_until: Mutex<Option<Instant>>,
     writes: AtomicU64,
     write_failures: AtomicU64,
     removals: AtomicU64,
@@ -84,6 +97,7 @@ pub struct Stats {
     hook_timeouts: AtomicU64,
     last_write: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    last_failure: Mutex<Option<Instant>>,
     last_hook_error: Mutex<Option<String>>,
 }
 
@@ -99,8 +113,12 @@ pub struct Sinks(pub Vec<Arc<Stats>>);
 pub struct Status {
     pub path: String,
     pub format: String,
-    /// Whether the file holds a valid token now.
+    /// Whether the file holds a valid token now: the last write (or removal) worked and
+    /// the token it left has not expired.
     pub present: bool,
+    /// Seconds until the token the file holds expires (0: expired, still there because
+    /// it could not be removed); absent when there is no file.
+    pub expires_in_s: Option<u64>,
     pub writes: u64,
     pub write_failures: u64,
     /// Times the file was removed because no valid token was held.
@@ -108,6 +126,8 @@ pub struct Status {
     /// Seconds since the last successful write.
     pub last_write_s: Option<u64>,
     pub last_error: Option<String>,
+    /// Seconds since the last failed write or removal (kept after a later success).
+    pub last_error_s: Option<u64>,
     /// `pid_file`, `unit` or `command`; absent without a hook.
     pub hook: Option<String>,
     pub hook_runs_ok: u64,
@@ -119,6 +139,12 @@ pub struct Status {
 
 /// One sink's task; see the module docs.
 pub struct Writer {
+    files: Arc<Files>,
+    lane: Lane,
+}
+
+/// What a sink's file work needs, shared with the file-work thread.
+struct Files {
     sink: config::Sink,
     gid: Option<u32>,
     device_id: String,
@@ -171,17 +197,21 @@ impl Writer {
             });
         }
         let stats = Arc::new(Stats::new(&sink));
+        let lane = Lane::for_file(&sink.path);
         Ok(Self {
-            sink,
-            gid,
-            device_id,
-            stats,
+            files: Arc::new(Files {
+                sink,
+                gid,
+                device_id,
+                stats,
+            }),
+            lane,
         })
     }
 
     /// The sink's counters.
     pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+        &self.files.stats
     }
 
     /// Keeps the file in step with `tokens` until `cancel` fires, then removes it. `demand`
@@ -195,11 +225,34 @@ impl Writer {
         let _demand = demand;
         let (rotated, rotations) = watch::channel(0u64);
         let hooks = async {
-            if let Some(hook) = &self.sink.hook {
+            if let Some(hook) = &self.files.sink.hook {
                 self.hooks(hook, rotations, &cancel).await;
             }
         };
         tokio::join!(self.write_loop(tokens, rotated, &cancel), hooks);
+        // The file goes with the agent; on a filesystem that does not answer, the removal
+        // stays queued and the agent stops anyway.
+        let files = self.files.clone();
+        let removed = self.lane.submit(move || files.remove());
+        if tokio::time::timeout(STOP_WAIT, removed).await.is_err() {
+            tracing::warn!(sink = %self.files.sink.path.display(),
+                "the sink's filesystem did not answer within {} s; the file may stay until it does", STOP_WAIT.as_secs());
+        }
+    }
+
+    /// Runs `op` on the sink's file-work lane; `None` when the agent stops first.
+    async fn on_lane<T: Send + 'static>(
+        &self,
+        op: fn(&Files, &Option<Arc<AssetToken>>) -> T,
+        token: Option<Arc<AssetToken>>,
+        cancel: &CancellationToken,
+    ) -> Option<T> {
+        let files = self.files.clone();
+        let done = self.lane.submit(move || op(&files, &token));
+        tokio::select! {
+            r = done => r.ok(),
+            () = cancel.cancelled() => None,
+        }
     }
 
     async fn write_loop(
@@ -208,14 +261,25 @@ impl Writer {
         rotated: watch::Sender<u64>,
         cancel: &CancellationToken,
     ) {
-        if let Some(dir) = self.sink.path.parent() {
-            crate::fsutil::remove_stale_temps(dir);
+        // A file from an earlier run is not trusted to be current, nor are the
+        // temporaries a killed agent left (this file's own only: others may share the
+        // directory).
+        let swept = self
+            .on_lane(
+                |f, _| {
+                    crate::fsutil::remove_stale_temps_of(&f.sink.path);
+                    f.remove();
+                },
+                None,
+                cancel,
+            )
+            .await;
+        if swept.is_none() {
+            return;
         }
         // What the file holds (`None`: no file) and when to try again after a failure.
         let mut held: Option<Arc<AssetToken>> = None;
         let mut retry: Option<Instant> = None;
-        // A file from an earlier run is not trusted to be current.
-        self.remove();
         loop {
             let now = Instant::now();
             let want = tokens
@@ -232,15 +296,31 @@ impl Writer {
                 retry = None;
                 match &want {
                     Some(token) => {
-                        if self.write(token) {
+                        let Some(ok) = self
+                            .on_lane(
+                                |f, t| t.as_ref().is_some_and(|t| f.write(t)),
+                                want.clone(),
+                                cancel,
+                            )
+                            .await
+                        else {
+                            break;
+                        };
+                        if ok {
                             held = Some(token.clone());
                             rotated.send_modify(|n| *n += 1);
                         } else {
-                            retry = Some(now + RETRY_WRITE);
+                            retry = Some(Instant::now() + RETRY_WRITE);
                         }
                     }
                     None => {
-                        self.remove();
+                        if self
+                            .on_lane(|f, _| f.remove(), None, cancel)
+                            .await
+                            .is_none()
+                        {
+                            break;
+                        }
                         held = None;
                     }
                 }
@@ -248,11 +328,18 @@ impl Writer {
             // A held token that was not replaced in time still has to go.
             if held
                 .as_ref()
-                .is_some_and(|t| now + EXPIRY_MARGIN >= t.expires)
+                .is_some_and(|t| Instant::now() + EXPIRY_MARGIN >= t.expires)
             {
-                self.remove();
+                if self
+                    .on_lane(|f, _| f.remove(), None, cancel)
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
                 held = None;
             }
+            let now = Instant::now();
             let expiry = held.as_ref().map(|t| t.expires - EXPIRY_MARGIN);
             let wake = match (expiry, retry) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -264,10 +351,45 @@ impl Writer {
                 () = cancel.cancelled() => break,
             }
         }
-        self.remove();
     }
 
-    /// Writes `token`; false (logged and counted) when it failed.
+    /// Runs `hook` once per rotation (coalescing rotations that come while it runs).
+    async fn hooks(
+        &self,
+        hook: &Hook,
+        mut rotations: watch::Receiver<u64>,
+        cancel: &CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                changed = rotations.changed() => if changed.is_err() { return },
+                () = cancel.cancelled() => return,
+            }
+            rotations.borrow_and_update();
+            let s = &self.files.stats;
+            match hook::run(hook, &self.files.sink.path, cancel).await {
+                Ok(()) => {
+                    s.hook_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Failure::Cancelled) => return,
+                Err(e) => {
+                    if e.is_timeout() {
+                        s.hook_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    s.hook_failed.fetch_add(1, Ordering::Relaxed);
+                    let error = chain(&e);
+                    tracing::warn!(sink = %self.files.sink.path.display(), %error, "rotation hook failed");
+                    *lock(&s.last_hook_error) = Some(error);
+                }
+            }
+        }
+    }
+}
+
+// === impl Files ===
+
+impl Files {
+    /// Writes `token` (on a file-work thread); false (logged and counted) when it failed.
     fn write(&self, token: &AssetToken) -> bool {
         let bytes = match self.sink.format {
             SinkFormat::Jwt => token.jwt.expose().as_bytes().to_vec(),
@@ -289,27 +411,31 @@ impl Writer {
         match written {
             Ok(()) => {
                 s.writes.fetch_add(1, Ordering::Relaxed);
-                s.present.store(true, Ordering::Relaxed);
+                *lock(&s.holds_until) = Some(token.expires);
                 *lock(&s.last_write) = Some(Instant::now());
                 *lock(&s.last_error) = None;
+                s.ok.store(true, Ordering::Relaxed);
                 tracing::debug!(sink = %self.sink.path.display(), "sink written");
                 true
             }
             Err(error) => {
                 s.write_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(sink = %self.sink.path.display(), %error, "could not write the token to the sink");
-                *lock(&s.last_error) = Some(error);
+                s.failed(error);
                 false
             }
         }
     }
 
-    /// Removes the file (no valid token to offer).
+    /// Removes the file (no valid token to offer). Where the filesystem refuses removal
+    /// (read-only, a directory the agent can no longer write), the file is emptied instead
+    /// if it can be, so no reader picks up a token that is about to expire or has.
     fn remove(&self) {
         let s = &self.stats;
         match crate::fsutil::remove_synced(&self.sink.path) {
             Ok(removed) => {
-                s.present.store(false, Ordering::Relaxed);
+                *lock(&s.holds_until) = None;
+                s.ok.store(true, Ordering::Relaxed);
                 if removed {
                     s.removals.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(sink = %self.sink.path.display(), "sink file removed: no valid token to offer");
@@ -317,42 +443,35 @@ impl Writer {
             }
             Err(e) => {
                 let error = chain(&e);
-                tracing::warn!(sink = %self.sink.path.display(), %error, "could not remove the sink file");
-                *lock(&s.last_error) = Some(error);
+                let emptied = self.truncate();
+                if emptied {
+                    *lock(&s.holds_until) = None;
+                }
+                tracing::warn!(sink = %self.sink.path.display(), %error, emptied,
+                    "could not remove the sink file");
+                s.failed(error);
             }
         }
     }
 
-    /// Runs `hook` once per rotation (coalescing rotations that come while it runs).
-    async fn hooks(
-        &self,
-        hook: &Hook,
-        mut rotations: watch::Receiver<u64>,
-        cancel: &CancellationToken,
-    ) {
-        loop {
-            tokio::select! {
-                changed = rotations.changed() => if changed.is_err() { return },
-                () = cancel.cancelled() => return,
-            }
-            rotations.borrow_and_update();
-            let s = &self.stats;
-            match hook::run(hook, &self.sink.path, cancel).await {
-                Ok(()) => {
-                    s.hook_ok.fetch_add(1, Ordering::Relaxed);
+    /// Empties the sink file in place (not through a link, only a regular file of ours);
+    /// whether it worked.
+    fn truncate(&self) -> bool {
+        use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+        let euid = rustix::process::geteuid().as_raw();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&self.sink.path)
+            .and_then(|f| {
+                let m = f.metadata()?;
+                if !m.is_file() || (m.uid() != euid && m.uid() != 0) {
+                    return Err(std::io::ErrorKind::InvalidInput.into());
                 }
-                Err(Failure::Cancelled) => return,
-                Err(e) => {
-                    if e.is_timeout() {
-                        s.hook_timeouts.fetch_add(1, Ordering::Relaxed);
-                    }
-                    s.hook_failed.fetch_add(1, Ordering::Relaxed);
-                    let error = chain(&e);
-                    tracing::warn!(sink = %self.sink.path.display(), %error, "rotation hook failed");
-                    *lock(&s.last_hook_error) = Some(error);
-                }
-            }
-        }
+                f.set_len(0)?;
+                f.sync_all()
+            })
+            .is_ok()
     }
 }
 
@@ -368,7 +487,8 @@ impl Stats {
                 Hook::Unit { .. } => "unit",
                 Hook::Command { .. } => "command",
             }),
-            present: AtomicBool::new(false),
+            ok: AtomicBool::new(true),
+            holds_until: Mutex::new(None),
             writes: AtomicU64::new(0),
             write_failures: AtomicU64::new(0),
             removals: AtomicU64::new(0),
@@ -377,22 +497,35 @@ impl Stats {
             hook_timeouts: AtomicU64::new(0),
             last_write: Mutex::new(None),
             last_error: Mutex::new(None),
+            last_failure: Mutex::new(None),
             last_hook_error: Mutex::new(None),
         }
+    }
+
+    /// Records a failed write or removal.
+    fn failed(&self, error: String) {
+        self.ok.store(false, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(error);
+        *lock(&self.last_failure) = Some(Instant::now());
     }
 
     /// The status entry.
     pub fn status(&self) -> Status {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let holds_until = *lock(&self.holds_until);
+        let valid = holds_until.is_some_and(|t| now < t);
         Status {
             path: self.path.display().to_string(),
             format: self.format.name().to_owned(),
-            present: self.present.load(Ordering::Relaxed),
+            present: valid && self.ok.load(Ordering::Relaxed),
+            expires_in_s: holds_until.map(|t| t.saturating_duration_since(now).as_secs()),
             writes: n(&self.writes),
             write_failures: n(&self.write_failures),
             removals: n(&self.removals),
             last_write_s: lock(&self.last_write).map(|t| t.elapsed().as_secs()),
             last_error: lock(&self.last_error).clone(),
+            last_error_s: lock(&self.last_failure).map(|t| t.elapsed().as_secs()),
             hook: self.hook.map(str::to_owned),
             hook_runs_ok: n(&self.hook_ok),
             hook_failures: n(&self.hook_failed),

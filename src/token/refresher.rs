@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -172,7 +172,13 @@ pub struct Refresher {
     /// Shared with the agent's other refresh loops (gateway mode): bounds how many
     /// attempts are in flight and how fast they start.
     gate: Option<Arc<Gate>>,
+    /// Cache saves queued so far: a queued save that a newer one overtook is skipped.
+    cache_saves: Arc<AtomicU64>,
 }
+
+/// How long a refresh waits for the token cache to be saved (on the state directory's
+/// file-work lane) before it publishes the token anyway.
+pub const CACHE_WAIT: Duration = Duration::from_secs(1);
 
 /// What other tasks hold: the current token, the status, and a way to ask for a refresh.
 #[derive(Clone, Debug)]
@@ -302,6 +308,7 @@ impl Refresher {
             lifetime,
             restarted: lifetime.is_some(),
             gate: None,
+            cache_saves: Arc::new(AtomicU64::new(0)),
         };
         (refresher, handle)
     }
@@ -556,17 +563,24 @@ impl Refresher {
                             self.flow.verifier.known_keys(),
                             self.flow.now(),
                         );
-                        if cache.may_block() {
-                            // A hardware key: its signature must not stall the runtime.
-                            let (cache, token) = (cache.clone(), token.clone());
-                            let saved = tokio::task::spawn_blocking(move || {
-                                cache.save(Some(&token), access.as_ref(), keys, now);
+                        // On the state directory's file-work lane (its signature too, which
+                        // may be a hardware key's): a stalled disk delays the token's
+                        // publication by at most CACHE_WAIT, and only the newest queued
+                        // save is written when the disk answers again.
+                        let generation = self.cache_saves.fetch_add(1, Ordering::Relaxed) + 1;
+                        let (cache, token, saves) =
+                            (cache.clone(), token.clone(), self.cache_saves.clone());
+                        let saved =
+                            crate::filework::Lane::for_file(cache.path()).submit(move || {
+                                if saves.load(Ordering::Relaxed) == generation {
+                                    cache.save(Some(&token), access.as_ref(), keys, now);
+                                }
                             });
-                            if saved.await.is_err() {
-                                tracing::warn!("saving the token cache stopped early");
-                            }
-                        } else {
-                            cache.save(Some(&token), access.as_ref(), keys, now);
+                        if tokio::time::timeout(CACHE_WAIT, saved).await.is_err() {
+                            tracing::warn!(
+                                "the token cache was not saved within {} s (the state directory's filesystem does not answer); serving on",
+                                CACHE_WAIT.as_secs()
+                            );
                         }
                     }
                     self.current.send_replace(Some(token));

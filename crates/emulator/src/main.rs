@@ -23,6 +23,9 @@ struct Args {
     /// Rotate refresh tokens on every use.
     #[arg(long)]
     rotate_refresh_tokens: bool,
+    /// Access token (session) lifetime in seconds; the default keeps the library's.
+    #[arg(long, value_name = "SECS")]
+    session_lifetime: Option<u64>,
 }
 
 /// Why the emulator could not run.
@@ -73,6 +76,9 @@ async fn run(args: Args) -> Result<(), Error> {
     let mut config = emulator::Config::new(args.client_id);
     config.asset_token_lifetime = Duration::from_secs(args.token_lifetime.max(1));
     config.rotate_refresh_tokens = args.rotate_refresh_tokens;
+    if let Some(secs) = args.session_lifetime {
+        config.session_lifetime = Duration::from_secs(secs.max(1));
+    }
     let emu = Emulator::start(config, listener)
         .await
         .map_err(Error::Emulator)?;
