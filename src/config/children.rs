@@ -99,7 +99,7 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<Declared>, Error> {
     files.sort();
     let mut out = Vec::new();
     for path in files {
-        super::load::trusted(&path)?;
+        super::trust::trusted(&path)?;
         let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
             path: path.clone(),
             source,

@@ -223,25 +223,6 @@ fn check_alone(
         .map_err(|e| Error::from_config(e, origin))
 }
 
-/// Refuses a config file that a user other than root and this process's could change:
-/// the file, every directory on its way and every directory holding a symlink on it must
-/// be owned by one of them and not writable by group or others (a sticky directory owned
-/// by root excepted). Group-writable is refused even for the agent's own group: strict by
-/// default, since whoever can change the file can give itself an identity or a role.
-///
-/// # Errors
-/// [`Error::Untrusted`], whose source names the file or directory and the fix
-/// (`chmod go-w`, `chown`); a missing file is `Untrusted` with a not-found source.
-pub(crate) fn trusted(path: &Path) -> Result<(), Error> {
-    let trust = crate::secure_path::Trust::process();
-    crate::secure_path::check_unchangeable("config file", path, &trust).map_err(|source| {
-        Error::Untrusted {
-            path: path.to_owned(),
-            source: Box::new(source),
-        }
-    })
-}
-
 /// `dir/*.toml`, sorted by name. Hidden files (editor swap files, `.#foo.toml`) are
 /// skipped. A missing directory simply means no drop-ins.
 fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -277,7 +258,7 @@ fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 impl Layer {
     /// Reads and parses `path`; `None` if it does not exist.
     fn read(path: &Path) -> Result<Option<Self>, Error> {
-        match trusted(path) {
+        match super::trust::trusted(path) {
             Err(Error::Untrusted { source, .. }) if source.is_not_found() => return Ok(None),
             other => other?,
         }
