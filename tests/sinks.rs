@@ -324,7 +324,8 @@ async fn refused_sink_paths_stop_the_agent_with_their_error() {
 }
 
 /// A symlink on a sink's path or its `pid_file`'s, in a directory another user (uid 1001)
-/// owns, is refused by `run` and by `check`, naming that directory: its owner could
+/// owns, is refused by `check`, naming that directory, and by `run` for the sink (the
+/// PID file's is refused at each hook run instead): its owner could
 /// re-point the link and have the agent (root) write a token into, or signal a process of,
 /// any root-owned place. Root only (chown).
 #[tokio::test]
@@ -356,16 +357,21 @@ async fn a_link_another_user_controls_on_a_sink_or_pid_file_path_is_refused() {
     ];
     for sink in cases {
         let config = with_sinks(&dev, &emu, "", &sink);
-        let err = agent::start(&config, Options::default(), CancellationToken::new())
-            .await
-            .err()
-            .expect("refused");
-        let text = asset_agent_chain(&err);
-        assert!(text.contains(&home_s), "{sink}: {text}");
-        assert!(err.is_config(), "{sink}: {text}");
         if sink.contains("pid_file") {
-            assert!(text.contains("sink.pid_file"), "{text}");
+            // The PID file's user could plant that link at any time, so `run` does not
+            // stop for it (it would be that user's switch to stop the agent): the hook
+            // refuses to signal through it at every run (src/sink/hook.rs tests that).
+            let agent = Agent::start(&config, Clock::system()).await;
+            wait_for_token(&config.api.socket).await;
+            agent.stop().await;
         } else {
+            let err = agent::start(&config, Options::default(), CancellationToken::new())
+                .await
+                .err()
+                .expect("refused");
+            let text = asset_agent_chain(&err);
+            assert!(text.contains(&home_s), "{sink}: {text}");
+            assert!(err.is_config(), "{sink}: {text}");
             assert!(text.contains("install -d -o asset-agent"), "{text}");
         }
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
@@ -378,6 +384,63 @@ async fn a_link_another_user_controls_on_a_sink_or_pid_file_path_is_refused() {
         assert_eq!(out.status.code(), Some(1), "{sink}: {report}");
         assert!(report.contains(&home_s), "{sink}: {report}");
     }
+}
+
+/// Whatever another user plants at a sink's name in a directory others may write (a FIFO
+/// in a sticky shared directory) or at the `pid_file` (a link in the application's own
+/// directory) does not keep the agent from starting: it serves tokens, and status says the
+/// sink holds none. (Both used to stop the agent with exit 78, for good under systemd.)
+#[tokio::test]
+async fn what_another_user_plants_at_a_sink_or_pid_file_does_not_stop_the_agent() {
+    let emu = emulator(Clock::system(), |_| {}).await;
+    let dev = Device::new(&emu);
+    let shared = dev.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sink = shared.join("token.jwt");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&sink)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let app = dev.path("app");
+    std::fs::create_dir(&app).unwrap();
+    std::os::unix::fs::symlink("/proc/1/stat", app.join("app.pid")).unwrap();
+    let config = with_sinks(
+        &dev,
+        &emu,
+        "",
+        &format!(
+            "\n[[sink]]\npath = \"{}\"\npid_file = \"{}\"\n",
+            sink.display(),
+            app.join("app.pid").display()
+        ),
+    );
+    let agent = Agent::start(&config, Clock::system()).await;
+    let token = wait_for_token(&config.api.socket).await;
+    let jwt = token["token"].as_str().unwrap().to_owned();
+    // The agent's own user planted it here, so the agent may replace it (another user's
+    // FIFO in a sticky directory it could not): either way status tells the truth.
+    let mut outcome = None;
+    for _ in 0..100 {
+        let st = status(&config.api.socket).await;
+        let present = st["sinks"][0]["present"].as_bool();
+        let is_file = std::fs::symlink_metadata(&sink).is_ok_and(|m| m.is_file());
+        if present == Some(true) && is_file {
+            assert_eq!(std::fs::read_to_string(&sink).unwrap().trim(), jwt);
+            outcome = Some("replaced");
+            break;
+        }
+        if present == Some(false) && st["sinks"][0]["last_error_s"].is_number() {
+            outcome = Some("refused");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(outcome.is_some(), "status never settled");
+    agent.stop().await;
 }
 
 fn asset_agent_chain(e: &dyn std::error::Error) -> String {

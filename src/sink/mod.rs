@@ -66,16 +66,18 @@ pub enum Error {
         #[source]
         source: PathError,
     },
-    #[error("sink {}: sink.pid_file is refused: point it at a path with no symbolic link in a directory others control", path.display())]
-    PidFile {
-        path: PathBuf,
-        #[source]
-        source: Box<crate::secure_path::Error>,
-    },
     #[error("sink {}: group {name:?} (sink.group) is not in /etc/group: create it or give a gid", path.display())]
     UnknownGroup { path: PathBuf, name: String },
     #[error("sink {}: the agent's user is not a member of group {gid} (sink.group), so it cannot give the file that group: add it (usermod -aG <group> <agent user>, or SupplementaryGroups= in a unit drop-in) or run as root", path.display())]
     NotMember { path: PathBuf, gid: u32 },
+}
+
+/// Whether users other than the agent's may create names in the directory holding
+/// `path` (group- or other-writable, sticky or not).
+fn shared_dir(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o022 != 0)
 }
 
 /// What one sink has done, for status and metrics.
@@ -160,13 +162,33 @@ impl Writer {
     /// See [`Error`]: each names the path and the fix.
     pub fn new(sink: config::Sink, device_id: String) -> Result<Self, Error> {
         let euid = rustix::process::geteuid().as_raw();
-        check_path(&sink.path, &[euid, 0]).map_err(|source| Error::Path {
-            path: sink.path.clone(),
-            source,
-        })?;
-        // The PID file may not exist yet (its process starts later): only a link on its
-        // way that another user could re-point is refused here; the hook checks the rest
-        // each time it runs.
+        match check_path(&sink.path, &[euid, 0]) {
+            Ok(()) => {}
+            // Something at the file's own name (a link, a FIFO, another user's file) in a
+            // directory others may write (a sticky shared one, or the sink's group's) is
+            // what they can plant at any time, and the agent removes its file at stop, so
+            // the name is free at every start. Each write refuses it and status shows
+            // that; it must not keep the agent, and every other identity, from starting.
+            // In a directory only the agent's user writes, it is a configuration mistake.
+            Err(
+                source @ (PathError::Symlink { .. }
+                | PathError::NotFile { .. }
+                | PathError::Owner { .. }),
+            ) if shared_dir(&sink.path) => {
+                let error = chain(&source);
+                tracing::warn!(sink = %sink.path.display(), %error, "the sink's file is refused until it is fixed");
+            }
+            Err(source) => {
+                return Err(Error::Path {
+                    path: sink.path.clone(),
+                    source,
+                });
+            }
+        }
+        // The PID file belongs to the application, whose user may change it and the
+        // links on its way at any time: the hook checks all of it each time it runs and
+        // signals nothing it refuses. At start a refusal is only reported (`check` makes
+        // it an error), so that user cannot keep the agent from starting.
         if let Some(Hook::PidFile { path, .. }) = &sink.hook {
             match crate::secure_path::open_through_trusted_links(
                 "PID file",
@@ -175,10 +197,8 @@ impl Writer {
             ) {
                 Ok(_) | Err(crate::secure_path::Error::Inspect { .. }) => {}
                 Err(source) => {
-                    return Err(Error::PidFile {
-                        path: sink.path.clone(),
-                        source: Box::new(source),
-                    });
+                    let error = chain(&source);
+                    tracing::warn!(sink = %sink.path.display(), pid_file = %path.display(), %error, "sink.pid_file is refused: point it at a path with no symbolic link in a directory others control; the hook signals nothing until then");
                 }
             }
         }
