@@ -266,20 +266,6 @@ fn stale_temp(path: &Path, pid: u32, euid: u32) -> Option<PathBuf> {
     (ours && fs::remove_file(path).is_ok()).then(|| path.to_owned())
 }
 
-/// Opens `path` for reading without following a final symbolic link (`ELOOP`) and without
-/// blocking: a FIFO or device put in a file's place returns at once instead of hanging the
-/// caller until a writer comes. The caller checks the descriptor's own metadata (a
-/// regular file?) before it reads, and bounds the read.
-///
-/// # Errors
-/// The `open` error.
-pub fn open_nonblocking(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// The pid in a temporary file name `.<name>.tmp-<pid>`, if `name` is one.
 fn temp_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix('.')?;
@@ -452,21 +438,6 @@ mod tests {
         if root {
             assert!(alike.exists(), "another user's look-alike was removed");
         }
-    }
-
-    #[test]
-    fn a_fifo_opens_without_blocking_and_is_seen_for_what_it_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("app.pid");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
-        let f = open_nonblocking(&fifo).unwrap();
-        assert!(!f.metadata().unwrap().is_file());
     }
 
     #[test]
