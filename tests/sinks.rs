@@ -765,7 +765,16 @@ async fn a_failed_write_shows_in_status_and_the_older_token_is_removed_at_its_ex
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!file.exists(), "the file kept an expired token");
-    let s = status(&dev.socket()).await;
+    // Status is recorded just after the unlink (and the directory's fsync): poll for it.
+    let mut s = status(&dev.socket()).await;
+    for _ in 0..100 {
+        if s["sinks"][0]["removals"].as_u64() >= Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = status(&dev.socket()).await;
+    }
+    assert!(s["sinks"][0]["removals"].as_u64() >= Some(1), "{s}");
     assert_eq!(s["sinks"][0]["present"], false, "{s}");
     assert!(s["sinks"][0]["expires_in_s"].is_null(), "{s}");
     agent.stop().await;
