@@ -7,13 +7,12 @@
 //! named after the file. Every problem names the file, the dotted key and the rule.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use super::error::Error;
 use super::raw::{RawAsset, RawChild};
 use super::rules::Check;
+use super::source::{self, FileSource};
 use super::units::List;
 use super::{Asset, Key, KeyBackend};
 
@@ -73,38 +72,13 @@ pub(crate) struct Declared {
 /// # Errors
 /// The directory or a file cannot be read, a file is not TOML or has an unknown key.
 pub(crate) fn read_dir(dir: &Path) -> Result<Vec<Declared>, Error> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::ReadDropIns {
-                dir: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::ReadDropIns {
-            dir: dir.to_owned(),
-            source,
-        })?;
-        let path = entry.path();
-        let file_name = entry.file_name();
-        let file_name = file_name.to_string_lossy();
-        if file_name.ends_with(".toml") && !file_name.starts_with('.') && path.is_file() {
-            files.push(path);
-        }
-    }
-    files.sort();
     let mut out = Vec::new();
-    for path in files {
-        super::trust::trusted(&path)?;
-        let text = fs::read_to_string(&path).map_err(|source| Error::ReadFile {
-            path: path.clone(),
-            source,
-        })?;
-        let raw: RawChild = toml_child(&path, &text)?;
+    for path in source::toml_files(dir)? {
+        // A file gone since the listing was never a child.
+        let Some(file) = FileSource::read(&path)? else {
+            continue;
+        };
+        let raw: RawChild = file.deserialize()?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -116,28 +90,6 @@ pub(crate) fn read_dir(dir: &Path) -> Result<Vec<Declared>, Error> {
         });
     }
     Ok(out)
-}
-
-fn toml_child(path: &Path, text: &str) -> Result<RawChild, Error> {
-    use config::{FileFormat, Format};
-    let origin = path.display().to_string();
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let map = FileFormat::Toml
-        .parse(Some(&origin), text)
-        .map_err(|source| Error::Syntax {
-            path: path.to_owned(),
-            source,
-        })?;
-    let mut builder = config::Config::builder();
-    for (k, v) in map {
-        builder = builder
-            .set_override(k, v)
-            .map_err(|e| Error::from_config(e, &origin))?;
-    }
-    builder
-        .build()
-        .and_then(config::Config::try_deserialize::<RawChild>)
-        .map_err(|e| Error::from_config(e, &origin))
 }
 
 /// Whether `name` may name a child: lowercase letters, digits, `-` and `_`, starting with a

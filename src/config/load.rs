@@ -1,20 +1,14 @@
-//! Finding, reading and merging the config sources.
-//!
-//! Files are read and parsed here rather than by `config::File`: that source rewrites the
-//! path relative to the working directory in its messages and, when the exact file is
-//! missing, quietly tries other extensions. We hand the parsed tables to the `config`
-//! crate as [`Layer`]s, which then merges them with the environment.
+//! Finding and merging the config sources: the main file, its drop-ins and the
+//! environment, in that order, merged by the `config` crate (`source.rs` reads each file:
+//! why not `config::File` is explained there). The merged values keep their origins, which
+//! `origin.rs` turns into the file or variable a validation error names.
 //!
 //! Every source is also deserialised *on its own* before the merge. That costs a few
 //! microseconds and buys error messages that name the file or the environment variable
 //! holding an unknown key or a malformed value, which the merged result cannot tell us.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
-
-use config::{FileFormat, Format, Map, Value};
 
 use super::Config;
 use super::error::Error;
@@ -22,7 +16,7 @@ use super::origin::{ENV_PREFIX, ENV_SEPARATOR, Origins};
 use super::paths::{self, DROP_IN_DIR};
 use super::raw::{RawConfig, SECTIONS};
 use super::rules::Context;
-use super::units;
+use super::source::{self, FileSource};
 use super::validate;
 
 /// `ASSET_AGENT_*` variables that belong to the agent but are not config keys: the config
@@ -51,15 +45,6 @@ pub struct LoadOptions {
     pub euid: Option<u32>,
     /// Where the default `asset.device_id` comes from (`/etc/machine-id`).
     pub machine_id_path: PathBuf,
-}
-
-/// A parsed config file, as a source for the `config` crate.
-#[derive(Clone, Debug)]
-struct Layer {
-    path: PathBuf,
-    map: Map<String, Value>,
-    /// The file as written, for quoting a value in an error.
-    text: String,
 }
 
 /// The `ASSET_AGENT_*` part of the environment, sorted out.
@@ -134,7 +119,7 @@ impl Config {
         let mut layers = Vec::new();
         let mut main_found = false;
         if let Some(main) = &main {
-            match Layer::read(main)? {
+            match FileSource::read(main)? {
                 Some(layer) => {
                     layers.push(layer);
                     main_found = true;
@@ -145,13 +130,13 @@ impl Config {
                 None => {}
             }
             let dir = main.parent().unwrap_or(Path::new("")).join(DROP_IN_DIR);
-            for path in drop_ins(&dir)? {
-                layers.extend(Layer::read(&path)?);
+            for path in source::toml_files(&dir)? {
+                layers.extend(FileSource::read(&path)?);
             }
         }
 
         for layer in &layers {
-            check_alone(layer.clone(), &layer.origin()).map_err(|e| layer.explain(e))?;
+            layer.deserialize::<RawConfig>()?;
         }
         for (var, value) in &env.keys {
             check_alone(env_source([(var.clone(), value.clone())]), var)?;
@@ -221,143 +206,6 @@ fn check_alone(
         .and_then(config::Config::try_deserialize::<RawConfig>)
         .map(drop)
         .map_err(|e| Error::from_config(e, origin))
-}
-
-/// `dir/*.toml`, sorted by name. Hidden files (editor swap files, `.#foo.toml`) are
-/// skipped. A missing directory simply means no drop-ins.
-fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::ReadDropIns {
-                dir: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| Error::ReadDropIns {
-            dir: dir.to_owned(),
-            source,
-        })?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        let path = entry.path();
-        if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
-            found.push(path);
-        }
-    }
-    found.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
-    Ok(found)
-}
-
-// === impl Layer ===
-
-impl Layer {
-    /// Reads and parses `path`; `None` if it does not exist.
-    fn read(path: &Path) -> Result<Option<Self>, Error> {
-        match super::trust::trusted(path) {
-            Err(Error::Untrusted { source, .. }) if source.is_not_found() => return Ok(None),
-            other => other?,
-        }
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::ReadFile {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-        let origin = path.display().to_string();
-        let map = Format::parse(&FileFormat::Toml, Some(&origin), text).map_err(|source| {
-            Error::Syntax {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-        Ok(Some(Self {
-            path: path.to_owned(),
-            map,
-            text: text.to_owned(),
-        }))
-    }
-
-    fn origin(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    /// Completes a "not a string" error with the value as this file spells it and the fix:
-    /// `0x1F` is reported as written, not as the 31 TOML made of it.
-    fn explain(&self, err: Error) -> Error {
-        match err {
-            Error::Invalid { key, origin, rule } if rule.starts_with(units::NOT_A_STRING) => {
-                let name = key.rsplit('.').next().unwrap_or(&key).to_owned();
-                let scalar = !rule.ends_with("an array") && !rule.ends_with("a table");
-                let rule = match raw_value(&self.text, &key).filter(|_| scalar) {
-                    Some(written) => format!(
-                        "{rule}; quote it: {name} = {}",
-                        toml_quote(written.trim_matches(|c| c == '\'' || c == '"'))
-                    ),
-                    None => format!("{rule}; write it in quotes: {name} = \"...\""),
-                };
-                Error::Invalid { key, origin, rule }
-            }
-            other => other,
-        }
-    }
-}
-
-impl config::Source for Layer {
-    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
-        Box::new(self.clone())
-    }
-
-    fn collect(&self) -> Result<Map<String, Value>, config::ConfigError> {
-        Ok(self.map.clone())
-    }
-}
-
-/// The text after `=` for dotted `key` (`section.name`) in TOML `text`, comments removed.
-/// A plain line scan, good enough to quote a scalar back in an error message.
-fn raw_value(text: &str, key: &str) -> Option<String> {
-    let (section, name) = key.split_once('.')?;
-    let mut current = String::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            current = header.trim_end_matches(']').trim().to_owned();
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let k = k.trim().trim_matches('"');
-        let hit = (current == section && k == name) || (current.is_empty() && k == key);
-        if hit {
-            let v = v.split('#').next().unwrap_or("").trim();
-            return (!v.is_empty()).then(|| v.to_owned());
-        }
-    }
-    None
-}
-
-/// `s` as a TOML basic string.
-fn toml_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 // === impl EnvKeys ===

@@ -20,7 +20,8 @@
 //! (the only file it reads besides the config is `/etc/machine-id`), and the
 //! [`Display`](Config#impl-Display-for-Config) summary is safe to log.
 //!
-//! Files: `load.rs` (sources and merging), `trust.rs` (who may write a config file), `raw.rs`, `validate.rs` (per section), `key.rs` (`[key]`, reusable for any key table) and
+//! Files: `load.rs` (sources and merging), `source.rs` (reading one file as a source),
+//! `trust.rs` (who may write a config file), `raw.rs`, `validate.rs` (per section), `key.rs` (`[key]`, reusable for any key table) and
 //! `rules.rs` (shared rules), `diff.rs` (which keys differ, for reloads), `origin.rs` (which file or variable set a key), `units.rs` (durations, fractions, lists), `paths.rs` (default
 //! locations), `error.rs`; tests in `tests/`.
 
@@ -35,6 +36,7 @@ mod paths;
 mod raw;
 mod rules;
 mod sink;
+mod source;
 mod trust;
 mod units;
 mod url;

@@ -12,6 +12,7 @@ use super::*;
 
 mod children;
 mod rules;
+mod sources;
 
 pub(super) const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
 
