@@ -9,6 +9,7 @@
 //! proxy itself is spoken to in plain http (an `https://` or `socks` proxy URL is refused
 //! when a request would use it).
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,7 +19,9 @@ use std::time::Duration;
 
 use hyper::Uri;
 use hyper::header::HeaderValue;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
@@ -98,7 +101,7 @@ pub enum TunnelError {
 }
 
 /// Opens connections for [`super::http::Client`]: direct, through a `CONNECT` tunnel, or
-/// to an http proxy; TLS for https.
+/// to an http proxy; TLS for https. The client calls it as a `tower` service.
 #[derive(Clone)]
 pub struct Connector {
     tls: TlsConnector,
@@ -118,6 +121,9 @@ pub struct Conn {
     pub stream: Stream,
     pub proxied: bool,
 }
+
+/// What [`Connector::open`] returns to the client.
+type Opening = Pin<Box<dyn Future<Output = Result<TokioIo<Conn>, ConnectError>> + Send>>;
 
 // === impl Connector ===
 
@@ -200,6 +206,21 @@ impl Connector {
             Stream::Plain(tcp)
         };
         Ok(Conn { stream, proxied })
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<Conn>;
+    type Error = ConnectError;
+    type Future = Opening;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Opening {
+        let this = self.clone();
+        Box::pin(async move { this.open(&dst).await.map(TokioIo::new) })
     }
 }
 
@@ -371,6 +392,42 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+// === impl Conn ===
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new().proxy(self.proxied)
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
