@@ -1,5 +1,5 @@
-//! The asset token: obtaining one ([`flow`]), keeping it fresh ([`refresher`]) and
-//! describing the agent's state ([`status`]).
+//! The asset token: obtaining one ([`flow`]), keeping it fresh ([`refresher`], which does
+//! what its [`schedule`] decides) and describing the agent's state ([`status`]).
 //!
 //! The current token is published through a `watch` channel of `Option<Arc<AssetToken>>`.
 //! Its expiry is a *monotonic* deadline computed when it was received, so a wall-clock jump
@@ -13,6 +13,7 @@ pub mod flow;
 pub mod gate;
 pub(crate) mod metrics;
 pub mod refresher;
+pub mod schedule;
 pub mod status;
 
 use std::time::Duration;

@@ -4,29 +4,12 @@
 //! cause more than one exchange at a time (single flight): they ask through [`Handle`] and
 //! wait on the `watch` channel.
 //!
-//! Rules, each there for a fleet of devices sharing one org (every exchange publishes an
-//! `AssetTokenEvent` that counts against the org's event allocation):
-//!
-//! - **Refresh point.** Each cycle's refresh point is drawn afresh, uniformly over a wide
-//!   band of the lifetime (from `refresh_at - 30 %` to `refresh_at`, at least half of
-//!   `refresh_at`), so a fleet that refreshed in lock-step (a mass reboot) disperses within a
-//!   few cycles instead of keeping its phase.
-//! - **Policy.** [`Mode::Eager`] refreshes every token ahead of expiry. [`Mode::OnDemand`]
-//!   does so only while something uses the token (a request within the demand window, an
-//!   open watch stream, the MQTT session: see [`Handle::hold`]); otherwise the token lapses
-//!   and the next request fetches one.
-//! - **Retry budget.** A device makes at most 2 upstream attempts per normal refresh
-//!   interval (a token bucket of 2 credits, refilled one per half interval), whatever asks:
-//!   the schedule, a `min_ttl` request or an admin. After a retryable failure the next
-//!   attempt is drawn uniformly in 0.5–1.0 refresh intervals (so an outage costs the fleet
-//!   ~1.3x its steady rate, and every device retries within one interval once Salesforce is
-//!   back); `Retry-After` is a floor.
-//! - **Boot spread.** A refresh that is overdue, or due within the spread, when the agent
-//!   starts with a cached token (a reboot) is drawn uniformly over [`BOOT_SPREAD`] refresh
-//!   intervals, with fresh randomness per boot, instead of all devices of a rebooted fleet
-//!   calling at once. A request that finds no live token does not wait for that slot.
-//! - **Admin refresh** ([`Handle::admin_refresh`]): one attempt now, even while retrying
-//!   after failures, at most one per [`ADMIN_INTERVAL`], and only with a budget credit.
+//! The loop is a driver: *when* to make an attempt (the refresh band, on-demand lapse, the
+//! retry budget, the boot spread, hold-off after failures, admin refreshes) is decided by
+//! its [`Schedule`], which does no I/O; see [`super::schedule`] for the rules. The loop
+//! waits for the next event (its timer, a handle's request, an admin, shutdown), feeds it
+//! to the schedule, and does what the [`Decision`] asks: an upstream attempt, whose result
+//! it feeds back, publishing the token, the status and the cache.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -39,74 +22,21 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
-use super::flow::{Flow, MAX_CALLS_PER_FETCH, Progress};
+use super::flow::{Flow, Progress};
 use super::gate::Gate;
+use super::schedule::{
+    Action, Cause, Decision, Event, Failure, Plan, Restored, Schedule, Validity,
+};
 use super::status::{LIVENESS_SLACK, Snapshot, State};
 use super::{AssetToken, Current, live};
-use crate::backoff::{self, Backoff, Jitter};
+use crate::backoff::{Jitter, OsJitter};
 use crate::error::chain;
 use crate::salesforce::Class;
 
-/// How often to look for a refresh token while waiting for enrollment, and for a changed
-/// one while waiting out a fatal failure (someone re-enrolled the device).
-pub const ENROLLMENT_POLL: Duration = Duration::from_secs(10);
-/// Refresh no sooner than this after receiving a token, however short-lived it is.
-const MIN_REFRESH_DELAY: Duration = Duration::from_secs(1);
-/// Width of the band each refresh point is drawn from, as a fraction of the lifetime.
-pub const REFRESH_BAND: f64 = 0.3;
-/// Upstream attempts a device may make per normal refresh interval (the bucket's size).
-pub const BUDGET_PER_INTERVAL: f64 = 2.0;
-/// After a retryable failure the next attempt is drawn in this range of refresh intervals.
-pub const RETRY_RANGE: (f64, f64) = (0.5, 1.0);
-/// Overdue refreshes at start-up are spread over this many refresh intervals. A device's
-/// first attempt after a boot could cost two requests (the exchange and a JWKS fetch) when
-/// the org's keys were not in the cache, so over two intervals a fleet rebooting at once
-/// stays at about its steady rate.
-pub const BOOT_SPREAD: f64 = 2.0;
-/// An admin refresh makes an attempt at most this often.
-pub const ADMIN_INTERVAL: Duration = Duration::from_secs(10);
-pub use crate::config::DEFAULT_DEMAND_WINDOW;
-
-/// The refresh policy (`token.refresh`).
-pub use crate::config::RefreshPolicy as Mode;
-
-/// Tuning for the loop.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    /// The latest refresh point, as a fraction of each token's lifetime (0.8 = 80 %); each
-    /// cycle draws its point in the [`REFRESH_BAND`] below it.
-    pub refresh_at: f64,
-    /// Longest wait between failed attempts (the retry budget may still make it longer).
-    pub backoff_cap: Duration,
-    /// The longest one attempt can take (its upstream calls each have a timeout); the
-    /// loop counts as stalled past it.
-    pub attempt_budget: Duration,
-    /// Eager or on demand.
-    pub mode: Mode,
-    /// A token request within this window counts as demand.
-    pub demand_window: Duration,
-}
-
-impl Policy {
-    /// `attempt_budget` for an upstream timeout: an attempt makes at most
-    /// [`MAX_CALLS_PER_FETCH`] calls, each limited by the timeout.
-    pub fn budget_for(timeout: Duration) -> Duration {
-        timeout.saturating_mul(MAX_CALLS_PER_FETCH)
-    }
-
-    /// The band refresh points are drawn from, as fractions of the lifetime.
-    pub fn band(&self) -> (f64, f64) {
-        let hi = self.refresh_at;
-        let lo = (hi - REFRESH_BAND).max(hi / 2.0);
-        (lo, hi)
-    }
-
-    /// The mean interval between refreshes of tokens with this `lifetime`.
-    pub fn interval(&self, lifetime: Duration) -> Duration {
-        let (lo, hi) = self.band();
-        lifetime.mul_f64((lo + hi) / 2.0).max(MIN_REFRESH_DELAY)
-    }
-}
+pub use super::schedule::{
+    ADMIN_INTERVAL, BOOT_SPREAD, BUDGET_PER_INTERVAL, DEFAULT_DEMAND_WINDOW, ENROLLMENT_POLL, Mode,
+    Policy, REFRESH_BAND, RETRY_RANGE, Refused,
+};
 
 /// What users of the token have shown lately; shared by the loop and every [`Handle`].
 #[derive(Debug, Default)]
@@ -143,32 +73,19 @@ pub struct DemandView {
 #[derive(Debug)]
 pub struct DemandGuard(Arc<Inner>);
 
-/// Why an admin refresh was not allowed to make an attempt now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    /// The last admin attempt was less than [`ADMIN_INTERVAL`] ago.
-    RateLimited { retry_in: Duration },
-    /// The retry budget has no credit left.
-    Budget { retry_in: Duration },
-    /// The loop has stopped.
-    Stopped,
-}
-
 /// The refresh loop; see the module docs. Start it with [`Refresher::run`].
 pub struct Refresher {
     flow: Flow,
     cache: Option<Cache>,
     policy: Policy,
-    jitter: Box<dyn Jitter>,
+    /// Taken by the schedule when the loop starts.
+    jitter: Option<Box<dyn Jitter>>,
     current: watch::Sender<Option<Arc<AssetToken>>>,
     status: watch::Sender<Snapshot>,
     inner: Arc<Inner>,
     admin: mpsc::Receiver<oneshot::Sender<Result<(), Refused>>>,
-    /// The lifetime of the last token seen (also an expired cached one), which sets the
-    /// refresh interval the budget and the retry delays are scaled to.
-    lifetime: Option<Duration>,
-    /// The agent started from a token cache (a restart, not a first boot).
-    restarted: bool,
+    /// The lifetime of the last token the cache held (also an expired one): a restart.
+    restored_lifetime: Option<Duration>,
     /// Shared with the agent's other refresh loops (gateway mode): bounds how many
     /// attempts are in flight and how fast they start.
     gate: Option<Arc<Gate>>,
@@ -194,59 +111,6 @@ pub struct Handle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable;
 
-/// The retry budget: a token bucket of [`BUDGET_PER_INTERVAL`] credits, refilled at that
-/// many per refresh interval. Every upstream attempt takes one.
-#[derive(Debug, Clone)]
-struct Budget {
-    credits: f64,
-    at: Instant,
-}
-
-// === impl Budget ===
-
-impl Budget {
-    fn full(now: Instant) -> Self {
-        Self {
-            credits: BUDGET_PER_INTERVAL,
-            at: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant, interval: Option<Duration>) {
-        let Some(interval) = interval else {
-            // No lifetime known yet: nothing to scale to, the backoff alone applies.
-            self.credits = BUDGET_PER_INTERVAL;
-            self.at = now;
-            return;
-        };
-        let per_credit = interval.as_secs_f64() / BUDGET_PER_INTERVAL;
-        let gained = now.saturating_duration_since(self.at).as_secs_f64() / per_credit;
-        self.credits = (self.credits + gained).min(BUDGET_PER_INTERVAL);
-        self.at = now;
-    }
-
-    /// How long until a credit is available (zero when one is).
-    fn wait(&mut self, now: Instant, interval: Option<Duration>) -> Duration {
-        self.refill(now, interval);
-        match interval {
-            Some(i) if self.credits < 1.0 => {
-                let per_credit = i.as_secs_f64() / BUDGET_PER_INTERVAL;
-                // Round up to whole milliseconds so the wake-up finds the credit there.
-                Duration::from_millis(((1.0 - self.credits) * per_credit * 1000.0).ceil() as u64)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    fn take(&mut self) {
-        self.credits -= 1.0;
-    }
-
-    fn give_back(&mut self) {
-        self.credits = (self.credits + 1.0).min(BUDGET_PER_INTERVAL);
-    }
-}
-
 // === impl Refresher ===
 
 impl Refresher {
@@ -266,7 +130,6 @@ impl Refresher {
         if let Some(access) = restored.access_token {
             flow.restore_access_token(access);
         }
-        let lifetime = restored.lifetime;
         let initial = restored.asset_token.map(Arc::new);
         if let Some(t) = &initial {
             tracing::info!(
@@ -300,13 +163,12 @@ impl Refresher {
             flow,
             cache,
             policy,
-            jitter,
+            jitter: Some(jitter),
             current,
             status,
             inner,
             admin: admin_rx,
-            lifetime,
-            restarted: lifetime.is_some(),
+            restored_lifetime: restored.lifetime,
             gate: None,
             cache_saves: Arc::new(AtomicU64::new(0)),
         };
@@ -320,359 +182,254 @@ impl Refresher {
         self
     }
 
-    /// The normal refresh interval, once a token's lifetime is known.
-    fn interval(&self) -> Option<Duration> {
-        self.lifetime.map(|l| self.policy.interval(l))
-    }
-
-    /// A uniform draw in `[0, 1]`.
-    fn unit(&self) -> f64 {
-        self.jitter.unit().clamp(0.0, 1.0)
-    }
-
-    /// This cycle's refresh point for `token`, drawn uniformly over the policy's band
-    /// (unclamped: it may lie in the past for a restored token).
-    fn draw_point(&self, token: &AssetToken) -> Instant {
-        let (lo, hi) = self.policy.band();
-        let fraction = hi - (hi - lo) * self.unit();
-        token.received + token.lifetime().mul_f64(fraction)
-    }
-
-    /// A slot in the boot spread: uniform over [`BOOT_SPREAD`] refresh intervals from now.
-    fn boot_slot(&self, now: Instant) -> Instant {
-        now + self.boot_window().mul_f64(self.unit())
-    }
-
-    fn boot_window(&self) -> Duration {
-        self.interval()
-            .unwrap_or(Duration::ZERO)
-            .mul_f64(BOOT_SPREAD)
-    }
-
-    /// The wait after a retryable failure: uniform in [`RETRY_RANGE`] refresh intervals
-    /// (capped by `backoff_cap`), or the exponential backoff while no lifetime is known;
-    /// `Retry-After` is a floor either way.
-    fn retry_delay(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
-        match self.interval() {
-            Some(i) => {
-                let (lo, hi) = RETRY_RANGE;
-                let drawn = i.mul_f64(lo + (hi - lo) * self.unit());
-                let floor =
-                    retry_after.map_or(Duration::ZERO, |ra| ra.min(Duration::from_secs(3600)));
-                drawn
-                    .min(self.policy.backoff_cap)
-                    .max(backoff::MIN)
-                    .max(floor)
-            }
-            None => backoff.next(self.jitter.as_ref(), retry_after),
-        }
-    }
-
-    /// Whether anything uses the token now.
-    fn demand(&self, now: Instant) -> bool {
-        self.inner.demand.active(now, self.inner.window)
-    }
-
     /// Runs until `cancel` fires.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(backoff::MIN, self.policy.backoff_cap);
-        let start = Instant::now();
-        let mut budget = Budget::full(start);
-        let held = self.current.borrow().clone();
-        // The next planned attempt; `None` while lapsed (on demand, nothing uses the token).
-        let mut next: Option<Instant>;
-        // The held token's refresh point.
-        let mut point: Option<Instant> = None;
-        match &held {
-            Some(t) => {
-                // A restart: every device of a rebooted fleet would refresh within the
-                // same few seconds (overdue ones at once, the others at points bunched in
-                // the rest of their lifetime), so any refresh due within the boot spread
-                // takes a slot in it instead.
-                let p = self.draw_point(t);
-                point = Some(p);
-                let spread_end = start + self.boot_window();
-                next = Some(if p <= spread_end {
-                    self.boot_slot(start)
-                } else {
-                    p
-                });
-            }
-            None if self.restarted => next = Some(self.boot_slot(start)),
-            None => next = Some(start),
-        }
-        // Until the first token, the loop tries whatever the demand (a booting device
-        // checks that its credentials work); after it, on demand applies.
-        // A restored token already past its refresh point counts as no token for this: the
-        // start-up refresh (in its boot-spread slot) happens whatever the demand, so the
-        // agent does not declare itself ready on a token about to expire.
-        let mut first_done = point.is_some_and(|p| p > start);
-        // After a failure: no attempt before this, whoever asks.
-        let mut not_before: Option<Instant> = None;
-        let mut last_admin: Option<Instant> = None;
-        // While waiting out a fatal failure: when to look whether the credentials changed.
-        let mut recheck: Option<Instant> = None;
-        self.publish_plan(next, point);
+        let restored = Restored {
+            lifetime: self.restored_lifetime,
+            token: self.current.borrow().as_deref().map(validity),
+        };
+        let jitter = self.jitter.take().unwrap_or_else(|| Box::new(OsJitter));
+        let mut schedule = Schedule::new(self.policy.clone(), jitter, restored, Instant::now());
+        self.publish_plan(schedule.plan());
         loop {
-            let expiry = self.current.borrow().as_ref().map(|t| t.expires);
-            let now = Instant::now();
-            // With nothing planned the loop still wakes now and then, to stay live.
-            let idle = now + IDLE_TICK;
-            let wake_at = [next, expiry, recheck]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(idle)
-                .min(idle);
+            let wake_at = schedule.wake_at(Instant::now());
             self.status
                 .send_modify(|s| s.expect_by = wake_at + LIVENESS_SLACK);
-            let mut woken = false;
             let mut admin = None;
-            tokio::select! {
+            let cause = tokio::select! {
                 () = cancel.cancelled() => break,
-                () = sleep_until(wake_at) => {}
-                () = self.inner.wake.notified() => woken = true,
-                Some(reply) = self.admin.recv() => admin = Some(reply),
-            }
+                () = sleep_until(wake_at) => Cause::Timer,
+                () = self.inner.wake.notified() => Cause::Request {
+                    urgent: self.inner.demand.urgent.swap(false, Ordering::Relaxed),
+                },
+                Some(reply) = self.admin.recv() => {
+                    admin = Some(reply);
+                    Cause::Admin
+                }
+            };
             let now = Instant::now();
             self.status.send_modify(|s| s.heartbeat = now);
-            if expiry.is_some_and(|e| e <= now) {
-                tracing::warn!(
-                    "the asset token expired before it was refreshed; no token is served until a new one is obtained"
-                );
-                self.current.send_replace(None);
-                point = None;
-                self.status.send_modify(|s| {
-                    s.refresh_point = None;
-                    if s.state == State::Degraded {
-                        s.state = State::Failing;
-                    }
-                });
-            }
-            if recheck.is_some_and(|r| r <= now) {
-                if self.flow.credentials.changed() {
-                    tracing::info!("the credentials changed; retrying now");
-                    next = Some(now);
-                    not_before = None;
-                    recheck = None;
-                } else {
-                    recheck = Some(now + ENROLLMENT_POLL);
-                }
-            }
-            let demand = self.demand(now);
-            if woken {
-                let urgent = self.inner.demand.urgent.swap(false, Ordering::Relaxed);
-                let past = point.is_none_or(|p| p <= now);
-                if urgent || (next.is_none() && past && demand) {
-                    let at = not_before.map_or(now, |nb| nb.max(now));
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
-            }
-            let mut forced = false;
-            if let Some(reply) = admin {
-                let answer = match last_admin {
-                    Some(last) if now < last + ADMIN_INTERVAL => Err(Refused::RateLimited {
-                        retry_in: (last + ADMIN_INTERVAL) - now,
-                    }),
-                    _ => match budget.wait(now, self.interval()) {
-                        w if w.is_zero() => Ok(()),
-                        w => Err(Refused::Budget { retry_in: w }),
-                    },
-                };
-                forced = answer.is_ok();
-                if forced {
-                    last_admin = Some(now);
-                }
-                // The caller may have given up; it learns the outcome from the status.
-                let _ = reply.send(answer);
-            }
-            if !forced {
-                if next.is_none_or(|n| n > now) {
-                    self.publish_plan(next, point);
-                    continue;
-                }
-                if self.policy.mode == Mode::OnDemand && first_done && !demand {
-                    tracing::debug!("nothing uses the asset token; letting it lapse");
-                    next = None;
-                    self.publish_plan(next, point);
-                    continue;
-                }
-                let wait = budget.wait(now, self.interval());
-                if !wait.is_zero() {
-                    tracing::debug!(
-                        wait_ms = wait.as_millis() as u64,
-                        "retry budget spent; waiting"
-                    );
-                    next = Some(now + wait);
-                    self.publish_plan(next, point);
-                    continue;
-                }
-            }
-            budget.take();
-            let attempt_budget = self.policy.attempt_budget;
-            let gate = self.gate.clone();
-            let _permit = match &gate {
-                Some(gate) => {
-                    let slot = gate.reserve();
-                    self.status.send_modify(|s| {
-                        s.expect_by = slot + attempt_budget + LIVENESS_SLACK;
-                    });
-                    tokio::select! {
-                        () = cancel.cancelled() => break,
-                        p = gate.enter(slot) => p,
-                    }
-                }
-                None => None,
+            let event = Event::Wake {
+                cause,
+                demand: self.inner.demand.active(now, self.inner.window),
+                credentials_changed: schedule.recheck_due(now) && self.flow.credentials.changed(),
             };
-            self.status.send_modify(|s| {
-                s.expect_by = Instant::now() + attempt_budget + LIVENESS_SLACK;
-                s.attempts += 1;
-            });
-            let result = tokio::select! {
-                () = cancel.cancelled() => break,
-                r = self.flow.fetch() => r,
-            };
-            // Refresh requests made during the attempt are answered by it: drop them, or
-            // they would start another exchange right away.
-            tokio::select! {
-                biased;
-                () = self.inner.wake.notified() => {}
-                () = std::future::ready(()) => {}
+            let decision = schedule.on(event, now);
+            self.follow(&decision, admin);
+            if decision.action != Action::Attempt {
+                self.publish_plan(schedule.plan());
+                continue;
             }
-            self.inner.demand.urgent.store(false, Ordering::Relaxed);
+            let Some(result) = self.attempt(&cancel).await else {
+                break;
+            };
+            let now = Instant::now();
+            let fetched = result.as_ref().map(validity).map_err(failure);
+            let decision = schedule.on(Event::Fetched(fetched), now);
+            self.follow(&decision, None);
+            let plan = schedule.plan();
             match result {
-                Ok(token) => {
-                    self.flow.upstream.metrics().counters().refresh_succeeded();
-                    backoff.reset();
-                    first_done = true;
-                    not_before = None;
-                    recheck = None;
-                    self.lifetime = Some(token.lifetime());
-                    let p = self
-                        .draw_point(&token)
-                        .max(Instant::now() + MIN_REFRESH_DELAY.min(token.remaining()));
-                    point = Some(p);
-                    next = Some(p);
-                    let in_ = p.saturating_duration_since(Instant::now());
-                    tracing::info!(next_refresh_in_s = in_.as_secs(), "next refresh scheduled");
-                    self.flow.emit(Progress::RefreshScheduled { in_ });
-                    let token = Arc::new(token);
-                    if let Some(cache) = &self.cache {
-                        let (access, keys, now) = (
-                            self.flow.access_token(),
-                            self.flow.verifier.known_keys(),
-                            self.flow.now(),
-                        );
-                        // On the state directory's file-work lane (its signature too, which
-                        // may be a hardware key's): a stalled disk delays the token's
-                        // publication by at most CACHE_WAIT, and only the newest queued
-                        // save is written when the disk answers again.
-                        let generation = self.cache_saves.fetch_add(1, Ordering::Relaxed) + 1;
-                        let (cache, token, saves) =
-                            (cache.clone(), token.clone(), self.cache_saves.clone());
-                        let saved =
-                            crate::filework::Lane::for_file(cache.path()).submit(move || {
-                                if saves.load(Ordering::Relaxed) == generation {
-                                    cache.save(Some(&token), access.as_ref(), keys, now);
-                                }
-                            });
-                        if tokio::time::timeout(CACHE_WAIT, saved).await.is_err() {
-                            tracing::warn!(
-                                "the token cache was not saved within {} s (the state directory's filesystem does not answer); serving on",
-                                CACHE_WAIT.as_secs()
-                            );
-                        }
-                    }
-                    self.current.send_replace(Some(token));
-                    self.status.send_modify(|s| {
-                        s.state = State::Ready;
-                        s.consecutive_failures = 0;
-                        s.failing_since = None;
-                        s.last_success = Some(Instant::now());
-                        s.refreshes_ok += 1;
-                    });
-                    self.publish_plan(next, point);
-                }
-                Err(err) => {
-                    let class = err.class();
-                    let enrolling = err.needs_enrollment();
-                    let delay = if enrolling {
-                        // No upstream call was made.
-                        budget.give_back();
-                        ENROLLMENT_POLL
-                    } else if class == Class::Fatal {
-                        // Needs a human; keep trying, slowly, so a fix is picked up.
-                        backoff.next(self.jitter.as_ref(), err.retry_after());
-                        backoff
-                            .cap()
-                            .max(self.retry_delay(&mut backoff, err.retry_after()))
-                    } else {
-                        self.retry_delay(&mut backoff, err.retry_after())
-                    };
-                    let at = Instant::now() + delay;
-                    next = Some(at);
-                    not_before = Some(at);
-                    recheck = (class == Class::Fatal && !enrolling)
-                        .then(|| Instant::now() + ENROLLMENT_POLL);
-                    let message = chain(&err);
-                    let reason = err.reason();
-                    self.flow
-                        .upstream
-                        .metrics()
-                        .counters()
-                        .refresh_failed(&reason);
-                    let has_token = live(&self.current.subscribe()).is_some();
-                    let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
-                    if enrolling && was_enrolling {
-                        tracing::debug!("still waiting for enrollment");
-                    } else if enrolling {
-                        tracing::warn!(
-                            "this device is not enrolled yet (checking again every {} s): {message}",
-                            ENROLLMENT_POLL.as_secs()
-                        );
-                    } else {
-                        tracing::warn!(reason = %reason, class = ?class, retry_in_s = delay.as_secs(),
-                            serving_cached = has_token, "refresh failed: {message}");
-                    }
-                    self.flow.emit(Progress::RefreshFailed {
-                        reason: reason.clone(),
-                        retry_in: delay,
-                    });
-                    self.status.send_modify(|s| {
-                        s.state = match (enrolling, has_token) {
-                            (_, true) => State::Degraded,
-                            (true, false) => State::NeedsEnrollment,
-                            (false, false) => State::Failing,
-                        };
-                        s.consecutive_failures += 1;
-                        s.failing_since.get_or_insert(Instant::now());
-                        s.last_error = Some(message);
-                        s.last_error_reason = Some(reason);
-                        s.refreshes_failed += 1;
-                    });
-                    self.publish_plan(next, point);
-                }
+                Ok(token) => self.succeeded(token, plan).await,
+                Err(err) => self.failed(&err, plan),
             }
+            self.publish_plan(plan);
         }
         tracing::debug!("refresh loop stopped");
     }
 
-    /// Publishes what the loop plans: the next attempt and the held token's refresh point.
-    fn publish_plan(&self, next: Option<Instant>, point: Option<Instant>) {
-        let interval = self.interval();
+    /// Does what a wake's `decision` asks besides an attempt: drops an expired token,
+    /// answers the admin, and says why nothing happens.
+    fn follow(&self, decision: &Decision, admin: Option<oneshot::Sender<Result<(), Refused>>>) {
+        if decision.expired {
+            tracing::warn!(
+                "the asset token expired before it was refreshed; no token is served until a new one is obtained"
+            );
+            self.current.send_replace(None);
+            self.status.send_modify(|s| {
+                s.refresh_point = None;
+                if s.state == State::Degraded {
+                    s.state = State::Failing;
+                }
+            });
+        }
+        if decision.credentials_changed {
+            tracing::info!("the credentials changed; retrying now");
+        }
+        if let (Some(reply), Some(answer)) = (admin, decision.admin.clone()) {
+            // The caller may have given up; it learns the outcome from the status.
+            let _ = reply.send(answer);
+        }
+        match decision.action {
+            Action::Lapse => tracing::debug!("nothing uses the asset token; letting it lapse"),
+            Action::Starved { wait } => tracing::debug!(
+                wait_ms = wait.as_millis() as u64,
+                "retry budget spent; waiting"
+            ),
+            Action::Wait | Action::Attempt => {}
+        }
+    }
+
+    /// One upstream attempt, through the gate if there is one; `None` if cancelled.
+    async fn attempt(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Option<Result<AssetToken, super::flow::Error>> {
+        let attempt_budget = self.policy.attempt_budget;
+        let gate = self.gate.clone();
+        let _permit = match &gate {
+            Some(gate) => {
+                let slot = gate.reserve();
+                self.status.send_modify(|s| {
+                    s.expect_by = slot + attempt_budget + LIVENESS_SLACK;
+                });
+                tokio::select! {
+                    () = cancel.cancelled() => return None,
+                    p = gate.enter(slot) => p,
+                }
+            }
+            None => None,
+        };
+        self.status.send_modify(|s| {
+            s.expect_by = Instant::now() + attempt_budget + LIVENESS_SLACK;
+            s.attempts += 1;
+        });
+        let result = tokio::select! {
+            () = cancel.cancelled() => return None,
+            r = self.flow.fetch() => r,
+        };
+        // Refresh requests made during the attempt are answered by it: drop them, or
+        // they would start another exchange right away.
+        tokio::select! {
+            biased;
+            () = self.inner.wake.notified() => {}
+            () = std::future::ready(()) => {}
+        }
+        self.inner.demand.urgent.store(false, Ordering::Relaxed);
+        Some(result)
+    }
+
+    /// Publishes a new token (after saving it to the cache) and the status.
+    async fn succeeded(&self, token: AssetToken, plan: Plan) {
+        self.flow.upstream.metrics().counters().refresh_succeeded();
+        let in_ = plan.next.map_or(Duration::ZERO, |p| {
+            p.saturating_duration_since(Instant::now())
+        });
+        tracing::info!(next_refresh_in_s = in_.as_secs(), "next refresh scheduled");
+        self.flow.emit(Progress::RefreshScheduled { in_ });
+        let token = Arc::new(token);
+        if let Some(cache) = &self.cache {
+            let (access, keys, now) = (
+                self.flow.access_token(),
+                self.flow.verifier.known_keys(),
+                self.flow.now(),
+            );
+            // On the state directory's file-work lane (its signature too, which may be a
+            // hardware key's): a stalled disk delays the token's publication by at most
+            // CACHE_WAIT, and only the newest queued save is written when the disk answers
+            // again.
+            let generation = self.cache_saves.fetch_add(1, Ordering::Relaxed) + 1;
+            let (cache, token, saves) = (cache.clone(), token.clone(), self.cache_saves.clone());
+            let saved = crate::filework::Lane::for_file(cache.path()).submit(move || {
+                if saves.load(Ordering::Relaxed) == generation {
+                    cache.save(Some(&token), access.as_ref(), keys, now);
+                }
+            });
+            if tokio::time::timeout(CACHE_WAIT, saved).await.is_err() {
+                tracing::warn!(
+                    "the token cache was not saved within {} s (the state directory's filesystem does not answer); serving on",
+                    CACHE_WAIT.as_secs()
+                );
+            }
+        }
+        self.current.send_replace(Some(token));
+        self.status.send_modify(|s| {
+            s.state = State::Ready;
+            s.consecutive_failures = 0;
+            s.failing_since = None;
+            s.last_success = Some(Instant::now());
+            s.refreshes_ok += 1;
+        });
+    }
+
+    /// Reports a failed attempt: log, progress, metrics and status.
+    fn failed(&self, err: &super::flow::Error, plan: Plan) {
+        let enrolling = err.needs_enrollment();
+        let class = err.class();
+        let delay = plan.next.map_or(Duration::ZERO, |n| {
+            n.saturating_duration_since(Instant::now())
+        });
+        let message = chain(err);
+        let reason = err.reason();
+        self.flow
+            .upstream
+            .metrics()
+            .counters()
+            .refresh_failed(&reason);
+        let has_token = live(&self.current.subscribe()).is_some();
+        let was_enrolling = self.status.borrow().state == State::NeedsEnrollment;
+        if enrolling && was_enrolling {
+            tracing::debug!("still waiting for enrollment");
+        } else if enrolling {
+            tracing::warn!(
+                "this device is not enrolled yet (checking again every {} s): {message}",
+                ENROLLMENT_POLL.as_secs()
+            );
+        } else {
+            tracing::warn!(reason = %reason, class = ?class, retry_in_s = delay.as_secs(),
+                serving_cached = has_token, "refresh failed: {message}");
+        }
+        self.flow.emit(Progress::RefreshFailed {
+            reason: reason.clone(),
+            retry_in: delay,
+        });
+        self.status.send_modify(|s| {
+            s.state = match (enrolling, has_token) {
+                (_, true) => State::Degraded,
+                (true, false) => State::NeedsEnrollment,
+                (false, false) => State::Failing,
+            };
+            s.consecutive_failures += 1;
+            s.failing_since.get_or_insert(Instant::now());
+            s.last_error = Some(message);
+            s.last_error_reason = Some(reason);
+            s.refreshes_failed += 1;
+        });
+    }
+
+    /// Publishes what the schedule plans: the next attempt and the held token's refresh
+    /// point.
+    fn publish_plan(&self, plan: Plan) {
         self.status.send_if_modified(|s| {
-            let changed =
-                s.next_refresh != next || s.refresh_point != point || s.interval != interval;
-            s.next_refresh = next;
-            s.refresh_point = point;
-            s.interval = interval;
+            let changed = s.next_refresh != plan.next
+                || s.refresh_point != plan.point
+                || s.interval != plan.interval;
+            s.next_refresh = plan.next;
+            s.refresh_point = plan.point;
+            s.interval = plan.interval;
             changed
         });
     }
 }
 
-/// How often an idle loop (nothing planned) still wakes, to show it is alive.
-const IDLE_TICK: Duration = Duration::from_secs(60);
+/// What the schedule needs of a token.
+fn validity(token: &AssetToken) -> Validity {
+    Validity {
+        received: token.received,
+        expires: token.expires,
+    }
+}
+
+/// What the schedule needs of a failed attempt.
+fn failure(err: &super::flow::Error) -> Failure {
+    let retry_after = err.retry_after();
+    if err.needs_enrollment() {
+        Failure::NotEnrolled
+    } else if err.class() == Class::Fatal {
+        Failure::Fatal { retry_after }
+    } else {
+        Failure::Retryable { retry_after }
+    }
+}
 
 // === impl Demand ===
 
@@ -853,50 +610,4 @@ fn good(
     held.as_ref()
         .filter(|t| t.is_live_at(now) && t.remaining_at(now) >= min_ttl)
         .cloned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(refresh_at: f64) -> Policy {
-        Policy {
-            refresh_at,
-            backoff_cap: backoff::DEFAULT_CAP,
-            attempt_budget: Duration::from_secs(90),
-            mode: Mode::OnDemand,
-            demand_window: DEFAULT_DEMAND_WINDOW,
-        }
-    }
-
-    #[test]
-    fn band_is_wide_and_stays_in_the_lifetime() {
-        assert_eq!(policy(0.8).band(), (0.5, 0.8));
-        let (lo, hi) = policy(0.1).band();
-        assert!((lo - 0.05).abs() < 1e-9 && (hi - 0.1).abs() < 1e-9);
-        assert_eq!(
-            policy(0.8).interval(Duration::from_secs(60)),
-            Duration::from_secs(39)
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn budget_allows_two_per_interval() {
-        let now = Instant::now();
-        let i = Some(Duration::from_secs(40));
-        let mut b = Budget::full(now);
-        for _ in 0..2 {
-            assert_eq!(b.wait(now, i), Duration::ZERO);
-            b.take();
-        }
-        assert_eq!(b.wait(now, i), Duration::from_secs(20));
-        assert_eq!(b.wait(now + Duration::from_secs(20), i), Duration::ZERO);
-        b.take();
-        assert_eq!(
-            b.wait(now + Duration::from_secs(20), i),
-            Duration::from_secs(20)
-        );
-        // Unknown lifetime: no budget to scale, always allowed.
-        assert_eq!(b.wait(now, None), Duration::ZERO);
-    }
 }
