@@ -5,14 +5,12 @@
 // Helpers outside #[test] functions: unwrap and panic are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
 
-use api_common::{
-    NOBODY, as_user, config_with_api, curl_as, has_jwt, open_to_everyone, public_binary,
-    root_or_skip,
-};
 use asset_agent::api::router::Route;
+use common::api::{
+    NEEDS_ROOT, NOBODY, as_user, config_with_api, curl_as, has_jwt, open_to_everyone, public_binary,
+};
 use common::{Agent, Device, emulator, wait_for_token};
 use wire::clock::Clock;
 
@@ -21,9 +19,7 @@ const SIGN_BODY: &str = r#"{"aud":"https://backend.example.com"}"#;
 /// Every route, unknown paths and wrong methods: 403 and nothing else for a stranger.
 #[tokio::test]
 async fn a_stranger_gets_403_on_every_route_and_no_token_bytes() {
-    if !root_or_skip("a_stranger_gets_403_on_every_route_and_no_token_bytes") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let agent = Agent::start(&config_with_api(&dev, &emu, ""), Clock::system()).await;
@@ -85,9 +81,7 @@ async fn a_stranger_gets_403_on_every_route_and_no_token_bytes() {
 /// signers can sign but not refresh; admins can refresh.
 #[tokio::test]
 async fn roles_by_gid_and_uid() {
-    if !root_or_skip("roles_by_gid_and_uid") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     const READERS: u32 = 4242;
     const SIGNERS: u32 = 4343;
     const ADMIN: u32 = 4444;
@@ -207,9 +201,7 @@ async fn roles_by_gid_and_uid() {
 /// group to join; both when the agent refuses (403) and when the file system does.
 #[tokio::test]
 async fn cli_explains_denials() {
-    if !root_or_skip("cli_explains_denials") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let agent = Agent::start(&config_with_api(&dev, &emu, ""), Clock::system()).await;

@@ -10,10 +10,9 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Device, emulator, verify_with_jwks, wait_for_token};
+use common::{BIN, Device, emulator, verify_with_jwks, wait_for_token};
 use wire::clock::Clock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 /// `O_CLOEXEC` as `/proc/<pid>/fdinfo` shows it (octal flags).
 const O_CLOEXEC: u32 = 0o2_000_000;
 

@@ -9,7 +9,6 @@
 // Helpers outside #[test] functions: unwrap and panic are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
 
 use std::time::Duration;
@@ -18,7 +17,7 @@ use asset_agent::api::activation::{self, Env};
 use asset_agent::api::routes::sign::{self, MAX_LIFETIME, RESERVED};
 use asset_agent::api::routes::token::parse_min_ttl;
 use asset_agent::client;
-use common::{Agent, Device, emulator, wait_for_token};
+use common::{Agent, Device, api, emulator, wait_for_token};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 use wire::clock::Clock;
@@ -236,7 +235,7 @@ fn requests_to_a_live_agent() {
     };
     let answered = std::cell::Cell::new(0u32);
     proptest!(config, |(request in http_request())| {
-        let answer = rt.block_on(api_common::raw(&socket, &request, wait));
+        let answer = rt.block_on(api::raw(&socket, &request, wait));
         check_answer(&request, &answer)?;
         answered.set(answered.get() + u32::from(!answer.is_empty()));
     });
@@ -247,7 +246,7 @@ fn requests_to_a_live_agent() {
         answered.get()
     );
     proptest!(config, |(bytes in prop::collection::vec(any::<u8>(), 0..2048))| {
-        let answer = rt.block_on(api_common::raw(&socket, &bytes, wait));
+        let answer = rt.block_on(api::raw(&socket, &bytes, wait));
         check_answer(&bytes, &answer)?;
     });
     rt.block_on(async {

@@ -9,14 +9,13 @@
 // Helpers outside #[test] functions: unwrap and panic are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
 
 use std::time::{Duration, Instant};
 
-use api_common::{NOBODY, config_with_api, curl_as, open_to_everyone, raw, root_or_skip};
 use asset_agent::api::MAX_HEADERS;
 use asset_agent::client;
+use common::api::{NOBODY, config_with_api, curl_as, open_to_everyone, raw, root};
 use common::{Agent, Device, emulator, get, wait_for_token};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
@@ -152,7 +151,7 @@ async fn idle_slowloris_and_bad_requests_do_not_stall_a_legitimate_client() {
         latencies.push(t.elapsed());
     }
     // And one under another uid, if this test may switch uids.
-    if root_or_skip("legitimate client under another uid") {
+    if root() {
         open_to_everyone(&dev);
         let s = socket.clone();
         let t = Instant::now();
@@ -220,7 +219,7 @@ async fn busy_connections_are_capped_per_uid_without_touching_other_uids() {
     assert!(String::from_utf8_lossy(&r.body).contains("\"busy\""));
     assert_eq!(r.headers["retry-after"], "1");
 
-    if root_or_skip("other uids are unaffected") {
+    if root() {
         open_to_everyone(&dev);
         let s = socket.clone();
         let r = tokio::task::spawn_blocking(move || {

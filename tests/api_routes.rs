@@ -4,8 +4,8 @@
 // Helpers outside #[test] functions: unwrap and panic are the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
+#[path = "common/prometheus.rs"]
 mod prometheus_text;
 
 use std::time::Duration;
@@ -13,19 +13,11 @@ use std::time::Duration;
 use asset_agent::api::routes::sign::{MAX_BODY, RESERVED, Signed};
 use asset_agent::client;
 use asset_agent::keys::{FileKey, Signer as _};
-use common::{Agent, Device, emulator, get, wait_for_token};
+use common::{Agent, Device, emulator, get, post, wait_for_token};
 use emulator::{Grant, Scope};
 use serde_json::{Value, json};
 use wire::clock::Clock;
 use wire::jose::jws;
-
-async fn post(
-    socket: &std::path::Path,
-    path: &str,
-    body: impl Into<bytes::Bytes>,
-) -> client::Response {
-    client::post_json(socket, path, body).await.unwrap()
-}
 
 #[tokio::test]
 async fn sign_verifies_against_the_device_key_and_carries_the_callers_aud() {

@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
-use common::{Device, emulator, write_0600};
+use common::{BIN, Device, chmod, emulator, write_0600};
 use emulator::Emulator;
 use serde_json::Value;
+use testkit::is_root;
 use wire::clock::Clock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const NOBODY: u32 = 65534;
 
@@ -95,14 +94,6 @@ fn edit(config: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(config).unwrap();
     assert!(text.contains(from), "{from:?} not in {text}");
     std::fs::write(config, text.replace(from, to)).unwrap();
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 /// Runs as `nobody` when we are root (root writes anywhere, so an unwritable directory
@@ -237,14 +228,11 @@ async fn a_small_or_non_rsa_key_is_an_error() {
 
 #[tokio::test]
 async fn a_secret_owned_by_root_in_the_service_state_dir_is_an_error() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-            "needs root (the check looks for files root left behind), and ASSET_AGENT_REQUIRE_ROOT is set"
-        );
-        eprintln!("SKIPPED: needs root (the check looks for files root left behind)");
-        return;
-    }
+    testkit::require!(
+        testkit::ROOT,
+        is_root(),
+        "root (the check looks for files root left behind): run the tests as root"
+    );
     let emu = emulator(Clock::system(), |_| {}).await;
     let (dev, _) = device(&emu);
     // The state dir belongs to the service user; the key was left behind by root.
@@ -357,14 +345,11 @@ async fn the_socket_path_is_checked() {
 
 #[tokio::test]
 async fn a_user_outside_the_group_cannot_reach_the_socket() {
-    if !is_root() {
-        assert!(
-            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-            "needs root (to run the check as another user), and ASSET_AGENT_REQUIRE_ROOT is set"
-        );
-        eprintln!("SKIPPED: needs root (to run the check as another user)");
-        return;
-    }
+    testkit::require!(
+        testkit::ROOT,
+        is_root(),
+        "root (to run the check as another user): run the tests as root"
+    );
     let emu = emulator(Clock::system(), |_| {}).await;
     let (dev, config) = device(&emu);
     let run = dev.path("run");
@@ -444,14 +429,11 @@ async fn server_clock_skew_is_graded() {
 
 #[tokio::test]
 async fn a_system_clock_in_2001_is_an_error() {
-    if !Path::new(LIBFAKETIME).exists() {
-        assert!(
-            std::env::var_os("ASSET_AGENT_REQUIRE_FAKETIME").is_none(),
-            "libfaketime is required here: apt-get install faketime"
-        );
-        eprintln!("SKIPPED: libfaketime not installed (apt-get install faketime)");
-        return;
-    }
+    testkit::require!(
+        testkit::FAKETIME,
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime (apt-get install faketime)"
+    );
     let emu = emulator(Clock::system(), |_| {}).await;
     let (_dev, config) = device(&emu);
     // Only this process's wall clock is wrong; its monotonic clock and the emulator's

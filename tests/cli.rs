@@ -9,10 +9,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Device, emulator, wait_for_token};
+use common::process::output;
+use common::{BIN, Device, emulator, wait_for_token};
 use wire::clock::Clock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 /// Runs `asset-agent run --config <file>` with a clean environment.
 fn run_with(config: &std::path::Path) -> std::process::Output {
@@ -101,17 +100,12 @@ fn group_readable_key_refuses_to_start_with_the_fix() {
 
 /// Runs the binary with `args` and no ASSET_AGENT_* variables: (exit code, stdout, stderr).
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env_remove("ASSET_AGENT_CONFIG")
-        .env_remove("ASSET_AGENT_SOCKET")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
+    output(
+        Command::new(BIN)
+            .args(args)
+            .env_remove("ASSET_AGENT_CONFIG")
+            .env_remove("ASSET_AGENT_SOCKET")
+            .envs(env.iter().copied()),
     )
 }
 

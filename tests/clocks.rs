@@ -5,12 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 
+use common::rig::Rig;
 use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
 use emulator::Grant;
-use rig::Rig;
 use wire::clock::Clock;
 
 async fn device_clock_off_by(offset: i64) {

@@ -10,13 +10,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 
 use std::time::Duration;
 
+use common::rig::Rig;
 use emulator::{Endpoint, Grant, Scope};
-use rig::Rig;
 
 type Requests = Vec<(u64, u64)>;
 type Outcomes = Vec<(u64, bool)>;

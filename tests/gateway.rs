@@ -5,19 +5,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use api_common::{NOBODY, curl_as, has_jwt, open_to_everyone, root_or_skip};
 use asset_agent::config::{Config, LoadOptions};
-use common::{Agent, Device, emulator, get, wait_for_token, write_0600};
+use common::api::{NEEDS_ROOT, NOBODY, curl_as, has_jwt, open_to_everyone};
+use common::{Agent, BIN, Device, emulator, get, rig, wait_for_token, write_0600};
 use emulator::{Emulator, Grant};
 use wire::clock::Clock;
 use wire::jose::RsaPublicJwk;
@@ -175,7 +172,7 @@ async fn three_children_each_with_its_own_asset_key_and_token() {
     let s = socket.clone();
     let (raw, status_json) = tokio::task::spawn_blocking(move || {
         let cli = |args: &[&str]| {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+            let out = std::process::Command::new(BIN)
                 .args(args)
                 .arg("--socket")
                 .arg(&s)
@@ -220,9 +217,7 @@ async fn three_children_each_with_its_own_asset_key_and_token() {
 /// 403 for pump-7 too.
 #[tokio::test]
 async fn a_caller_allowed_one_child_gets_403_elsewhere() {
-    if !root_or_skip("a_caller_allowed_one_child_gets_403_elsewhere") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let (_, config) = config_with(&dev, &emu, "", &three_children(&dev));
@@ -309,9 +304,7 @@ async fn a_caller_allowed_one_child_gets_403_elsewhere() {
 /// its groups, but the child's do).
 #[tokio::test]
 async fn a_child_granted_to_a_supplementary_group_serves_its_members() {
-    if !root_or_skip("a_child_granted_to_a_supplementary_group_serves_its_members") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     const MODBUS_GID: u32 = 4343;
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
@@ -487,7 +480,7 @@ async fn one_childs_refused_asset_does_not_affect_the_others() {
     );
     let s = socket.clone();
     let human = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        std::process::Command::new(BIN)
             .args(["status", "--socket"])
             .arg(&s)
             .output()
@@ -577,7 +570,7 @@ async fn the_daemon_applies_children_on_sighup_and_reload() {
     let dev = Device::new(&emu);
     let config = dev.write_config(&emu, "", "");
     let log = dev.path("agent.log");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+    let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .env_clear()
@@ -609,7 +602,7 @@ async fn the_daemon_applies_children_on_sighup_and_reload() {
     assert_eq!(pump["device_id"], "gw-pump-7");
 
     std::fs::remove_file(dir.join("pump-7.toml")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+    let out = tokio::process::Command::new(BIN)
         .args(["reload", "--socket"])
         .arg(&socket)
         .output()
@@ -695,7 +688,7 @@ async fn child_key_fixed_then_reloaded(
     )
     .unwrap();
     let log = dev.path("agent.log");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+    let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .env_clear()
@@ -722,7 +715,7 @@ async fn child_key_fixed_then_reloaded(
     assert_eq!(get(&socket, "/v1/assets/pump-7/token").await.status, 404);
 
     fix_key(&key);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+    let out = tokio::process::Command::new(BIN)
         .args(["reload", "--socket"])
         .arg(&socket)
         .output()
@@ -807,7 +800,7 @@ async fn a_credentials_outage_costs_one_grant_per_hold_off_not_one_per_child() {
 /// naming the file and `chown`. Root only for the foreign owner.
 #[tokio::test]
 async fn config_files_others_could_change_are_refused_by_run_reload_and_check() {
-    let bin = env!("CARGO_BIN_EXE_asset-agent");
+    let bin = BIN;
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let config = dev.write_config(&emu, "", "");
@@ -849,9 +842,11 @@ async fn config_files_others_could_change_are_refused_by_run_reload_and_check() 
     assert!(text.contains(&format!("chmod go-w {config_s}")), "{text}");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
 
-    if !root_or_skip("a child file another user owns") {
-        return;
-    }
+    testkit::require!(
+        testkit::ROOT,
+        testkit::is_root(),
+        "root, to give a child's file to another user: run the tests as root"
+    );
     let log = dev.path("agent.log");
     let mut agent = run_bin(&["run", "--config", &config_s])
         .stdout(std::process::Stdio::null())

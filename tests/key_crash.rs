@@ -4,10 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
+use common::BIN;
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("agent.toml");

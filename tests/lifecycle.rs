@@ -14,7 +14,7 @@ use asset_agent::commands::enroll::{self, EXIT_DENIED, EXIT_EXPIRED, Progress, e
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::keys::{FileKey, Signer as _};
 use asset_agent::token::cache::FILE_NAME;
-use common::{Agent, Device, emulator, get, verify_with_jwks, wait_for_token, write_0600};
+use common::{Agent, Device, emulator, get, mode, verify_with_jwks, wait_for_token, write_0600};
 use emulator::{Emulator, Endpoint, Grant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
@@ -71,10 +71,6 @@ fn enroll_options(clock: &Clock) -> enroll::Options {
         clock: clock.clone(),
         ..enroll::Options::default()
     }
-}
-
-fn mode(path: &std::path::Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
 #[tokio::test(start_paused = true)]

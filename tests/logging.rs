@@ -5,13 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods)] // real processes on the real clock: measured, not scheduled
 
+mod common;
+
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
+use common::BIN;
 
 /// Runs the agent for a moment with stderr going to a file, then stops it with SIGTERM,
 /// and returns what it logged. `journal`: set `JOURNAL_STREAM` to that file's identity.
@@ -19,8 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 /// right after start; that line is what we wait for.
 fn run_logging(dir: &Path, format: &str, journal: bool, extra_env: &[(&str, &str)]) -> String {
     let key = dir.join("device-key.pem");
-    std::fs::write(&key, include_str!("data/device-key.pem")).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    common::write_0600(&key, common::DEVICE_KEY.as_bytes());
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,

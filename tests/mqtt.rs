@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod mqtt_support;
+#[path = "common/prometheus.rs"]
 mod prometheus_text;
 
 use std::collections::HashMap;
@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::mqtt;
+use common::mqtt::{Mode, MqttBroker, Observer, Proxy, eventually, post_json, request};
 use common::{Agent, Device, emulator, get};
-use mqtt_support::{Mode, MqttBroker, Observer, Proxy, eventually, post_json, request};
 use serde_json::json;
 use wire::clock::Clock;
 

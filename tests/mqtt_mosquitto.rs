@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod mqtt_support;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -17,15 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Device, emulator, wait_for_token};
-use mqtt_support::post_json;
+use common::mqtt::post_json;
+use common::{BIN, Device, emulator, wait_for_token};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use wire::clock::Clock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 /// A Mosquitto to talk to, and the process if this test started it.
 struct Mosquitto {
@@ -124,23 +121,19 @@ async fn expect_line(rx: &mut mpsc::UnboundedReceiver<String>, want: &str) {
 
 #[tokio::test]
 async fn mosquitto_interop_publish_and_last_will() {
-    let Some(broker) = mosquitto().await else {
-        if std::env::var("ASSET_AGENT_REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1") {
-            panic!("ASSET_AGENT_REQUIRE_MOSQUITTO=1 but mosquitto is not available");
-        }
-        eprintln!(
-            "NOTICE: mosquitto_interop_publish_and_last_will skipped: mosquitto is not \
-             installed (apt-get install mosquitto mosquitto-clients)"
-        );
-        return;
-    };
+    let broker = testkit::require!(
+        testkit::MOSQUITTO,
+        mosquitto().await,
+        "mosquitto (apt-get install mosquitto mosquitto-clients, or a running broker's \
+         address in ASSET_AGENT_TEST_MOSQUITTO)"
+    );
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     // A fresh device id per run, so retained messages from earlier runs cannot interfere.
     let id = format!(
         "interop-{}-{}",
         std::process::id(),
-        mqtt_support::wall() as u64
+        common::mqtt::wall() as u64
     );
     let path = dev.write_config(&emu, "", "");
     let text = std::fs::read_to_string(&path).unwrap().replace(

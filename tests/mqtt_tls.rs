@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod mqtt_support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +14,8 @@ use std::time::Duration;
 
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::mqtt;
+use common::mqtt::{MqttBroker, eventually};
 use common::{Agent, Device, emulator};
-use mqtt_support::{MqttBroker, eventually};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rumqttc::tokio_rustls::TlsAcceptor;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

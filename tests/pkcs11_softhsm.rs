@@ -9,13 +9,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod pkcs11_support;
 
 use std::path::{Path, PathBuf};
 
 use asset_agent::client;
+use common::pkcs11::{config, log_of, public_jwk, sign, spawn, stop};
 use common::{Device, emulator, verify_with_jwks, wait_for_token, write_0600};
-use pkcs11_support::{config, log_of, public_jwk, required, sign, spawn, stop};
 use serde_json::Value;
 use tokio::process::Child;
 use wire::clock::Clock;
@@ -25,21 +24,17 @@ const MODULES: [&str; 2] = [
 ];
 const PIN: &str = "4711";
 
+/// What the SoftHSM tests need, and how to get it.
+const SOFTHSM: &str = "SoftHSM2 (scripts/ci-packages.sh installs it: apt-get install softhsm2)";
+
+/// SoftHSM2's PKCS#11 module, when SoftHSM2 is installed.
 fn module() -> Option<PathBuf> {
     let tool = std::process::Command::new("softhsm2-util")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     let m = MODULES.iter().map(PathBuf::from).find(|p| p.exists());
-    match (tool, m) {
-        (true, Some(m)) => Some(m),
-        _ if required() => {
-            panic!(
-                "ASSET_AGENT_REQUIRE_PKCS11 is set but SoftHSM2 is not installed (scripts/ci-packages.sh installs it)"
-            )
-        }
-        _ => None,
-    }
+    m.filter(|_| tool)
 }
 
 /// A SoftHSM token in `dev`'s directory.
@@ -120,10 +115,7 @@ impl Token {
 
 #[tokio::test]
 async fn key_on_softhsm_serves_signs_survives_restart_and_token_loss() {
-    let Some(module) = module() else {
-        eprintln!("skipped: SoftHSM2 is not installed");
-        return;
-    };
+    let module = testkit::require!(testkit::PKCS11, module(), "{SOFTHSM}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     std::fs::remove_file(dev.path("device-key.pem")).unwrap();
@@ -261,10 +253,7 @@ async fn check_key(token: &Token, config: &Path, log: &Path) -> Value {
 
 #[tokio::test]
 async fn a_wrong_pin_is_tried_once_and_named_with_the_fix() {
-    let Some(module) = module() else {
-        eprintln!("skipped: SoftHSM2 is not installed");
-        return;
-    };
+    let module = testkit::require!(testkit::PKCS11, module(), "{SOFTHSM}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let token = Token::init(&dev);
@@ -341,10 +330,7 @@ async fn a_wrong_pin_is_tried_once_and_named_with_the_fix() {
 
 #[tokio::test]
 async fn two_agents_creating_at_once_make_one_key() {
-    let Some(module) = module() else {
-        eprintln!("skipped: SoftHSM2 is not installed");
-        return;
-    };
+    let module = testkit::require!(testkit::PKCS11, module(), "{SOFTHSM}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let token = Token::init(&dev);
@@ -388,10 +374,7 @@ async fn two_agents_creating_at_once_make_one_key() {
 /// child names the refused PIN file.
 #[tokio::test]
 async fn children_sharing_a_token_offer_a_refused_pin_once_in_all() {
-    let Some(module) = module() else {
-        eprintln!("skipped: SoftHSM2 is not installed");
-        return;
-    };
+    let module = testkit::require!(testkit::PKCS11, module(), "{SOFTHSM}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let token = Token::init(&dev);

@@ -10,17 +10,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-mod pkcs11_support;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::pkcs11::{config, log_of, public_jwk, sign, sign_jwt, spawn, stop, thumbprint, verify};
 use common::{Device, emulator, verify_with_jwks, wait_for_token, write_0600};
-use pkcs11_support::{
-    config, log_of, public_jwk, required, sign, sign_jwt, spawn, stop, thumbprint, verify,
-};
 use tokio::process::Child;
 use wire::clock::Clock;
 
@@ -40,18 +37,17 @@ fn installed(tool: &str) -> bool {
         .is_ok()
 }
 
+/// What the TPM tests need, and how to get it.
+const TPM: &str =
+    "swtpm, tpm2-tools, opensc and libtpm2-pkcs11-1 (scripts/ci-packages.sh installs them)";
+
+/// tpm2-pkcs11's module, when it and the tools the tests drive are installed.
 fn module() -> Option<PathBuf> {
     let tools = ["swtpm", "pkcs11-tool", "tpm2_getcap"]
         .iter()
         .all(|t| installed(t));
     let m = MODULES.iter().map(PathBuf::from).find(|p| p.exists());
-    match (tools, m) {
-        (true, Some(m)) => Some(m),
-        _ if required() => panic!(
-            "ASSET_AGENT_REQUIRE_PKCS11 is set but swtpm, tpm2-tools, opensc or libtpm2-pkcs11-1 is missing (scripts/ci-packages.sh installs them)"
-        ),
-        _ => None,
-    }
+    m.filter(|_| tools)
 }
 
 /// A free port whose successor is free too: the swtpm TCTI finds the control channel
@@ -191,10 +187,7 @@ impl Drop for Tpm {
 
 #[tokio::test]
 async fn key_in_a_software_tpm_serves_survives_restarts_and_fails_clearly() {
-    let Some(module) = module() else {
-        eprintln!("skipped: swtpm or tpm2-pkcs11 is not installed");
-        return;
-    };
+    let module = testkit::require!(testkit::PKCS11, module(), "{TPM}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     std::fs::remove_file(dev.path("device-key.pem")).unwrap();

@@ -11,29 +11,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use asset_agent::token::cache::FILE_NAME;
-use common::{Device, emulator, verify_with_jwks, wait_for_token};
+use common::process::spawn_run;
+use common::{BIN, Device, emulator, verify_with_jwks, wait_for_token};
 use emulator::Grant;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::{Instant, sleep};
 use wire::clock::Clock;
 
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 const KILLS: usize = 24;
-
-fn agent(config: &Path, log: &Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ASSET_AGENT_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 /// The refresh token file as it is now; it must never be missing, empty or torn.
 fn stored(path: &Path) -> String {
@@ -63,7 +49,7 @@ async fn sigkill_right_after_rotation_never_bricks_the_device() {
         let before = stored(&rt);
         let exchanges = emu.stats().success(Grant::TokenExchange);
         let log = dev.path(&format!("agent-{i}.log"));
-        let mut child = agent(&config, &log);
+        let mut child = spawn_run(&config, "debug", &log);
         let deadline = Instant::now() + Duration::from_secs(15);
         while stored(&rt) == before {
             assert!(
@@ -97,7 +83,7 @@ async fn sigkill_right_after_rotation_never_bricks_the_device() {
     }
     // One more start: it obtains tokens with whatever the last killed agent stored.
     let _ = std::fs::remove_file(dev.path(FILE_NAME));
-    let mut child = agent(&config, &dev.path("agent-final.log"));
+    let mut child = spawn_run(&config, "debug", &dev.path("agent-final.log"));
     let body = wait_for_token(&dev.socket()).await;
     verify_with_jwks(&emu, body["token"].as_str().unwrap());
     child.start_kill().unwrap();

@@ -7,33 +7,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use asset_agent::agent::UNSAVED_REFRESH_TOKEN;
 use asset_agent::token::cache::FILE_NAME;
+use common::process::spawn_run;
 use common::{Device, emulator, get, verify_with_jwks, wait_for_token};
 use emulator::Grant;
-use tokio::process::Command;
 use tokio::time::{Instant, sleep};
 use wire::clock::Clock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
-
-fn agent(config: &Path, log: &Path) -> tokio::process::Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ASSET_AGENT_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_refused_rotation_keeps_serving_and_a_kill_loses_no_refresh_token() {
@@ -43,7 +25,7 @@ async fn a_refused_rotation_keeps_serving_and_a_kill_loses_no_refresh_token() {
     let rt = dev.path("refresh-token");
     let before = std::fs::read_to_string(&rt).unwrap();
     let log = dev.path("agent-1.log");
-    let mut child = agent(&config, &log);
+    let mut child = spawn_run(&config, "info", &log);
     // The state directory refuses the refresh token's rewrite (for root too): a directory
     // where the temporary file must go.
     let blocker = dev.path(&format!(".refresh-token.tmp-{}", child.id().unwrap()));
@@ -75,7 +57,7 @@ async fn a_refused_rotation_keeps_serving_and_a_kill_loses_no_refresh_token() {
     child.wait().await.unwrap();
     std::fs::remove_dir(&blocker).unwrap();
     let _ = std::fs::remove_file(dev.path(FILE_NAME));
-    let mut child = agent(&config, &dev.path("agent-2.log"));
+    let mut child = spawn_run(&config, "info", &dev.path("agent-2.log"));
     let body = wait_for_token(&dev.socket()).await;
     verify_with_jwks(&emu, body["token"].as_str().unwrap());
     child.start_kill().unwrap();

@@ -11,22 +11,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 
 use std::time::Duration;
 
 use asset_agent::client;
+use common::rig::{self, Rig};
+use common::{body, status};
 use emulator::{Grant, Scope};
-use rig::Rig;
 use tokio::time::{Instant, sleep_until};
 
+/// POST with an empty body.
 async fn post(socket: &std::path::Path, path: &str) -> client::Response {
-    client::post_json(socket, path, "").await.unwrap()
-}
-
-fn body(r: &client::Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap()
+    common::post(socket, path, "").await
 }
 
 #[tokio::test(start_paused = true)]
@@ -168,8 +164,4 @@ async fn on_demand_lets_an_unused_token_lapse_and_wakes_on_the_next_request() {
     sleep_until(at(500)).await;
     assert_eq!(exchanges(), 6, "lapsed again once released");
     rig.stop().await;
-}
-
-async fn status(socket: &std::path::Path) -> serde_json::Value {
-    body(&common::get(socket, "/v1/status").await)
 }

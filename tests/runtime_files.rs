@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{emulator, write_0600};
+use common::{BIN, alive, emulator, status, write_0600};
 use emulator::{Emulator, Grant};
 use wire::clock::Clock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 /// The agent binary, killed and reaped however the test ends.
 struct Agent {
@@ -83,10 +81,7 @@ impl Agent {
     }
 
     async fn status(&self) -> serde_json::Value {
-        let r = asset_agent::client::get_json(&self.socket, "/v1/status")
-            .await
-            .unwrap();
-        serde_json::from_slice(&r.body).unwrap()
+        status(&self.socket).await
     }
 
     fn logged(&self) -> String {
@@ -165,13 +160,11 @@ struct LoopFs {
 impl LoopFs {
     /// `None` when this is not root (and root is not required).
     fn new(dir: &Path) -> Option<Self> {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-                "needs root (a loop mount and fsfreeze), and ASSET_AGENT_REQUIRE_ROOT is set"
-            );
-            return None;
-        }
+        testkit::available(
+            testkit::ROOT,
+            testkit::is_root(),
+            "root (a loop mount and fsfreeze): run the tests as root",
+        )?;
         let image = dir.join("fs.img");
         let mount = dir.join("mnt");
         std::fs::create_dir(&mount).unwrap();
@@ -400,14 +393,6 @@ async fn a_fifo_at_the_pid_file_holds_nothing_up() {
 }
 
 /// Whether `pid` is alive (a zombie counts as gone).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
-
 /// Starts an agent whose sink's hook is `script` (run by /bin/sh) and waits until the
 /// hook has written `marker`.
 async fn with_hook(tmp: &Path, emu: &Emulator, script: &str, marker: &Path) -> Agent {

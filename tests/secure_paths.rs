@@ -9,19 +9,16 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use asset_agent::agent::{self, Options};
 use asset_agent::config::{Config, LoadOptions};
 use asset_agent::keys::FileKey;
-use common::{Device, emulator, write_0600};
+use common::{BIN, Device, chmod, emulator, write_0600};
 use emulator::Emulator;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 #[derive(Clone, Copy, Debug)]
 enum File {
@@ -46,10 +43,6 @@ enum Attack {
     OpenDir,
     /// The secret's path is a symlink to the real file.
     Symlink,
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 /// Writes the config for `secret` under `attack`; returns it and the path that must be named.

@@ -5,14 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 
 use std::time::Duration;
 
 use common::get;
+use common::rig::Rig;
 use emulator::{Grant, Scope};
-use rig::Rig;
 use tokio::time::Instant;
 
 const WAIT_2S: &str = "min_ttl_wait = \"2s\"";

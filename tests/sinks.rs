@@ -15,7 +15,7 @@ use std::time::Duration;
 use asset_agent::agent::{self, Options};
 use asset_agent::config::{Config, LoadOptions};
 use base64::Engine as _;
-use common::{Agent, Device, emulator, get, wait_for_token};
+use common::{Agent, BIN, Device, alive, emulator, get, status, wait_for_token};
 use emulator::{Emulator, Grant};
 use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;
@@ -48,10 +48,6 @@ fn exp_of(jwt: &str) -> Option<i64> {
         .decode(parts[1])
         .ok()?;
     serde_json::from_slice::<serde_json::Value>(&payload).ok()?["exp"].as_i64()
-}
-
-async fn status(socket: &Path) -> serde_json::Value {
-    serde_json::from_slice(&get(socket, "/v1/status").await.body).unwrap()
 }
 
 /// Waits (virtual time) until `path` exists.
@@ -190,14 +186,6 @@ fn real_pause() {
 }
 
 /// Whether `pid` is alive (a zombie counts as gone).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_hanging_hook_is_killed_at_its_limit_and_refreshes_keep_their_schedule() {
     let clock = Clock::tokio_driven();
@@ -330,14 +318,11 @@ async fn refused_sink_paths_stop_the_agent_with_their_error() {
 /// any root-owned place. Root only (chown).
 #[tokio::test]
 async fn a_link_another_user_controls_on_a_sink_or_pid_file_path_is_refused() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-            "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
-        );
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require!(
+        testkit::ROOT,
+        testkit::is_root(),
+        "root, to chown: run the tests as root"
+    );
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     std::fs::set_permissions(dev.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -374,7 +359,7 @@ async fn a_link_another_user_controls_on_a_sink_or_pid_file_path_is_refused() {
             assert!(err.is_config(), "{sink}: {text}");
             assert!(text.contains("install -d -o asset-agent"), "{text}");
         }
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"))
+        let out = tokio::process::Command::new(BIN)
             .args(["check", "--config"])
             .arg(dev.path("agent.toml"))
             .output()
@@ -491,7 +476,7 @@ fn world_readable_modes_and_clashing_hooks_are_config_errors() {
 }
 
 fn exec_cmd(socket: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_asset-agent"));
+    let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("exec").arg("--socket").arg(socket);
     cmd
 }

@@ -33,7 +33,8 @@ use asset_agent::skew::Skew;
 use asset_agent::systemd::{Notifier, Readiness, Supervisor};
 use asset_agent::token::flow::Flow;
 use asset_agent::token::refresher::{Policy, Refresher};
-use common::{Device, emulator};
+use common::process::output;
+use common::{BIN, Device, emulator};
 use emulator::{Emulator, Grant, Scope};
 use tokio::net::UnixDatagram;
 use tokio::time::{Instant, timeout};
@@ -41,8 +42,6 @@ use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;
 use wire::jose::RsaPublicJwk;
 use wire::oauth::AssetFields;
-
-const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
 
 /// The fake service manager's end of `NOTIFY_SOCKET`.
 struct Manager {
@@ -128,18 +127,13 @@ fn assert_no_repeats(text: &str) {
 
 /// Runs a client command of the real binary against `socket`: (exit code, stdout, stderr).
 fn cli(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output(
+        Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(socket)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default()),
     )
 }
 

@@ -379,14 +379,11 @@ mod tests {
     /// name (hard link) is refused too. Root only (chown).
     #[test]
     fn a_pid_file_through_another_users_link_is_not_followed() {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-                "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
-            );
-            eprintln!("skipped: needs root");
-            return;
-        }
+        testkit::require!(
+            testkit::ROOT,
+            testkit::is_root(),
+            "root, to chown: run the tests as root"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
         std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();

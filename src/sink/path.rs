@@ -205,14 +205,11 @@ mod tests {
     /// Also when the link is higher up than the sink's own directory. Root only (chown).
     #[test]
     fn a_symlink_held_by_another_users_directory_is_refused() {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-                "needs root to chown (ASSET_AGENT_REQUIRE_ROOT is set)"
-            );
-            eprintln!("skipped: needs root");
-            return;
-        }
+        testkit::require!(
+            testkit::ROOT,
+            testkit::is_root(),
+            "root, to chown: run the tests as root"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path();
         fs::set_permissions(base, fs::Permissions::from_mode(0o755)).unwrap();

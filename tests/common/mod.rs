@@ -1,19 +1,53 @@
 //! Shared test harness: an emulator on 127.0.0.1:0 and an agent in a temp dir, talking over
 //! a temp-dir socket. Uses the checked-in keys in tests/data (key generation is slow in
 //! debug builds).
+//!
+//! Every integration test declares `mod common;` and takes what it needs from here:
+//! - this file: the emulator, a [`Device`] directory with its config, an in-process
+//!   [`Agent`], verifying a token against the emulator's JWKS;
+//! - [`socket`]: GET, POST and status over the agent's socket, waiting for a token;
+//! - [`process`]: the agent binary as a process ([`BIN`], `run`, the CLI's output);
+//! - [`fs`]: file modes;
+//! - [`api`]: clients under other uids (`setpriv`, `curl`) and raw HTTP;
+//! - [`rig`]: the deterministic rig on tokio's paused clock;
+//! - [`mqtt`]: an embedded broker that verifies tokens, an observer, a stalling proxy;
+//! - [`pkcs11`]: the agent on a PKCS#11 token (SoftHSM2, swtpm).
+//!
+//! Two files here are not part of the module: `prometheus.rs` (a strict exposition-format
+//! parser with its own test, included with `#[path]` by the tests that scrape metrics, so
+//! that test runs only there) and `fleet.rs` (the fleet simulation, shared with
+//! `benches/fleet.rs`).
+//!
+//! A test that needs something the machine may lack guards itself with `testkit::require!`
+//! (crates/testkit): it skips with a notice, or fails where CI sets `ASSET_AGENT_REQUIRE_*`.
+// Each test binary compiles this module on its own and uses only part of it: what one
+// binary leaves unused is not dead. Test code may unwrap and panic (a failed test).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
 use asset_agent::agent::{self, Options, Running};
-use asset_agent::client;
 use asset_agent::config::{Config, LoadOptions};
 use emulator::{self, Emulator};
 use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;
+
+pub mod api;
+pub mod fs;
+pub mod mqtt;
+pub mod pkcs11;
+pub mod process;
+pub mod rig;
+pub mod socket;
+
+// The everyday helpers, for `use common::{...}`; what a binary does not use is unused there.
+#[allow(unused_imports)]
+pub use fs::{chmod, mode, write_0600};
+#[allow(unused_imports)]
+pub use process::{BIN, alive};
+#[allow(unused_imports)]
+pub use socket::{body, get, post, status, wait_for_failure, wait_for_token};
 
 pub const DEVICE_KEY: &str = include_str!("../data/device-key.pem");
 pub const OTHER_KEY: &str = include_str!("../data/other-key.pem");
@@ -108,11 +142,6 @@ socket = "{dir}/run/agent.sock"
     }
 }
 
-pub fn write_0600(path: &Path, bytes: &[u8]) {
-    std::fs::write(path, bytes).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
 /// A started in-process agent and its cancel token.
 pub struct Agent {
     pub running: Running,
@@ -134,37 +163,6 @@ impl Agent {
         self.cancel.cancel();
         self.running.wait().await;
     }
-}
-
-/// GETs `path` over the socket.
-pub async fn get(socket: &Path, path: &str) -> client::Response {
-    client::get_json(socket, path).await.unwrap()
-}
-
-/// Polls `/v1/token` until it answers 200 (bounded: 20 s of real time).
-pub async fn wait_for_token(socket: &Path) -> serde_json::Value {
-    for _ in 0..200 {
-        if let Ok(r) = client::get_json(socket, "/v1/token").await
-            && r.status == 200
-        {
-            return serde_json::from_slice(&r.body).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no token within 20 s");
-}
-
-/// Polls `/v1/status` until the agent reports a failed attempt (bounded: 10 s).
-pub async fn wait_for_failure(socket: &Path) -> serde_json::Value {
-    for _ in 0..200 {
-        let status: serde_json::Value =
-            serde_json::from_slice(&get(socket, "/v1/status").await.body).unwrap();
-        if status["consecutive_failures"].as_u64().unwrap_or(0) >= 1 {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no failed attempt within 10 s");
 }
 
 /// Verifies `jwt` against the emulator's JWKS (independently of the agent's verifier).

@@ -17,7 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use asset_agent::agent::{self, Options};
 use asset_agent::backoff::Jitter;
 use asset_agent::token::refresher::Handle;
-use emulator::{self, Emulator};
+use emulator::Emulator;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use wire::clock::Clock;

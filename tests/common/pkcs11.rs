@@ -7,32 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use asset_agent::client;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use wire::jose::{RsaPublicJwk, jws};
 
-use crate::common::Device;
-
-pub const BIN: &str = env!("CARGO_BIN_EXE_asset-agent");
-
-/// Whether a missing tool must fail the test (CI) rather than skip it.
-pub fn required() -> bool {
-    std::env::var_os("ASSET_AGENT_REQUIRE_PKCS11").is_some()
-}
+use crate::common::{Device, body, post, process, status};
 
 /// The agent binary with `args`, `--config config`, the token's `env`, stderr to `log`.
 pub fn spawn(env: &[(&str, OsString)], args: &[&str], config: &Path, log: &Path) -> Child {
-    let mut c = Command::new(BIN);
+    let mut c = process::command("info", log);
     c.args(args)
         .arg("--config")
         .arg(config)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ASSET_AGENT_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .kill_on_drop(true);
+        .stdout(Stdio::piped());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -77,18 +64,16 @@ pub async fn public_jwk(child: Child, log: &Path) -> RsaPublicJwk {
 
 /// POST /v1/sign: the JWT, or the status when it is not 200.
 pub async fn sign_jwt(socket: &Path) -> Result<String, u16> {
-    let r = client::post_json(
+    let r = post(
         socket,
         "/v1/sign",
         r#"{"aud":"https://backend.example.com"}"#,
     )
-    .await
-    .unwrap();
+    .await;
     if r.status != 200 {
         return Err(r.status.as_u16());
     }
-    let body: Value = serde_json::from_slice(&r.body).unwrap();
-    Ok(body["jwt"].as_str().unwrap().to_owned())
+    Ok(body(&r)["jwt"].as_str().unwrap().to_owned())
 }
 
 /// Checks that `jwt` is signed by `jwk` and names it as its `kid`.
@@ -107,9 +92,10 @@ pub async fn sign(socket: &Path, jwk: &RsaPublicJwk) -> Result<(), u16> {
 
 /// The key thumbprint `/v1/status` reports.
 pub async fn thumbprint(socket: &Path) -> String {
-    let r = client::get_json(socket, "/v1/status").await.unwrap();
-    let status: Value = serde_json::from_slice(&r.body).unwrap();
-    status["key_thumbprint"].as_str().unwrap().to_owned()
+    status(socket).await["key_thumbprint"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 pub fn log_of(p: &Path) -> String {

@@ -13,24 +13,19 @@ use emulator::Emulator;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::UnixStream;
 
-use crate::common::Device;
+use crate::common::{BIN, Device};
 
 /// The unprivileged uid/gid the tests use as "someone else".
 pub const NOBODY: u32 = 65534;
 
-/// Tests that switch uids need root (CI runs as root and sets `ASSET_AGENT_REQUIRE_ROOT`).
-/// Elsewhere they say so and pass.
-pub fn root_or_skip(test: &str) -> bool {
-    let root = rustix::process::geteuid().is_root();
-    if !root {
-        // CI runs as root: there a skipped caller-policy test is a failure.
-        assert!(
-            std::env::var_os("ASSET_AGENT_REQUIRE_ROOT").is_none(),
-            "{test}: needs root to run clients under other uids (ASSET_AGENT_REQUIRE_ROOT is set)"
-        );
-        eprintln!("{test}: skipped, needs root to run clients under other uids");
-    }
-    root
+/// What tests that switch uids need (CI runs as root and sets `ASSET_AGENT_REQUIRE_ROOT`):
+/// the `missing` text of their `testkit::require!` guard.
+pub const NEEDS_ROOT: &str = "root, to run clients under other uids: run the tests as root";
+
+/// Whether this test may switch uids; if not, it says so and goes on without that part
+/// (or fails, where CI sets `ASSET_AGENT_REQUIRE_ROOT`).
+pub fn root() -> bool {
+    testkit::available(testkit::ROOT, testkit::is_root(), NEEDS_ROOT).is_some()
 }
 
 /// The device's config with `api_extra` lines appended to its `[api]` table (the last one).
@@ -118,7 +113,7 @@ pub fn public_binary(dir: &Path) -> PathBuf {
     // tempfile's directories follow the umask, which may be 077.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let dst = dir.join("asset-agent");
-    std::fs::copy(env!("CARGO_BIN_EXE_asset-agent"), &dst).unwrap();
+    std::fs::copy(BIN, &dst).unwrap();
     std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
     dst
 }
