@@ -117,7 +117,7 @@ fn bad_command_line_exits_2() {
         (&["frobnicate"], "'frobnicate'"),
         (&["key", "frob"], "'frob'"),
         (&["token", "--bogus"], "'--bogus'"),
-        (&["token", "--socket"], "'--socket'"),
+        (&["token", "--socket"], "'--socket"),
         (&["token", "--raw", "--raw"], "'--raw'"),
         (
             &["token", "--raw", "--json"],
@@ -125,17 +125,17 @@ fn bad_command_line_exits_2() {
         ),
         (
             &["watch", "--raw", "--json"],
-            "'--json' cannot be used with '--raw'",
+            "'--raw' cannot be used with '--json'",
         ),
         (
             &["key", "show", "--jwk", "--thumbprint"],
             "'--jwk' cannot be used with '--thumbprint'",
         ),
-        (&["token", "--min-ttl", "soon"], "'soon' for '--min-ttl'"),
-        (&["exec", "--wait", "3x", "--", "true"], "'3x' for '--wait'"),
+        (&["token", "--min-ttl", "soon"], "'soon' for '--min-ttl"),
+        (&["exec", "--wait", "3x", "--", "true"], "'3x' for '--wait"),
         (
             &["exec", "--on-rotation", "maybe", "--", "true"],
-            "'maybe' for '--on-rotation'",
+            "'maybe' for '--on-rotation",
         ),
         (&["exec", "true"], "'true'"),
         (&["exec", "--"], "after '--'"),

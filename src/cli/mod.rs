@@ -1,17 +1,18 @@
-//! The command line (README, "Commands"; docs/api.md, "CLI"): a small hand-written parser
-//! (clap cost the shipped binary 144,480 bytes on x86_64). `spec` holds what each command
-//! accepts and its help text, `args` walks the arguments against it, and this module
-//! turns the result into the typed [`Cli`] the commands use.
+//! The command line (README, "Commands"; docs/api.md, "CLI"), declared with clap's derive.
 //!
-//! Accepted as clap did: `--name value` and `--name=value`, `--` before a value that
-//! starts with `-` (and before `exec`'s command), `--config` before or after the
-//! subcommand (the later one wins), `-h`/`--help` and `-V`/`--version` everywhere,
-//! `help [COMMAND]...`. Mistakes (an unknown argument or subcommand, a missing or invalid
-//! value, an option given twice, options that exclude each other) exit 2 with one line
-//! naming the argument and where to find help.
-
-mod args;
-mod spec;
+//! clap parses, renders `--help` and words the mistakes; this module adds what it does not
+//! do the way the agent did before:
+//! - `ASSET_AGENT_CONFIG` and `ASSET_AGENT_SOCKET` are read here, not by clap's `env`: a
+//!   variable that is set but empty is a mistake that names the variable (clap would hand
+//!   the empty value to the path parser, whose error names only the option), and the help
+//!   shows the variable's name, never its value;
+//! - `--version` prints `asset-agent VERSION` in every subcommand (clap would print
+//!   `asset-agent-token VERSION`);
+//! - a group without its subcommand (`asset-agent --config x`, `asset-agent key`) prints
+//!   the group's help on stderr, as a bare `asset-agent` does;
+//! - `exec` without a command says to give it after `--`.
+//!
+//! Mistakes exit [`EXIT_USAGE`] (2) with clap's message, which names the argument.
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -19,15 +20,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use args::Matches;
-use spec::{Kind, Spec};
-
-/// Builds a leaf's [`Command`] from what was found on the command line (the tables of
-/// [`spec`] name one per command; [`args`] fills the [`Matches`]).
-pub(crate) type Build = fn(&mut Matches, &Env<'_>) -> Result<Command, UsageError>;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory as _, FromArgMatches as _};
 
 /// The exit code of a command-line mistake (README, "Commands").
 pub const EXIT_USAGE: u8 = 2;
+
+const BIN: &str = "asset-agent";
+const CONFIG_ENV: &str = "ASSET_AGENT_CONFIG";
+const SOCKET_ENV: &str = "ASSET_AGENT_SOCKET";
 
 /// Looks up an environment variable (the process environment, or a table in tests).
 pub(crate) type Env<'a> = dyn Fn(&str) -> Option<OsString> + 'a;
@@ -41,56 +42,114 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug)]
+/// What clap parses; [`Cli::parse_from`] completes it from the environment.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = BIN,
+    bin_name = BIN,
+    version,
+    about,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+struct Args {
+    /// `--config`, accepted before and after the subcommand (the later one wins).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help = "Config file (default /etc/asset-agent/agent.toml, or ~/.config/asset-agent/agent.toml when not root) [env: ASSET_AGENT_CONFIG]"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Run the agent (what systemd starts).
+    #[command(about = "Run the agent (what systemd starts)")]
     Run,
-    /// Print the current asset token.
+    #[command(about = "Print the current asset token")]
     Token(TokenArgs),
-    /// Show the agent's state.
+    #[command(about = "Show the agent's state")]
     Status(StatusArgs),
-    /// Follow token rotations as they happen (one line per new token).
+    #[command(about = "Follow token rotations as they happen (one line per new token)")]
     Watch(WatchArgs),
-    /// Force a refresh now (admin: root or the agent's user by default).
+    #[command(about = "Force a refresh now (admin: root or the agent's user by default)")]
     Refresh(RefreshArgs),
-    /// Make the running agent re-read its configuration and report the outcome; exits 1
-    /// when the agent refuses it (the unit's ExecReload=, so `systemctl reload` fails too).
+    #[command(
+        about = "Make the running agent re-read its configuration and report the outcome; exits 1 when the agent refuses it (the unit's ExecReload=, so `systemctl reload` fails too)"
+    )]
     Reload(ReloadArgs),
-    /// Validate the config and the environment without starting (exit 1 on errors).
+    #[command(
+        about = "Validate the config and the environment without starting (exit 1 on errors)"
+    )]
     Check(CheckArgs),
-    /// Show or create the device key.
+    #[command(
+        subcommand,
+        about = "Show or create the device key",
+        arg_required_else_help = true
+    )]
     Key(KeyCommand),
-    /// Enroll this device with the OAuth device flow: shows a code to approve in a browser,
-    /// then stores the refresh token for the agent.
+    #[command(
+        about = "Enroll this device with the OAuth device flow: shows a code to approve in a browser, then stores the refresh token for the agent"
+    )]
     Enroll,
-    /// Run a command with the asset token in an environment variable and/or a file, kept
-    /// current on rotation; forwards signals and exits with the command's status.
+    #[command(
+        about = "Run a command with the asset token in an environment variable and/or a file, kept current on rotation; forwards signals and exits with the command's status"
+    )]
     Exec(ExecArgs),
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct ExecArgs {
-    /// Put the token in this environment variable (default ASSET_TOKEN when neither
-    /// --env nor --file is given).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help = "Put the token in this environment variable (default ASSET_TOKEN when neither --env nor --file is given)"
+    )]
     pub env: Option<String>,
-    /// Keep the token in this file (mode 0600, yours), rewritten on every rotation and
-    /// removed when no valid token is held and when the command ends.
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "Keep the token in this file (mode 0600, yours), rewritten on every rotation and removed when no valid token is held and when the command ends"
+    )]
     pub file: Option<PathBuf>,
-    /// On rotation: restart the command with the new token (the default with --env),
-    /// send it --signal (the file is rewritten first), or do nothing but rewrite the file
-    /// (the default with only --file).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ACTION",
+        help = "On rotation: restart the command with the new token (the default with --env), send it --signal (the file is rewritten first), or do nothing but rewrite the file (the default with only --file)"
+    )]
     pub on_rotation: Option<OnRotation>,
-    /// The signal --on-rotation=signal sends.
+    #[arg(
+        long,
+        value_name = "SIG",
+        default_value = "HUP",
+        help = "The signal --on-rotation=signal sends"
+    )]
     pub signal: String,
-    /// How long to wait for a first token before giving up.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        help = "How long to wait for a first token before giving up"
+    )]
     pub wait: Duration,
+    #[command(flatten)]
     pub socket: SocketArg,
-    /// The command and its arguments, after `--`.
+    #[arg(
+        value_name = "CMD",
+        last = true,
+        required = true,
+        help = "The command and its arguments, after `--`"
+    )]
     pub command: Vec<OsString>,
 }
 
 /// `exec --on-rotation`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnRotation {
     Restart,
     Signal,
@@ -98,10 +157,12 @@ pub enum OnRotation {
 }
 
 /// Which identity a client command is about (gateway mode).
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct AssetArg {
-    /// A child asset of a gateway, by name (`[children.NAME]` or children.d/NAME.toml);
-    /// the agent's own identity when absent.
+    #[arg(
+        value_name = "NAME",
+        help = "A child asset of a gateway, by name (`[children.NAME]` or children.d/NAME.toml); the agent's own identity when absent"
+    )]
     pub asset: Option<String>,
 }
 
@@ -119,134 +180,137 @@ impl AssetArg {
 }
 
 /// Where client commands find the agent.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct SocketArg {
-    /// The agent's socket (default: the config's `api.socket` when something is there,
-    /// else the system agent's /run/asset-agent/agent.sock).
+    #[arg(
+        long,
+        value_name = "PATH",
+        help = "The agent's socket (default: the config's `api.socket` when something is there, else the system agent's /run/asset-agent/agent.sock) [env: ASSET_AGENT_SOCKET]"
+    )]
     pub socket: Option<PathBuf>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct TokenArgs {
-    /// Print only the JWT (for `$(asset-agent token --raw)` in scripts).
+    #[arg(
+        long,
+        conflicts_with = "json",
+        help = "Print only the JWT (for `$(asset-agent token --raw)` in scripts)"
+    )]
     pub raw: bool,
-    /// Print the full JSON answer (the default).
+    #[arg(long, help = "Print the full JSON answer (the default)")]
     pub json: bool,
-    /// Refresh first unless the token has at least this many seconds left.
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        help = "Refresh first unless the token has at least this many seconds left"
+    )]
     pub min_ttl: Option<u64>,
+    #[command(flatten)]
     pub asset: AssetArg,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// Print the status document as JSON.
+    #[arg(long, help = "Print the status document as JSON")]
     pub json: bool,
+    #[command(flatten)]
     pub asset: AssetArg,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct WatchArgs {
-    /// Print each event as the agent's NDJSON line.
+    #[arg(
+        long,
+        conflicts_with = "raw",
+        help = "Print each event as the agent's NDJSON line"
+    )]
     pub json: bool,
-    /// Print only each new JWT, one per line (for `while read -r token` loops).
+    #[arg(
+        long,
+        help = "Print only each new JWT, one per line (for `while read -r token` loops)"
+    )]
     pub raw: bool,
+    #[command(flatten)]
     pub asset: AssetArg,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct RefreshArgs {
-    /// Print the agent's JSON answer.
+    #[arg(long, help = "Print the agent's JSON answer")]
     pub json: bool,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct ReloadArgs {
-    /// Print the agent's JSON answer.
+    #[arg(long, help = "Print the agent's JSON answer")]
     pub json: bool,
+    #[command(flatten)]
     pub socket: SocketArg,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Print the findings as JSON.
+    #[arg(long, help = "Print the findings as JSON")]
     pub json: bool,
-    /// Also perform one real token exchange (registers or links the Asset, as the agent
-    /// would; the token is verified and discarded).
+    #[arg(
+        long,
+        help = "Also perform one real token exchange (registers or links the Asset, as the agent would; the token is verified and discarded)"
+    )]
     pub exchange: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Subcommand)]
 pub enum KeyCommand {
-    /// Print the device public key (default: a summary with thumbprint and PEM).
+    #[command(about = "Print the device public key (default: a summary with thumbprint and PEM)")]
     Show(KeyShowArgs),
-    /// Create the device key if it does not exist yet (`run` also does this).
+    #[command(about = "Create the device key if it does not exist yet (`run` also does this)")]
     Generate,
 }
 
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct KeyShowArgs {
-    /// As a JWK (what the actor token's cnf.jwk carries).
+    #[arg(
+        long,
+        conflicts_with_all = ["pem", "thumbprint"],
+        help = "As a JWK (what the actor token's cnf.jwk carries)"
+    )]
     pub jwk: bool,
-    /// As an SPKI PEM public key.
+    #[arg(
+        long,
+        conflicts_with = "thumbprint",
+        help = "As an SPKI PEM public key"
+    )]
     pub pem: bool,
-    /// Only the RFC 7638 thumbprint (the actor token's kid).
+    #[arg(long, help = "Only the RFC 7638 thumbprint (the actor token's kid)")]
     pub thumbprint: bool,
 }
 
-/// Why the command line names nothing to run.
+/// Why the command line names nothing to run: help, the version, or a mistake.
 #[derive(Debug)]
 pub enum Stop {
-    /// `--help`, `-h` or `help`: this text on stdout, exit 0.
-    Help(String),
-    /// `--version` or `-V`: exit 0.
-    Version,
-    /// A group without its subcommand (`asset-agent`, `asset-agent key`): its help on
-    /// stderr, exit 2.
+    /// What clap stopped at, or a mistake of ours worded as clap's.
+    Clap(clap::Error),
+    /// A group without its subcommand: its help, on stderr, exit 2.
     MissingCommand(String),
-    /// A mistake in the arguments of `command` (`key show`; "" for the top level): exit 2.
-    Usage {
-        error: UsageError,
-        command: &'static str,
-    },
-}
-
-/// A mistake on the command line.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum UsageError {
-    #[error("unrecognized subcommand '{0}'")]
-    UnknownCommand(String),
-    #[error("unexpected argument '{0}'")]
-    UnexpectedArgument(String),
-    #[error("a value is required for '--{0}' but none was supplied")]
-    MissingValue(&'static str),
-    #[error("'--{0}' takes no value, but got '{1}'")]
-    UnexpectedValue(&'static str, String),
-    #[error("the argument '--{0}' cannot be used multiple times")]
-    Duplicate(&'static str),
-    #[error("the argument '--{0}' cannot be used with '--{1}'")]
-    Conflict(&'static str, &'static str),
-    #[error("invalid value '{value}' for '--{arg}': {reason}")]
-    InvalidValue {
-        arg: &'static str,
-        value: String,
-        reason: String,
-    },
-    #[error("the value of '--{0}' is not valid UTF-8")]
-    NotUtf8(&'static str),
-    #[error("the command to run is missing: give it after '--'")]
-    MissingCommand,
-    #[error("the environment variable {0} is set but empty (unset it or give a path)")]
-    EmptyEnv(&'static str),
 }
 
 // === impl Cli ===
 
 impl Cli {
     /// The process's command line and environment.
+    ///
+    /// # Errors
+    /// [`Stop`]: help, the version or a mistake, to print with [`Stop::exit`].
     pub fn from_env() -> Result<Cli, Stop> {
         Cli::parse_from(std::env::args_os().skip(1), &|name: &str| {
             std::env::var_os(name)
@@ -259,61 +323,123 @@ impl Cli {
         args: impl IntoIterator<Item = OsString>,
         env: &Env<'_>,
     ) -> Result<Cli, Stop> {
-        let mut args = args.into_iter();
-        let mut spec: &'static Spec = &spec::TOP;
-        let mut config = None;
-        loop {
-            let (mut m, next) = args::walk(spec, &mut args)?;
-            let usage = |error| Stop::Usage {
-                error,
-                command: spec.path,
-            };
-            // A `--config` after the subcommand wins over one before it.
-            if let Some(path) = m.take_path("config").map_err(usage)? {
-                config = Some(path);
-            }
-            match (next, &spec.kind) {
-                (Some(sub), _) if matches!(sub.kind, Kind::Help) => {
-                    return Err(help_topic(spec, args));
-                }
-                (Some(sub), _) => spec = sub,
-                (None, Kind::Leaf { build, .. }) => {
-                    let command = build(&mut m, env).map_err(usage)?;
-                    let config = match config {
-                        Some(path) => Some(path),
-                        None => env_path(env, spec::CONFIG_ENV).map_err(usage)?,
-                    };
-                    return Ok(Cli { config, command });
-                }
-                (None, _) => return Err(Stop::MissingCommand(spec.help())),
-            }
+        let argv = std::iter::once(OsString::from(BIN)).chain(args);
+        let matches = command().try_get_matches_from(argv).map_err(explain)?;
+        let Args {
+            config,
+            mut command,
+        } = Args::from_arg_matches(&matches).map_err(Stop::Clap)?;
+        let config = match config {
+            Some(path) => Some(path),
+            None => env_path(env, CONFIG_ENV, subcommand_path(&command))?,
+        };
+        let path = subcommand_path(&command);
+        if let Some(socket) = command.socket_mut()
+            && socket.socket.is_none()
+        {
+            socket.socket = env_path(env, SOCKET_ENV, path)?;
+        }
+        Ok(Cli { config, command })
+    }
+}
+
+/// The whole command tree, as clap builds it (for tests that walk every command).
+pub fn command() -> clap::Command {
+    Args::command()
+}
+
+/// The words after `asset-agent` that select `command`.
+fn subcommand_path(command: &Command) -> &'static [&'static str] {
+    match command {
+        Command::Run => &["run"],
+        Command::Token(_) => &["token"],
+        Command::Status(_) => &["status"],
+        Command::Watch(_) => &["watch"],
+        Command::Refresh(_) => &["refresh"],
+        Command::Reload(_) => &["reload"],
+        Command::Check(_) => &["check"],
+        Command::Key(KeyCommand::Show(_)) => &["key", "show"],
+        Command::Key(KeyCommand::Generate) => &["key", "generate"],
+        Command::Enroll => &["enroll"],
+        Command::Exec(_) => &["exec"],
+    }
+}
+
+// === impl Command ===
+
+impl Command {
+    /// Its `--socket`, for the commands that talk to the agent.
+    fn socket_mut(&mut self) -> Option<&mut SocketArg> {
+        match self {
+            Command::Token(a) => Some(&mut a.socket),
+            Command::Status(a) => Some(&mut a.socket),
+            Command::Watch(a) => Some(&mut a.socket),
+            Command::Refresh(a) => Some(&mut a.socket),
+            Command::Reload(a) => Some(&mut a.socket),
+            Command::Exec(a) => Some(&mut a.socket),
+            Command::Run | Command::Check(_) | Command::Key(_) | Command::Enroll => None,
         }
     }
 }
 
-/// `help [COMMAND]...` under `group`: the help of the command the words name.
-fn help_topic(group: &'static Spec, words: impl Iterator<Item = OsString>) -> Stop {
-    let mut spec = group;
-    for word in words {
-        let word = word.to_string_lossy();
-        match spec.command(&word) {
-            Some(sub) => spec = sub,
-            None => {
-                return Stop::Usage {
-                    error: UsageError::UnknownCommand(word.into_owned()),
-                    command: spec.path,
-                };
-            }
-        }
-    }
-    Stop::Help(spec.help())
-}
-
-/// A path from the environment variable `name`, when it is set.
-fn env_path(env: &Env<'_>, name: &'static str) -> Result<Option<PathBuf>, UsageError> {
+/// A path from the environment variable `name`, when it is set; `path` is the command
+/// the mistake is reported against.
+fn env_path(env: &Env<'_>, name: &'static str, path: &[&str]) -> Result<Option<PathBuf>, Stop> {
     match env(name) {
-        Some(v) if v.is_empty() => Err(UsageError::EmptyEnv(name)),
+        Some(v) if v.is_empty() => Err(mistake(
+            path,
+            ErrorKind::InvalidValue,
+            format!("the environment variable {name} is set but empty (unset it or give a path)"),
+        )),
         v => Ok(v.map(PathBuf::from)),
+    }
+}
+
+/// A mistake of ours, worded and laid out as clap's, against the command at `path`.
+fn mistake(path: &[&str], kind: ErrorKind, message: String) -> Stop {
+    Stop::Clap(built(path).error(kind, message))
+}
+
+/// The command at `path` (as far as it names commands), built: its usage line and help
+/// name it `asset-agent WORDS`.
+fn built(path: &[&str]) -> clap::Command {
+    let mut cmd = command();
+    cmd.build();
+    for word in path {
+        match cmd.find_subcommand(word) {
+            Some(sub) => cmd = sub.clone(),
+            None => break,
+        }
+    }
+    cmd
+}
+
+/// Turns clap's stops into ours where the agent words them differently (module doc).
+fn explain(error: clap::Error) -> Stop {
+    match error.kind() {
+        // A group without its subcommand: its help, as a mistake (stderr, exit 2).
+        ErrorKind::MissingSubcommand => {
+            let group = match error.get(ContextKind::InvalidSubcommand) {
+                Some(ContextValue::String(name)) => name.clone(),
+                _ => BIN.to_owned(),
+            };
+            let words: Vec<&str> = group.split(' ').skip(1).collect();
+            Stop::MissingCommand(built(&words).render_help().to_string())
+        }
+        // `exec` or `exec --`: say where the command goes.
+        ErrorKind::MissingRequiredArgument
+            if matches!(
+                error.get(ContextKind::InvalidArg),
+                Some(ContextValue::Strings(args)) if args.iter().any(|a| a.starts_with("<CMD>"))
+            ) =>
+        {
+            mistake(
+                &["exec"],
+                ErrorKind::MissingRequiredArgument,
+                "the command to run is missing: give it after '--'".to_owned(),
+            )
+        }
+        _ => Stop::Clap(error),
     }
 }
 
@@ -323,20 +449,27 @@ impl Stop {
     /// 0 for help and version, [`EXIT_USAGE`] for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Stop::Help(_) | Stop::Version => 0,
-            Stop::MissingCommand(_) | Stop::Usage { .. } => EXIT_USAGE,
+            Stop::Clap(e) if !e.use_stderr() => 0,
+            Stop::Clap(_) | Stop::MissingCommand(_) => EXIT_USAGE,
+        }
+    }
+
+    /// What clap says happened (help, version, which mistake).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Stop::Clap(e) => e.kind(),
+            Stop::MissingCommand(_) => ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand,
         }
     }
 
     /// What to print; it goes to stdout when the exit code is 0, else to stderr.
     pub fn text(&self) -> String {
         match self {
-            Stop::Help(text) | Stop::MissingCommand(text) => text.clone(),
-            Stop::Version => format!("{} {}\n", spec::BIN, env!("CARGO_PKG_VERSION")),
-            Stop::Usage { error, command } => format!(
-                "error: {error}\n\nFor more information, try '{} --help'.\n",
-                spec::display_name(command)
-            ),
+            Stop::Clap(e) if e.kind() == ErrorKind::DisplayVersion => {
+                format!("{BIN} {}\n", env!("CARGO_PKG_VERSION"))
+            }
+            Stop::Clap(e) => e.render().to_string(),
+            Stop::MissingCommand(help) => help.clone(),
         }
     }
 
@@ -350,125 +483,6 @@ impl Stop {
             std::io::stderr().write_all(self.text().as_bytes())
         };
         ExitCode::from(code)
-    }
-}
-
-// === building the commands (the `build` of each leaf in `spec`) ===
-
-fn socket(m: &mut Matches, env: &Env<'_>) -> Result<SocketArg, UsageError> {
-    let socket = match m.take_path("socket")? {
-        Some(path) => Some(path),
-        None => env_path(env, spec::SOCKET_ENV)?,
-    };
-    Ok(SocketArg { socket })
-}
-
-fn asset(m: &mut Matches) -> Result<AssetArg, UsageError> {
-    let asset = match m.positional.pop() {
-        Some(name) => Some(
-            name.into_string()
-                .map_err(|_| UsageError::NotUtf8("NAME"))?,
-        ),
-        None => None,
-    };
-    Ok(AssetArg { asset })
-}
-
-fn build_run(_: &mut Matches, _: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Run)
-}
-
-fn build_token(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Token(TokenArgs {
-        raw: m.flag("raw"),
-        json: m.flag("json"),
-        min_ttl: m.take_parsed("min-ttl", str::parse::<u64>)?,
-        asset: asset(m)?,
-        socket: socket(m, env)?,
-    }))
-}
-
-fn build_status(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Status(StatusArgs {
-        json: m.flag("json"),
-        asset: asset(m)?,
-        socket: socket(m, env)?,
-    }))
-}
-
-fn build_watch(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Watch(WatchArgs {
-        json: m.flag("json"),
-        raw: m.flag("raw"),
-        asset: asset(m)?,
-        socket: socket(m, env)?,
-    }))
-}
-
-fn build_refresh(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Refresh(RefreshArgs {
-        json: m.flag("json"),
-        socket: socket(m, env)?,
-    }))
-}
-
-fn build_reload(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Reload(ReloadArgs {
-        json: m.flag("json"),
-        socket: socket(m, env)?,
-    }))
-}
-
-fn build_check(m: &mut Matches, _: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Check(CheckArgs {
-        json: m.flag("json"),
-        exchange: m.flag("exchange"),
-    }))
-}
-
-fn build_key_show(m: &mut Matches, _: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Key(KeyCommand::Show(KeyShowArgs {
-        jwk: m.flag("jwk"),
-        pem: m.flag("pem"),
-        thumbprint: m.flag("thumbprint"),
-    })))
-}
-
-fn build_key_generate(_: &mut Matches, _: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Key(KeyCommand::Generate))
-}
-
-fn build_enroll(_: &mut Matches, _: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Enroll)
-}
-
-fn build_exec(m: &mut Matches, env: &Env<'_>) -> Result<Command, UsageError> {
-    Ok(Command::Exec(ExecArgs {
-        env: m.take_string("env")?,
-        file: m.take_path("file")?,
-        on_rotation: m.take_parsed("on-rotation", OnRotation::parse)?,
-        signal: m.take_string("signal")?.unwrap_or_else(|| "HUP".to_owned()),
-        wait: m
-            .take_parsed("wait", humantime::parse_duration)?
-            .unwrap_or(DEFAULT_WAIT),
-        socket: socket(m, env)?,
-        command: std::mem::take(&mut m.positional),
-    }))
-}
-
-/// `exec --wait`'s default.
-const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-
-// === impl OnRotation ===
-
-impl OnRotation {
-    fn parse(text: &str) -> Result<OnRotation, &'static str> {
-        match text {
-            "restart" => Ok(OnRotation::Restart),
-            "signal" => Ok(OnRotation::Signal),
-            "none" => Ok(OnRotation::None),
-            _ => Err("possible values: restart, signal, none"),
-        }
     }
 }
 
