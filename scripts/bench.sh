@@ -12,7 +12,9 @@
 #              cells (keep-alive / new connection per request, 1 / 16 clients), and a fifth
 #              with a client lean enough not to be the bottleneck (benches/newconn.rs, new
 #              connection per request, 16 clients); beside nginx, the floor, a server that
-#              does nothing but answer (benches/floor.rs); rounds interleaved
+#              does nothing but answer (benches/floor.rs); rounds interleaved. Ends with
+#              the guard: PASS/FAIL per cell (req/s >= 0.75x nginx, p99 <= 1.5x nginx),
+#              exit 1 when the agent under test fails one
 #   coldstart  process start to first token served (no token cache), p50 / p90
 #   idle       agent CPU while idle with 60 s tokens, and CPU per refresh (refreshes are
 #              budgeted since fleet-safe refresh, so they cannot be forced in bulk any more)
@@ -380,6 +382,36 @@ EOF
   for i in "${!names[@]}"; do case ${names[$i]} in nginx | floor) ;; *) stop "${pids[$i]}" ;; esac; done
   stop "$EMU_PID"
   socket_table | tee "$OUT/socket.md"
+  socket_guard
+}
+
+# socket_guard: each agent against the guard in every cell of the last socket run: at
+# least GUARD_RPS (0.75) times nginx's throughput and a p99 at most GUARD_P99 (1.5) times
+# nginx's (medians of the interleaved rounds). Prints PASS or FAIL per agent and cell; fails
+# (exit 1) when the agent under test ("after", or the only one) fails a cell. "before"
+# is shown for comparison only.
+socket_guard() {
+  python3 - "$OUT/socket.jsonl" "${GUARD_RPS:-0.75}" "${GUARD_P99:-1.5}" <<'EOF' | tee "$OUT/socket-guard.txt"
+import json, sys, statistics as st
+rows = [json.loads(l) for l in open(sys.argv[1])]
+min_rps, max_p99 = float(sys.argv[2]), float(sys.argv[3])
+client = lambda r: r.get("client", "oha")
+agents = [s for s in dict.fromkeys(r["server"] for r in rows) if s not in ("nginx", "floor")]
+tested = "after" if "after" in agents else agents[-1]
+med = lambda s, c, ka, gen, k: st.median(r[k] for r in rows if r["server"] == s and r["c"] == c and r["keepalive"] == ka and client(r) == gen)
+failed = False
+print(f"guard: req/s >= {min_rps}x nginx and p99 <= {max_p99}x nginx in every cell (agent under test: {tested})")
+for c, ka, gen in sorted({(r["c"], r["keepalive"], client(r)) for r in rows}, key=lambda t: (not t[1], t[0], t[2])):
+    label = f"{'keep-alive' if ka else 'new connection'}, {c} client{'s' if c > 1 else ''}" + (", newconn" if gen == "newconn" else "")
+    n_rps, n_p99 = med("nginx", c, ka, gen, "rps"), med("nginx", c, ka, gen, "p99_ms")
+    for a in agents:
+        rps, p99 = med(a, c, ka, gen, "rps") / n_rps, med(a, c, ka, gen, "p99_ms") / n_p99
+        ok = rps >= min_rps and p99 <= max_p99
+        failed |= a == tested and not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {label:<34} {a:<8} req/s {rps:.2f}x  p99 {p99:.2f}x")
+print("socket guard:", "FAIL" if failed else "PASS")
+sys.exit(1 if failed else 0)
+EOF
 }
 
 socket_table() {

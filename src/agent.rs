@@ -12,7 +12,7 @@ use crate::actor::Identity;
 use crate::api::{self, Server, Shared, peer};
 use crate::backoff::{Jitter, OsJitter};
 use crate::config::{self, AuthMethod, Config};
-use crate::gateway::{ChildMetrics, Children};
+use crate::gateway::{self, ChildMetrics, Children};
 use crate::keys::{self, FileKey, LoadError, Mode, OpenError, Signer};
 use crate::metrics::Registry;
 use crate::salesforce::subject::{Credentials, JwtBearer, RefreshToken};
@@ -21,12 +21,10 @@ use crate::salesforce::{Upstream, upstream};
 use crate::secure_path::{self, Trust};
 use crate::skew::Skew;
 use crate::tasks::{Tasks, Unexpected};
-use crate::token::cache::{Cache, Owner};
 use crate::token::flow::{Flow, Progress};
 use crate::token::gate::Gate;
 use crate::token::metrics::TokenMetrics;
-use crate::token::refresher::{Handle, Policy, Refresher};
-use crate::token::status::Info;
+use crate::token::refresher::{Handle, Policy};
 use wire::Secret;
 use wire::clock::Clock;
 
@@ -193,7 +191,6 @@ pub async fn start(
         options.progress,
     )?;
     let skew = flow.upstream.skew().clone();
-    let verification = flow.verifier.fingerprint();
     let sf = &config.salesforce;
     let policy = Policy {
         refresh_at: config.token.refresh_at,
@@ -202,17 +199,6 @@ pub async fn start(
         mode: config.token.refresh,
         demand_window: config.token.demand_window,
     };
-    let cache = Cache::new(
-        &config.state.dir,
-        Owner {
-            instance_url: sf.instance_url.to_string(),
-            client_id: sf.client_id.clone(),
-            device_id: config.asset.device_id.clone(),
-            key_thumbprint: key.public_jwk().kid.clone(),
-            verification,
-        },
-        key.clone(),
-    );
     crate::fsutil::ensure_dir(&config.state.dir, 0o700).map_err(Error::StateDir)?;
     // One gate for every identity's attempts, one subject token for all (gateway mode).
     let gate = Arc::new(Gate::default());
@@ -231,8 +217,23 @@ pub async fn start(
         tasks.clone(),
         cancel.clone(),
     ));
-    let (refresher, tokens) = Refresher::new(flow, policy, options.jitter, Some(cache));
-    let refresher = refresher.with_gate(gate);
+    // The device's own identity; who may use it is known once the socket is (its group).
+    let (mut own, refresher) = gateway::Identity::build(gateway::Parts {
+        name: None,
+        signer: key.clone(),
+        flow,
+        policy,
+        jitter: options.jitter,
+        gate,
+        state_dir: &config.state.dir,
+        instance_url: sf.instance_url.to_string(),
+        client_id: sf.client_id.clone(),
+        device_id: config.asset.device_id.clone(),
+        auth_method: config.auth.method.name(),
+        access: config::Access::default(),
+        stop: cancel.child_token(),
+    });
+    let tokens = own.tokens.clone();
     let mqtt = match &config.mqtt {
         Some(m) => Some(
             crate::mqtt::Uplink::new(
@@ -277,19 +278,13 @@ pub async fn start(
         metrics.register(handle.stats().clone());
     }
     metrics.register(sink_stats.clone());
+    own.access = policy.own_access();
     let shared = Arc::new(Shared {
-        tokens: tokens.clone(),
-        token_body: api::routes::token::Prepared::default(),
-        info: Info {
-            device_id: config.asset.device_id.clone(),
-            key_thumbprint: key.public_jwk().kid.clone(),
-            auth_method: config.auth.method.name(),
-        },
+        own: Arc::new(own),
         policy,
         clock: options.clock.clone(),
         skew,
         min_ttl_wait: config.token.min_ttl_wait,
-        signer: key.clone(),
         limits: api::Limits::from_config(&config.api, Policy::budget_for(sf.timeout)),
         state: state.clone(),
         metrics: metrics.clone(),
@@ -299,7 +294,7 @@ pub async fn start(
         sinks: sink_stats,
     });
     tracing::info!(socket = %server.path().display(), "serving the local API");
-    tasks.spawn("refresh loop", refresher.run(cancel.child_token()));
+    tasks.spawn("refresh loop", refresher.run(shared.own.stop.clone()));
     tasks.spawn(
         "socket API",
         server.run(shared.clone(), cancel.child_token()),

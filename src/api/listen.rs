@@ -13,8 +13,8 @@ use super::Error;
 use super::activation::{self, Activated};
 
 /// A listening socket, ready to serve. Connections are accepted as plain non-blocking
-/// sockets (see `io::Conn`), so the listener is polled directly rather than through
-/// tokio's `UnixListener`, which registers every connection it accepts.
+/// sockets, so the listener is polled directly rather than through tokio's
+/// `UnixListener`, and a caller with no place is refused before it is registered.
 pub struct Server {
     pub(super) listener: AsyncFd<UnixListener>,
     path: PathBuf,

@@ -4,20 +4,20 @@
 //! Layers, outside in:
 //! - `listen`: the socket, from systemd ([`activation`]) or bound by us (0660 in a 0750
 //!   directory);
-//! - `serve`: the accept loop; `conns` caps connections and picks who gives way;
-//!   `fast` answers plain GETs itself, on a connection (`io::Conn`) registered with the
-//!   poller only when a read would block, and passes the rest of a connection to hyper;
-//!   both bound the request head and `io` bounds writes;
+//! - `serve`: the accept loop, and hyper serving each connection (hyper is the only HTTP
+//!   code: no module here parses HTTP); `conns` caps connections and picks who gives way;
+//!   `io` bounds writes and notices a client that hung up;
 //! - `peer`: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
 //!   only unsafe code) and their role; `deny` logs refusals without flooding;
-//! - [`router`]: authorisation and dispatch; [`routes`]: one module per route;
-//!   `reply`: the reply helpers they share.
+//! - [`router`]: the route table (each route's role), [`router::authorize`] and dispatch;
+//!   [`routes`]: one module per route, each serving every identity (the device's own and
+//!   a gateway's children, [`crate::gateway::Identity`]); `reply`: the reply helpers they
+//!   share.
 
 pub mod activation;
 pub(crate) mod body;
 pub(crate) mod conns;
 pub(crate) mod deny;
-pub(crate) mod fast;
 pub(crate) mod io;
 pub(crate) mod listen;
 mod metrics;
@@ -36,10 +36,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::keys::Signer;
+use crate::gateway::Identity;
 use crate::skew::Skew;
-use crate::token::refresher::Handle;
-use crate::token::status::Info;
 use wire::clock::Clock;
 
 /// The socket could not be set up.
@@ -132,17 +130,14 @@ pub struct State {
 
 /// State every request handler reads.
 pub struct Shared {
-    pub tokens: Handle,
-    /// The `GET /v1/token` body of `tokens`' current token, prepared once per token.
-    pub token_body: routes::token::Prepared,
-    pub info: Info,
+    /// The device's own identity (`/v1/token`, `/v1/status`, ...).
+    pub own: Arc<Identity>,
+    /// Which callers hold which role on the socket (the own identity's lists and admins).
     pub policy: peer::Policy,
     pub clock: Clock,
     pub skew: Arc<Skew>,
     /// How long `GET /v1/token?min_ttl=` may wait for a refresh.
     pub min_ttl_wait: Duration,
-    /// The device key, for `POST /v1/sign`.
-    pub signer: Arc<dyn Signer>,
     pub limits: Limits,
     /// The server's own bookkeeping (also exported as metrics).
     pub state: Arc<State>,
@@ -161,7 +156,7 @@ pub struct Shared {
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("info", &self.info)
+            .field("own", &self.own)
             .field("policy", &self.policy)
             .field("limits", &self.limits)
             .finish_non_exhaustive()

@@ -148,6 +148,19 @@ impl Policy {
         }
     }
 
+    /// Who may use the device's own identity besides admins: the token and signer lists,
+    /// and the socket's group as token readers (see [`super::router::authorize`]).
+    pub fn own_access(&self) -> config::Access {
+        let mut allow_gids = self.token.gids.clone();
+        allow_gids.extend(self.socket_gid);
+        config::Access {
+            allow_uids: self.token.uids.clone(),
+            allow_gids,
+            signer_uids: self.signer.uids.clone(),
+            signer_gids: self.signer.gids.clone(),
+        }
+    }
+
     /// Whether `peer`'s supplementary groups could raise the role its uid and primary gid
     /// give it: some role above that one is granted to a group.
     pub fn groups_matter(&self, peer: &Peer) -> bool {

@@ -4,11 +4,11 @@
 //! identified and given a place in the [`Registry`] (which may close an idle connection to
 //! make room, or refuse with 503). The loop itself polls each new connection once, so one
 //! whose request is already there is often answered and closed without a task; the rest
-//! become tasks, which get their turn at least every [`ACCEPT_BATCH`] accepts. The fast
-//! path ([`fast`]) answers its plain GETs; at the first other request hyper takes the
-//! connection over, with bounded head size, header count and head read time (slowloris and
-//! idle keep-alive connections are closed after [`Limits::header_timeout`], on both
-//! paths); [`TimedIo`] bounds writes to a client that stopped reading.
+//! become tasks, which get their turn at least every [`ACCEPT_BATCH`] accepts. hyper
+//! serves every request, with bounded head size, header count and head read time
+//! (slowloris and idle keep-alive connections are closed after
+//! [`Limits::header_timeout`]); [`TimedIo`] bounds writes to a client that stopped
+//! reading. No code here parses HTTP.
 //! At shutdown the loop stops accepting, every connection finishes its in-flight request
 //! (streams end) and the socket file is removed.
 
@@ -28,8 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conns::{Caps, Full, Registry, Slot};
-use super::fast::{self, Next};
-use super::io::{Conn, TimedIo};
+use super::io::TimedIo;
 use super::listen::{Server, ensure_fd_headroom};
 use super::peer::Caller;
 use super::peer::Peer;
@@ -161,33 +160,24 @@ async fn connection(
     shared: Arc<Shared>,
     http: Arc<http1::Builder>,
 ) {
-    let mut conn = Conn::new(stream, shared.limits.write_timeout);
-    match fast::serve(&mut conn, &shared, &caller, &slot).await {
-        Next::Close => {}
-        Next::Hyper(read) => {
-            let mut io = match conn.into_timed() {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::debug!(uid = caller.peer.uid, error = %e, "could not hand the connection to hyper");
-                    return;
-                }
-            };
-            io.unread(read);
-            let hangup = match io.hangup() {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::debug!(uid = caller.peer.uid, error = %e, "could not watch the connection for a hang-up");
-                    return;
-                }
-            };
-            // Boxed: hyper's connection state is kilobytes, which the task of every
-            // connection would otherwise carry (and copy) whether hyper serves it or not.
-            Box::pin(by_hyper(io, hangup, Arc::new(caller), slot, shared, http)).await;
+    let io = match UnixStream::from_std(stream) {
+        Ok(s) => TimedIo::new(s, shared.limits.write_timeout),
+        Err(e) => {
+            tracing::debug!(uid = caller.peer.uid, error = %e, "could not register the connection");
+            return;
         }
-    }
+    };
+    let hangup = match io.hangup() {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::debug!(uid = caller.peer.uid, error = %e, "could not watch the connection for a hang-up");
+            return;
+        }
+    };
+    by_hyper(io, hangup, Arc::new(caller), slot, shared, http).await;
 }
 
-/// hyper serves the rest of a connection the fast path passed on.
+/// hyper serves the connection.
 async fn by_hyper(
     io: TimedIo,
     hangup: super::io::Hangup,
@@ -234,9 +224,7 @@ async fn by_hyper(
 
 /// Whether `req` asks for a protocol upgrade (`Upgrade`) and carries a body. The agent
 /// upgrades nothing; hyper, for such a request whose route does not read the body, ends
-/// the connection unanswered when the body comes after the head. The fast path passes
-/// every request with `Upgrade` or a body to hyper, so this is the only place they are
-/// answered. Without a body, `Upgrade` is ignored and the request served as usual.
+/// the connection unanswered when the body comes after the head. Without a body, `Upgrade` is ignored and the request served as usual.
 fn upgrade_with_body(req: &hyper::Request<hyper::body::Incoming>) -> bool {
     use hyper::body::Body as _;
     req.headers().contains_key(hyper::header::UPGRADE) && !req.body().is_end_stream()

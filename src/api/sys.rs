@@ -9,8 +9,8 @@
 //!   `/proc/<pid>/status` is no substitute: it is racy (pid reuse) and hidden by
 //!   `ProtectProc=invisible`, which the shipped unit sets.
 //! - Reading the peer's credentials (`SO_PEERCRED`) from a plain descriptor: std's
-//!   `peer_cred` is unstable, tokio's needs the stream registered with its poller (which
-//!   the fast path defers), and rustix's `UCred` holds the pid as non-zero, while the
+//!   `peer_cred` is unstable, tokio's needs the stream registered with its poller (a
+//!   refused connection never is), and rustix's `UCred` holds the pid as non-zero, while the
 //!   kernel reports 0 for a peer whose pid is not visible in our pid namespace.
 //! - Registering a socket with tokio's poller (`AsyncFd`, whose constructors are `unsafe`:
 //!   the descriptor must stay open and the same while registered), for std's sockets only.

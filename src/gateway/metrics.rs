@@ -32,8 +32,8 @@ impl Collect for ChildMetrics {
             .map(|c| {
                 (
                     c.name(),
-                    c.tokens.snapshot(),
-                    crate::token::live(&c.tokens.current),
+                    c.identity.tokens.snapshot(),
+                    crate::token::live(&c.identity.tokens.current),
                 )
             })
             .collect();

@@ -16,9 +16,11 @@
 //! - The socket API serves each child under `/v1/assets/NAME/...` to admins and to the
 //!   callers its `allow_*`/`signer_*` lists name, and to nobody else (`api::routes::assets`).
 
+mod identity;
 mod key;
 mod metrics;
 
+pub use identity::{Grant, Identity, Parts, grant};
 pub use key::open_key;
 pub use metrics::ChildMetrics;
 
@@ -29,16 +31,13 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::actor::Identity;
 use crate::backoff::OsJitter;
 use crate::config::{self, Child};
-use crate::keys::{OpenError, Signer};
+use crate::keys::OpenError;
 use crate::tasks::Tasks;
-use crate::token::cache::{Cache, Owner};
 use crate::token::flow::Flow;
 use crate::token::gate::Gate;
-use crate::token::refresher::{Handle, Policy, Refresher};
-use crate::token::status::Info;
+use crate::token::refresher::Policy;
 
 /// A child could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +67,10 @@ pub enum Error {
     },
 }
 
-/// One running child identity.
+/// One running child: its identity, and the configuration it was started from.
 pub struct Running {
     pub config: Child,
-    pub tokens: Handle,
-    pub signer: Arc<dyn Signer>,
-    pub info: Info,
-    /// Its `GET .../token` body, prepared once per token.
-    pub token_body: crate::token::body::Prepared,
-    stop: CancellationToken,
+    pub identity: Arc<Identity>,
 }
 
 /// What [`Children::sync`] did.
@@ -170,6 +164,16 @@ impl Children {
         self.map.read().ok()?.get(name).cloned()
     }
 
+    /// The identity of the running child `name`.
+    pub fn identity(&self, name: &str) -> Option<Arc<Identity>> {
+        self.get(name).map(|c| c.identity.clone())
+    }
+
+    /// The identities of every running child, by name.
+    pub fn identities(&self) -> Vec<Arc<Identity>> {
+        self.all().iter().map(|c| c.identity.clone()).collect()
+    }
+
     /// Whether some running child grants access by group, so that a caller's
     /// supplementary groups can decide what it may do.
     pub fn grant_groups(&self) -> bool {
@@ -178,10 +182,7 @@ impl Children {
 
     /// Recomputes [`Children::grant_groups`] after the map changed.
     fn note_groups(&self, map: &BTreeMap<String, Arc<Running>>) {
-        let any = map.values().any(|c| {
-            let a = &c.config.access;
-            !a.allow_gids.is_empty() || !a.signer_gids.is_empty()
-        });
+        let any = map.values().any(|c| c.identity.grants_groups());
         self.group_grants.store(any, Ordering::Relaxed);
     }
 
@@ -245,7 +246,7 @@ impl Children {
             r
         });
         if let Some(r) = removed {
-            r.stop.cancel();
+            r.identity.stop.cancel();
         }
     }
 
@@ -284,7 +285,7 @@ impl Children {
         } else {
             self.all()
                 .iter()
-                .find(|c| c.name() != name && c.info.key_thumbprint == kid)
+                .find(|c| c.name() != name && c.identity.info.key_thumbprint == kid)
                 .map(|c| format!("child {}", c.name()))
         };
         if let Some(other) = other {
@@ -297,39 +298,28 @@ impl Children {
         }
         let flow = factory.template.sibling(
             signer.clone(),
-            Identity::of(&child.asset),
+            crate::actor::Identity::of(&child.asset),
             broadcast::channel(1).0,
         );
-        let cache = Cache::new(
-            &child.state_dir,
-            Owner {
-                instance_url: factory.instance_url.clone(),
-                client_id: factory.client_id.clone(),
-                device_id: child.asset.device_id.clone(),
-                key_thumbprint: kid.clone(),
-                verification: flow.verifier.fingerprint(),
-            },
-            signer.clone(),
-        );
-        let (refresher, tokens) = Refresher::new(
-            flow,
-            factory.policy.clone(),
-            Box::new(OsJitter),
-            Some(cache),
-        );
-        let refresher = refresher.with_gate(factory.gate.clone());
         let stop = self.cancel.child_token();
+        let (identity, refresher) = Identity::build(Parts {
+            name: Some(name.clone()),
+            signer,
+            flow,
+            policy: factory.policy.clone(),
+            jitter: Box::new(OsJitter),
+            gate: factory.gate.clone(),
+            state_dir: &child.state_dir,
+            instance_url: factory.instance_url.clone(),
+            client_id: factory.client_id.clone(),
+            device_id: child.asset.device_id.clone(),
+            auth_method: factory.auth_method,
+            access: child.access.clone(),
+            stop: stop.clone(),
+        });
         let running = Arc::new(Running {
             config: child.clone(),
-            tokens,
-            signer,
-            info: Info {
-                device_id: child.asset.device_id.clone(),
-                key_thumbprint: kid,
-                auth_method: factory.auth_method,
-            },
-            token_body: crate::token::body::Prepared::default(),
-            stop: stop.clone(),
+            identity: Arc::new(identity),
         });
         drop(factory);
         if let Ok(mut m) = self.map.write() {
@@ -364,7 +354,7 @@ impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Running")
             .field("name", &self.config.name)
-            .field("info", &self.info)
+            .field("info", &self.identity.info)
             .finish_non_exhaustive()
     }
 }

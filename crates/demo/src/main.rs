@@ -135,15 +135,15 @@ async fn run(args: DemoArgs) -> Result<(), Error> {
             let mut shown = std::collections::BTreeSet::new();
             while shown.len() < want {
                 for c in children.all() {
-                    if let Some(t) = asset_agent::token::live(&c.tokens.current)
+                    if let Some(t) = asset_agent::token::live(&c.identity.tokens.current)
                         && shown.insert(c.name().to_owned())
                     {
                         say(&format!(
                             "child {}: asset token for Asset {} (device {}, key {})",
                             c.name(),
                             t.asset_id().unwrap_or("-"),
-                            c.info.device_id,
-                            c.info.key_thumbprint
+                            c.identity.info.device_id,
+                            c.identity.info.key_thumbprint
                         ));
                     }
                 }

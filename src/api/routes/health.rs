@@ -1,12 +1,12 @@
 //! `GET /v1/health/live` and `GET /v1/health/ready`: probes for supervisors.
 
-use crate::api::Shared;
 use crate::api::reply::probe;
+use crate::gateway::Identity;
 use wire::http::Reply;
 
 /// Live while the refresh loop keeps its promise to make progress.
-pub fn live(shared: &Shared) -> Reply {
-    let snap = shared.tokens.snapshot();
+pub fn live(own: &Identity) -> Reply {
+    let snap = own.tokens.snapshot();
     probe(
         snap.is_live(),
         "refresh loop is making progress",
@@ -15,8 +15,8 @@ pub fn live(shared: &Shared) -> Reply {
 }
 
 /// Ready while a valid asset token is held.
-pub fn ready(shared: &Shared) -> Reply {
-    let ready = crate::token::live(&shared.tokens.current).is_some();
+pub fn ready(own: &Identity) -> Reply {
+    let ready = crate::token::live(&own.tokens.current).is_some();
     probe(
         ready,
         "a valid asset token is held",

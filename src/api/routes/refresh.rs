@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use crate::api::Shared;
 use crate::api::reply::{error, with_retry_after};
+use crate::gateway::Identity;
 use crate::token::refresher::{ADMIN_INTERVAL, BUDGET_PER_INTERVAL, Refused};
 use crate::token::{AssetToken, live};
 use wire::clock;
@@ -52,7 +53,7 @@ enum Outcome {
     Gone,
 }
 
-pub async fn reply(shared: &Shared) -> Reply {
+pub async fn reply(shared: &Shared, identity: &Identity) -> Reply {
     let arrived = Instant::now();
     // Concurrent calls queue here, so they share one exchange: whoever comes after a
     // successful refresh finds a token obtained after it asked, and takes that.
@@ -61,20 +62,20 @@ pub async fn reply(shared: &Shared) -> Reply {
     else {
         return timed_out(shared);
     };
-    let held = live(&shared.tokens.current);
+    let held = live(&identity.tokens.current);
     if let Some(t) = &held {
         if t.received >= arrived {
-            return answer(shared, t, true);
+            return answer(identity, t, true);
         }
         if t.received + MIN_INTERVAL > arrived {
-            return answer(shared, t, false);
+            return answer(identity, t, false);
         }
     }
-    let mut current = shared.tokens.current.clone();
-    let mut status = shared.tokens.status.clone();
+    let mut current = identity.tokens.current.clone();
+    let mut status = identity.tokens.status.clone();
     current.borrow_and_update();
     let failed_before = status.borrow_and_update().refreshes_failed;
-    match shared.tokens.admin_refresh().await {
+    match identity.tokens.admin_refresh().await {
         Ok(()) => {}
         Err(Refused::RateLimited { retry_in }) => {
             let reason = format!(
@@ -88,7 +89,7 @@ pub async fn reply(shared: &Shared) -> Reply {
             );
         }
         Err(Refused::Budget { retry_in }) => {
-            let snap = shared.tokens.snapshot();
+            let snap = identity.tokens.snapshot();
             let reason = format!(
                 "the retry budget (at most {} upstream attempts per refresh interval) is spent; the next attempt is allowed in {}s{}",
                 BUDGET_PER_INTERVAL,
@@ -137,9 +138,9 @@ pub async fn reply(shared: &Shared) -> Reply {
         }
     };
     match tokio::time::timeout(shared.limits.refresh_wait, wait).await {
-        Ok(Outcome::New(t)) => answer(shared, &t, true),
+        Ok(Outcome::New(t)) => answer(identity, &t, true),
         Ok(Outcome::Failed) => {
-            let snap = shared.tokens.snapshot();
+            let snap = identity.tokens.snapshot();
             let retry = snap.next_refresh.map_or(Duration::from_secs(1), |n| {
                 n.saturating_duration_since(Instant::now())
             });
@@ -175,7 +176,7 @@ fn timed_out(shared: &Shared) -> Reply {
     )
 }
 
-fn answer(shared: &Shared, t: &AssetToken, refreshed: bool) -> Reply {
+fn answer(identity: &Identity, t: &AssetToken, refreshed: bool) -> Reply {
     http::json(
         StatusCode::OK,
         &Refreshed {
@@ -186,7 +187,7 @@ fn answer(shared: &Shared, t: &AssetToken, refreshed: bool) -> Reply {
             expires_at: clock::rfc3339(t.claims.exp),
             expires_in: t.remaining().as_secs(),
             asset_id: t.asset_id(),
-            device_id: &shared.info.device_id,
+            device_id: &identity.info.device_id,
         },
     )
 }

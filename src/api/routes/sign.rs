@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::api::Shared;
 use crate::api::peer::Caller;
 use crate::api::reply::error;
+use crate::gateway::Identity;
 use wire::clock;
 use wire::http::{self, BodyError, Reply};
 use wire::jose::jws;
@@ -168,19 +169,15 @@ pub fn claims(
     c
 }
 
-pub async fn reply(shared: &Shared, caller: &Caller, req: hyper::Request<Incoming>) -> Reply {
-    let device_id = shared.info.device_id.clone();
-    reply_with(shared, shared.signer.clone(), &device_id, caller, req).await
-}
-
-/// Signs with `signer` for the identity `device_id` (the gateway's own, or a child's).
-pub async fn reply_with(
+/// Signs with `identity`'s key, as that identity (the device's own, or a child's).
+pub async fn reply(
     shared: &Shared,
-    signer: std::sync::Arc<dyn crate::keys::Signer>,
-    device_id: &str,
+    identity: &Identity,
     caller: &Caller,
     req: hyper::Request<Incoming>,
 ) -> Reply {
+    let signer = identity.signer.clone();
+    let device_id = identity.info.device_id.as_str();
     let read = tokio::time::timeout(shared.limits.body_timeout, http::read_body(req, MAX_BODY));
     let body = match read.await {
         Ok(Ok(b)) => b,

@@ -4,6 +4,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::api::Shared;
+use crate::gateway::Identity;
 use crate::token::refresher::Handle;
 use crate::token::status::Info;
 use wire::clock;
@@ -71,26 +72,29 @@ pub struct RefreshStatus {
     pub interval_s: Option<u64>,
 }
 
-/// Builds the status from the live state.
-pub fn build(shared: &Shared) -> Status {
-    let mut status = build_for(shared, &shared.tokens, &shared.info);
-    status.mqtt = shared.mqtt.as_ref().map(crate::mqtt::Handle::status);
-    status.sinks = shared.sinks.status();
-    status.children = shared
-        .children
-        .as_ref()
-        .map(|c| {
-            c.all()
-                .iter()
-                .map(|child| ChildSummary::of(child.name(), &child.tokens, &child.info))
-                .collect()
-        })
-        .filter(|v: &Vec<ChildSummary>| !v.is_empty());
+/// The status of `identity`; the device's own also shows the MQTT uplink, the sinks and
+/// the gateway's children.
+pub fn build(shared: &Shared, identity: &Identity) -> Status {
+    let mut status = of(shared, &identity.tokens, &identity.info);
+    if identity.is_own() {
+        status.mqtt = shared.mqtt.as_ref().map(crate::mqtt::Handle::status);
+        status.sinks = shared.sinks.status();
+        status.children = shared
+            .children
+            .as_ref()
+            .map(|c| {
+                c.identities()
+                    .iter()
+                    .map(|child| ChildSummary::of(child))
+                    .collect()
+            })
+            .filter(|v: &Vec<ChildSummary>| !v.is_empty());
+    }
     status
 }
 
-/// The status of one identity: the gateway's own (`info`, `tokens`) or a child's.
-pub fn build_for(shared: &Shared, tokens: &Handle, info: &Info) -> Status {
+/// What every identity's status says.
+fn of(shared: &Shared, tokens: &Handle, info: &Info) -> Status {
     let snap = tokens.snapshot();
     let token = crate::token::live(&tokens.current);
     let now_mono = Instant::now();
@@ -155,11 +159,12 @@ pub struct ChildSummary {
 }
 
 impl ChildSummary {
-    fn of(name: &str, tokens: &Handle, info: &Info) -> Self {
+    fn of(child: &Identity) -> Self {
+        let (tokens, info) = (&child.tokens, &child.info);
         let snap = tokens.snapshot();
         let token = crate::token::live(&tokens.current);
         Self {
-            name: name.to_owned(),
+            name: child.name.clone().unwrap_or_default(),
             state: snap.state.as_str().to_owned(),
             device_id: info.device_id.clone(),
             asset_id: token.as_ref().and_then(|t| t.asset_id().map(str::to_owned)),
@@ -170,6 +175,6 @@ impl ChildSummary {
     }
 }
 
-pub fn reply(shared: &Shared) -> Reply {
-    http::json(hyper::StatusCode::OK, &build(shared))
+pub fn reply(shared: &Shared, identity: &Identity) -> Reply {
+    http::json(hyper::StatusCode::OK, &build(shared, identity))
 }

@@ -10,7 +10,8 @@ use hyper::{Request, StatusCode};
 use tokio::time::Instant;
 
 use crate::api::Shared;
-use crate::api::reply::{Answer, error, with_retry_after};
+use crate::api::reply::{error, with_retry_after};
+use crate::gateway::Identity;
 pub use crate::token::body::{Prepared, TokenBody};
 use crate::token::refresher::Handle;
 use wire::http::{self, Reply};
@@ -60,41 +61,23 @@ impl<'a> Ask<'a> {
     }
 }
 
-/// Answers `GET /v1/token`.
-pub async fn reply(shared: &Shared, ask: Ask<'_>) -> Answer {
-    reply_for(
-        shared,
-        &shared.tokens,
-        &shared.token_body,
-        &shared.info.device_id,
-        ask,
-    )
-    .await
-}
-
-/// Answers a token request for the identity whose tokens `tokens` holds (the gateway's
-/// own, or a child's).
-pub async fn reply_for(
-    shared: &Shared,
-    tokens: &Handle,
-    prepared: &Prepared,
-    device_id: &str,
-    ask: Ask<'_>,
-) -> Answer {
+/// Answers `GET /v1/token` and `GET /v1/assets/NAME/token`: `identity`'s token.
+pub async fn reply(shared: &Shared, identity: &Identity, ask: Ask<'_>) -> Reply {
+    let tokens = &identity.tokens;
     let min_ttl = match parse_min_ttl(ask.query) {
         Ok(t) => t,
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason).into(),
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "bad_request", reason),
     };
     // The one clock read of an answer: the token's checks and its `expires_in`.
     let now = Instant::now();
     let token = match tokens.token_at(now, min_ttl, shared.min_ttl_wait).await {
         Ok(t) => t,
-        Err(_) => return unavailable_for(tokens, min_ttl).into(),
+        Err(_) => return unavailable(tokens, min_ttl),
     };
     if ask.plain() {
         let mut body = token.jwt.expose().to_owned();
         body.push('\n');
-        return Answer::ok("text/plain; charset=utf-8", body);
+        return http::with_type(StatusCode::OK, "text/plain; charset=utf-8", body);
     }
     // A token that waited for a refresh is answered with its time left now.
     let now = if token.received > now {
@@ -102,19 +85,16 @@ pub async fn reply_for(
     } else {
         now
     };
-    match prepared.body(device_id, &token, now) {
-        Some(body) => Answer::ok("application/json", body),
-        None => http::json(StatusCode::OK, &TokenBody::of(device_id, &token)).into(),
+    let device_id = identity.info.device_id.as_str();
+    match identity.token_body.body(device_id, &token, now) {
+        Some(body) => http::with_type(StatusCode::OK, "application/json", body),
+        None => http::json(StatusCode::OK, &TokenBody::of(device_id, &token)),
     }
 }
 
-/// Why no token can be served, and when to ask again.
-pub fn unavailable_reason(shared: &Shared, min_ttl: Duration) -> (String, Duration) {
-    unavailable_reason_for(&shared.tokens, min_ttl)
-}
-
-/// [`unavailable_reason`] for the identity whose tokens `tokens` holds.
-pub fn unavailable_reason_for(tokens: &Handle, min_ttl: Duration) -> (String, Duration) {
+/// Why no token of the identity whose tokens `tokens` holds can be served, and when to
+/// ask again.
+pub fn unavailable_reason(tokens: &Handle, min_ttl: Duration) -> (String, Duration) {
     let snap = tokens.snapshot();
     let retry = snap
         .next_refresh
@@ -133,13 +113,8 @@ pub fn unavailable_reason_for(tokens: &Handle, min_ttl: Duration) -> (String, Du
 }
 
 /// 503 + `Retry-After` + `{"error":"unavailable","reason"}`.
-pub fn unavailable(shared: &Shared, min_ttl: Duration) -> Reply {
-    unavailable_for(&shared.tokens, min_ttl)
-}
-
-/// [`unavailable`] for the identity whose tokens `tokens` holds.
-pub fn unavailable_for(tokens: &Handle, min_ttl: Duration) -> Reply {
-    let (reason, retry) = unavailable_reason_for(tokens, min_ttl);
+pub fn unavailable(tokens: &Handle, min_ttl: Duration) -> Reply {
+    let (reason, retry) = unavailable_reason(tokens, min_ttl);
     with_retry_after(
         error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &reason),
         retry,

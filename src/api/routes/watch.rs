@@ -18,29 +18,20 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::token::{TokenBody, unavailable_reason_for};
-use crate::api::Shared;
+use super::token::{TokenBody, unavailable_reason};
 use crate::api::body::{ApiBody, ApiReply};
 use crate::api::conns::BusyGuard;
+use crate::gateway::Identity;
 use crate::token::AssetToken;
 use crate::token::refresher::Handle;
 
 /// Lines buffered for a slow reader before the producer waits.
 const BUFFER: usize = 4;
 
-/// Starts the stream.
-pub fn reply(shared: Arc<Shared>, shutdown: CancellationToken, busy: BusyGuard) -> ApiReply {
-    let device_id = shared.info.device_id.clone();
-    reply_for(shared.tokens.clone(), device_id, shutdown, busy)
-}
-
-/// Starts the stream for the identity whose tokens `tokens` holds (a gateway's child).
-pub fn reply_for(
-    tokens: Handle,
-    device_id: String,
-    shutdown: CancellationToken,
-    busy: BusyGuard,
-) -> ApiReply {
+/// Starts the stream of `identity`'s tokens.
+pub fn reply(identity: &Identity, shutdown: CancellationToken, busy: BusyGuard) -> ApiReply {
+    let tokens = identity.tokens.clone();
+    let device_id = identity.info.device_id.clone();
     let (tx, body) = ApiBody::lines(busy, BUFFER);
     tokio::spawn(crate::spawn::boxed(produce(
         tokens, device_id, shutdown, tx,
@@ -104,7 +95,7 @@ fn line(tokens: &Handle, device_id: &str, token: Option<&AssetToken>) -> Bytes {
     let json = match token {
         Some(t) => serde_json::to_vec(&TokenBody::of(device_id, t)),
         None => {
-            let (reason, _) = unavailable_reason_for(tokens, std::time::Duration::ZERO);
+            let (reason, _) = unavailable_reason(tokens, std::time::Duration::ZERO);
             serde_json::to_vec(&Unavailable {
                 error: "unavailable",
                 reason: &reason,
