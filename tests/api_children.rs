@@ -11,7 +11,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod api_common;
 mod common;
 
 use std::collections::HashMap;
@@ -19,8 +18,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use api_common::{as_user, open_to_everyone, root_or_skip};
 use asset_agent::config::{Config, LoadOptions};
+use common::api::{NEEDS_ROOT, as_user, open_to_everyone};
 use common::{Agent, Device, emulator, get, wait_for_token, write_0600};
 use wire::clock::Clock;
 
@@ -227,9 +226,7 @@ async fn token_of(socket: &Path, name: &str) -> String {
 
 #[tokio::test]
 async fn a_caller_allowed_one_child_reaches_no_other_whatever_the_spelling() {
-    if !root_or_skip("a_caller_allowed_one_child_reaches_no_other_whatever_the_spelling") {
-        return;
-    }
+    testkit::require!(testkit::ROOT, testkit::is_root(), "{NEEDS_ROOT}");
     let emu = emulator(Clock::system(), |_| {}).await;
     let dev = Device::new(&emu);
     let path = dev.write_config(&emu, "", "");
