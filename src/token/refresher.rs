@@ -232,6 +232,7 @@ impl Refresher {
                 Ok(token) => self.succeeded(token, plan).await,
                 Err(err) => self.failed(&err, plan),
             }
+            self.answered_pending_requests().await;
             self.publish_plan(plan);
         }
         tracing::debug!("refresh loop stopped");
@@ -297,15 +298,19 @@ impl Refresher {
             () = cancel.cancelled() => return None,
             r = self.flow.fetch() => r,
         };
-        // Refresh requests made during the attempt are answered by it: drop them, or
-        // they would start another exchange right away.
+        Some(result)
+    }
+
+    /// Drops the refresh requests made since the attempt began: its outcome, now published
+    /// (the token, after its cache save; or the failure in the status), answers them, and
+    /// they would otherwise start another exchange right away.
+    async fn answered_pending_requests(&self) {
         tokio::select! {
             biased;
             () = self.inner.wake.notified() => {}
             () = std::future::ready(()) => {}
         }
         self.inner.demand.urgent.store(false, Ordering::Relaxed);
-        Some(result)
     }
 
     /// Publishes a new token (after saving it to the cache) and the status.
