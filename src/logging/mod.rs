@@ -14,34 +14,38 @@
 //! It can be swapped at runtime, so `SIGHUP` changes `log.level` without a restart
 //! ([`set_level`]); the environment, fixed for the life of the process, still wins.
 //!
-//! The subscriber is our own: one filter ([`Filter`]), one table of open spans, one
-//! formatter for text and JSON (`format`). `tracing-subscriber`'s layered machinery did the
-//! same through a generic pipeline per output format, at several times the code size.
+//! The pieces are `tracing-subscriber`'s: its registry, its `Targets` filter behind a
+//! `reload` layer, and its fmt layer (the full text format, or JSON). What it lacks is the
+//! journal's `<N>` prefix (`journal::Journal`, around either format) and knowing where stderr goes
+//! ([`sink`]).
 
-mod format;
+mod journal;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::io::{IsTerminal as _, Write as _};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::io::IsTerminal as _;
+use std::sync::OnceLock;
 
+use tracing::Level;
 use tracing::level_filters::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
-use wire::clock::Clock;
-
-use format::{SpanFields, Style};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Layer, Registry, reload};
 
 use crate::config::LogFormat;
 use crate::log_filter;
 pub use crate::log_filter::{Filter, ParseError};
+use journal::Journal;
 
 /// The variables that override `log.level`, strongest first.
 pub const ENV_FILTERS: [&str; 2] = ["ASSET_AGENT_LOG", "RUST_LOG"];
 
-/// The installed filter, and whether the environment chose it.
-static FILTER: OnceLock<(Arc<RwLock<Filter>>, bool)> = OnceLock::new();
+/// The handle to the installed filter, and whether the environment chose it.
+static FILTER: OnceLock<(FilterHandle, bool)> = OnceLock::new();
+
+/// Swaps the filter of the installed subscriber.
+type FilterHandle = reload::Handle<Filter, Registry>;
+
+/// The subscriber below the output layer: the registry and the filter.
+type Filtered = tracing_subscriber::layer::Layered<reload::Layer<Filter, Registry>, Registry>;
 
 /// Where stderr goes, which decides the line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub enum Error {
     },
     #[error("logging was not initialised by this process")]
     NotInitialised,
+    #[error("the log filter could not be swapped")]
+    Reload(#[source] reload::Error),
 }
 
 /// What [`set_level`] did.
@@ -83,23 +89,72 @@ pub fn init(level: &str, format: LogFormat) {
         Some((_, value)) => (value, true),
         None => (level.to_owned(), false),
     };
-    let filter = log_filter::parse(&directive).unwrap_or_else(|_| Filter::level(LevelFilter::INFO));
-    let filter = Arc::new(RwLock::new(filter));
-    let sink = sink();
-    let style = Style {
-        json: format == LogFormat::Json,
-        journal: sink == Sink::Journal,
-        ansi: format == LogFormat::Text && sink == Sink::Terminal,
-    };
-    let subscriber = Agent {
-        style,
-        clock: Clock::system(),
-        filter: Arc::clone(&filter),
-        spans: Mutex::default(),
-        out: Output::Stderr,
-    };
+    let filter = log_filter::parse(&directive)
+        .unwrap_or_else(|_| Filter::new().with_default(LevelFilter::INFO));
+    let (subscriber, handle) = subscriber(filter, Style::of(sink(), format), std::io::stderr);
     if tracing::subscriber::set_global_default(subscriber).is_ok() {
-        let _ = FILTER.set((filter, from_env));
+        let _ = FILTER.set((handle, from_env));
+    }
+}
+
+/// How lines look: what [`init`] makes of the sink and `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Style {
+    /// JSON objects rather than text.
+    json: bool,
+    /// Prefix `<priority>`; text lines then carry no timestamp and no level.
+    journal: bool,
+    /// Colours (text only).
+    ansi: bool,
+}
+
+impl Style {
+    fn of(sink: Sink, format: LogFormat) -> Self {
+        Self {
+            json: format == LogFormat::Json,
+            journal: sink == Sink::Journal,
+            ansi: format == LogFormat::Text && sink == Sink::Terminal,
+        }
+    }
+}
+
+/// The registry, `filter` behind a reload layer, and the output layer for `style` writing
+/// to `writer`; with the handle that swaps the filter.
+fn subscriber<W>(
+    filter: Filter,
+    style: Style,
+    writer: W,
+) -> (impl tracing::Subscriber + Send + Sync, FilterHandle)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let (filter, handle) = reload::Layer::new(filter);
+    let subscriber = Registry::default().with(filter).with(output(style, writer));
+    (subscriber, handle)
+}
+
+/// The fmt layer for `style`: the full text format or JSON, without the target; under the
+/// journal with the `<N>` prefix, and text then without timestamp and level.
+fn output<W>(style: Style, writer: W) -> Box<dyn Layer<Filtered> + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_target(false)
+        .with_ansi(style.ansi)
+        // On a failed write (stderr closed) the library would report it with `eprintln!`,
+        // which panics when stderr is gone: the process would abort over a log line.
+        .log_internal_errors(false);
+    match (style.json, style.journal) {
+        (true, false) => layer.json().boxed(),
+        (true, true) => layer.json().map_event_format(Journal).boxed(),
+        (false, false) => layer.boxed(),
+        (false, true) => layer
+            .without_time()
+            .with_level(false)
+            .map_event_format(Journal)
+            .boxed(),
     }
 }
 
@@ -118,15 +173,9 @@ pub fn set_level(level: &str) -> Result<LevelChange, Error> {
         let var = env_filter().map_or(ENV_FILTERS[0], |(var, _)| var);
         return Ok(LevelChange::OverriddenBy(var));
     }
-    replace(installed, filter);
+    // The reload layer asks every callsite again whether it is enabled.
+    installed.reload(filter).map_err(Error::Reload)?;
     Ok(LevelChange::Applied)
-}
-
-/// Puts `filter` in force.
-fn replace(installed: &RwLock<Filter>, filter: Filter) {
-    *installed.write().unwrap_or_else(PoisonError::into_inner) = filter;
-    // Callsites cache whether they are enabled; ask them all again.
-    tracing::callsite::rebuild_interest_cache();
 }
 
 /// The first of [`ENV_FILTERS`] that is set and non-empty, with its value.
@@ -176,238 +225,6 @@ pub fn priority(level: Level) -> u8 {
         Level::WARN => 4,
         Level::INFO => 6,
         Level::DEBUG | Level::TRACE => 7,
-    }
-}
-
-/// The subscriber: filters, keeps the spans, formats each event into one line and writes it
-/// to stderr in one `write`.
-struct Agent {
-    style: Style,
-    clock: Clock,
-    filter: Arc<RwLock<Filter>>,
-    spans: Mutex<Spans>,
-    out: Output,
-}
-
-/// Where lines go.
-enum Output {
-    Stderr,
-    #[cfg(test)]
-    Buffer(Arc<Mutex<String>>),
-}
-
-/// The open spans. There are few (one per gateway child), so a map behind a lock will do.
-#[derive(Default)]
-struct Spans {
-    last: u64,
-    open: HashMap<u64, SpanData>,
-}
-
-struct SpanData {
-    meta: &'static Metadata<'static>,
-    parent: Option<u64>,
-    fields: SpanFields,
-    /// Handles to this span, plus one per child span.
-    refs: usize,
-}
-
-thread_local! {
-    /// The spans entered on this thread, innermost last.
-    static ENTERED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The innermost span entered on this thread.
-fn current() -> Option<u64> {
-    ENTERED.with(|e| e.borrow().last().copied())
-}
-
-// === impl Agent ===
-
-impl Agent {
-    fn filter(&self) -> std::sync::RwLockReadGuard<'_, Filter> {
-        self.filter.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
-        self.spans.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl Spans {
-    /// `id` and its parents, root first.
-    fn scope(&self, id: Option<u64>) -> Vec<&SpanData> {
-        let mut chain = Vec::new();
-        let mut next = id;
-        while let Some(span) = next.and_then(|id| self.open.get(&id)) {
-            chain.push(span);
-            next = span.parent;
-        }
-        chain.reverse();
-        chain
-    }
-}
-
-impl Subscriber for Agent {
-    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        if self.filter().enabled(meta) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn enabled(&self, meta: &Metadata<'_>) -> bool {
-        self.filter().enabled(meta)
-    }
-
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(self.filter().max_level())
-    }
-
-    fn new_span(&self, attrs: &Attributes<'_>) -> Id {
-        let mut fields = SpanFields::default();
-        fields.record(self.style, attrs);
-        let parent = match attrs.parent() {
-            Some(id) => Some(id.into_u64()),
-            None if attrs.is_contextual() => current(),
-            None => None,
-        };
-        let mut spans = self.spans();
-        let parent = parent.filter(|p| match spans.open.get_mut(p) {
-            Some(span) => {
-                span.refs += 1;
-                true
-            }
-            None => false,
-        });
-        spans.last += 1;
-        let id = spans.last;
-        spans.open.insert(
-            id,
-            SpanData {
-                meta: attrs.metadata(),
-                parent,
-                fields,
-                refs: 1,
-            },
-        );
-        Id::from_u64(id)
-    }
-
-    fn record(&self, span: &Id, values: &Record<'_>) {
-        // Formatting runs outside the lock: a value's `Debug` may log.
-        let taken = self
-            .spans()
-            .open
-            .get_mut(&span.into_u64())
-            .map(|s| std::mem::take(&mut s.fields));
-        if let Some(mut fields) = taken {
-            fields.record(self.style, values);
-            if let Some(s) = self.spans().open.get_mut(&span.into_u64()) {
-                s.fields = fields;
-            }
-        }
-    }
-
-    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        let style = self.style;
-        let level = *event.metadata().level();
-        let now = (style.json || !style.journal).then(|| self.clock.now());
-        let mut line = String::with_capacity(256);
-        format::head(&mut line, style, level, now, event);
-        let current = current();
-        {
-            let spans = self.spans();
-            if style.json {
-                // As `tracing-subscriber` chose: the explicit parent, else the current
-                // span, even for an event marked as a root.
-                let span = event
-                    .parent()
-                    .and_then(|id| spans.open.get(&id.into_u64()))
-                    .or_else(|| current.and_then(|id| spans.open.get(&id)));
-                if let Some(span) = span {
-                    line.push_str(",\"span\":");
-                    format::json_span(&mut line, span.meta.name(), &span.fields);
-                    line.push_str(",\"spans\":[");
-                    for (i, span) in spans.scope(current).into_iter().enumerate() {
-                        if i > 0 {
-                            line.push(',');
-                        }
-                        format::json_span(&mut line, span.meta.name(), &span.fields);
-                    }
-                    line.push(']');
-                }
-                line.push_str("}\n");
-            } else {
-                let parent = match event.parent() {
-                    Some(id) => Some(id.into_u64()),
-                    None if event.is_contextual() => current,
-                    None => None,
-                };
-                let scope = spans.scope(parent);
-                for span in &scope {
-                    format::text_span(&mut line, style, span.meta.name(), &span.fields);
-                }
-                if !scope.is_empty() {
-                    line.push(' ');
-                }
-            }
-        }
-        if !style.json {
-            format::text_tail(&mut line, style, event);
-        }
-        match &self.out {
-            Output::Stderr => {
-                let _ = std::io::stderr().lock().write_all(line.as_bytes());
-            }
-            #[cfg(test)]
-            Output::Buffer(buf) => buf
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push_str(&line),
-        }
-    }
-
-    fn enter(&self, span: &Id) {
-        ENTERED.with(|e| e.borrow_mut().push(span.into_u64()));
-    }
-
-    fn exit(&self, span: &Id) {
-        let id = span.into_u64();
-        ENTERED.with(|e| {
-            let mut entered = e.borrow_mut();
-            if let Some(i) = entered.iter().rposition(|&x| x == id) {
-                entered.remove(i);
-            }
-        });
-    }
-
-    fn clone_span(&self, span: &Id) -> Id {
-        if let Some(s) = self.spans().open.get_mut(&span.into_u64()) {
-            s.refs += 1;
-        }
-        span.clone()
-    }
-
-    fn try_close(&self, span: Id) -> bool {
-        let mut spans = self.spans();
-        let mut next = Some(span.into_u64());
-        let mut closed = false;
-        while let Some(id) = next.take() {
-            let Some(s) = spans.open.get_mut(&id) else {
-                break;
-            };
-            s.refs = s.refs.saturating_sub(1);
-            if s.refs > 0 {
-                break;
-            }
-            let parent = spans.open.remove(&id).and_then(|s| s.parent);
-            closed |= id == span.into_u64();
-            next = parent;
-        }
-        closed
     }
 }
 
