@@ -288,6 +288,14 @@ main() {
     case "$t" in *-gnu | *-gnueabihf) zig_target=$t.$GLIBC_FLOOR ;; esac
     cmd=(cargo zigbuild)
     env_extra=()
+    # The crates' source paths as written into the binary (panic locations, log
+    # callsites): `NAME-VERSION/src/...` instead of this machine's registry checkout
+    # (`$CARGO_HOME/registry/src/index.crates.io-HASH/`), the same wherever it is built,
+    # and 23 KB less on x86_64.
+    rustflags=()
+    for src in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+      [ -d "$src" ] && rustflags+=("--remap-path-prefix=$src=")
+    done
     target_root=$TARGET_DIR
     if [ "$STD_MODE" = build-std ]; then
       cmd+=(-Z build-std=std,panic_abort)
@@ -295,7 +303,7 @@ main() {
       # rustc would link its own musl start files and libc from rustup's std component,
       # which is what is missing: zig's musl provides them instead.
       case "$t" in
-        *-musl*) env_extra+=("CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS=-C link-self-contained=no") ;;
+        *-musl*) rustflags+=(-C link-self-contained=no) ;;
       esac
       # A target directory of their own: RUSTC_BOOTSTRAP changes the host's proc-macro
       # builds (proc-macro2 reads it), so sharing one would rebuild every other target's
@@ -303,6 +311,7 @@ main() {
       target_root=$TARGET_DIR/build-std
       env_extra+=("CARGO_TARGET_DIR=$target_root")
     fi
+    env_extra+=("CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS=${rustflags[*]}")
     if [ $check_only = 1 ]; then
       cmd=(cargo-zigbuild check "${cmd[@]:2}")
       say "  ${env_extra[*]:+${env_extra[*]} }${cmd[*]} --release --locked -p asset-agent --target $zig_target"

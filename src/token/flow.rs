@@ -315,17 +315,23 @@ impl Flow {
     pub async fn fetch(&mut self) -> Result<AssetToken, Error> {
         self.credentials.persist_pending();
         let had_access = self.access.get().is_some();
-        let access = self.obtain_access_token().await?;
-        match self.exchange_on_corrected_clock(&access).await {
-            Err(Error::Exchange(e)) if e.class() == Class::Reauthenticate => {
-                self.emit(Progress::AccessTokenRejected);
-                tracing::info!(reason = %e.reason(), reused = had_access,
-                    "the exchange refused the access token; obtaining a new one and retrying once");
-                self.access.forget(&access);
-                let access = self.obtain_access_token().await?;
-                self.exchange_on_corrected_clock(&access).await
+        // A loop rather than a second call: each call site of an async fn lays out its
+        // whole future again.
+        let mut reauthenticated = false;
+        loop {
+            let access = self.obtain_access_token().await?;
+            match self.exchange_on_corrected_clock(&access).await {
+                Err(Error::Exchange(e))
+                    if !reauthenticated && e.class() == Class::Reauthenticate =>
+                {
+                    self.emit(Progress::AccessTokenRejected);
+                    tracing::info!(reason = %e.reason(), reused = had_access,
+                        "the exchange refused the access token; obtaining a new one and retrying once");
+                    self.access.forget(&access);
+                    reauthenticated = true;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -338,15 +344,19 @@ impl Flow {
         access: &AccessToken,
     ) -> Result<AssetToken, Error> {
         let before = self.upstream.skew().correction();
-        let result = self.exchange_once(access).await;
-        match &result {
-            Err(Error::Exchange(e))
-                if e.class() != Class::Retryable && self.clock_moved(before) =>
-            {
-                self.warn_clock(before, "actor token");
-                self.exchange_once(access).await
+        // One call site for the exchange (its future is laid out once, not per retry).
+        let mut retried = false;
+        loop {
+            let result = self.exchange_once(access).await;
+            match &result {
+                Err(Error::Exchange(e))
+                    if !retried && e.class() != Class::Retryable && self.clock_moved(before) =>
+                {
+                    self.warn_clock(before, "actor token");
+                    retried = true;
+                }
+                _ => return result,
             }
-            _ => result,
         }
     }
 
@@ -409,18 +419,22 @@ impl Flow {
             return Err(held);
         }
         let before = self.upstream.skew().correction();
-        let a = match self.credentials.obtain(&self.upstream).await {
-            // A JWT-bearer assertion minted on a wrong clock: same reasoning as for the
-            // actor token in `exchange_on_corrected_clock`.
-            Err(subject::Error::Upstream(e))
-                if self.credentials.is_time_sensitive()
-                    && e.class() != Class::Retryable
-                    && self.clock_moved(before) =>
-            {
-                self.warn_clock(before, "JWT-bearer assertion");
-                self.credentials.obtain(&self.upstream).await
+        let mut retried = false;
+        let a = loop {
+            match self.credentials.obtain(&self.upstream).await {
+                // A JWT-bearer assertion minted on a wrong clock: same reasoning as for the
+                // actor token in `exchange_on_corrected_clock`.
+                Err(subject::Error::Upstream(e))
+                    if !retried
+                        && self.credentials.is_time_sensitive()
+                        && e.class() != Class::Retryable
+                        && self.clock_moved(before) =>
+                {
+                    self.warn_clock(before, "JWT-bearer assertion");
+                    retried = true;
+                }
+                other => break other,
             }
-            other => other,
         };
         match &a {
             Ok(_) => self.access.succeeded(),
