@@ -9,12 +9,14 @@
 //!   `io` bounds writes and notices a client that hung up;
 //! - `peer`: who the caller is (SO_PEERCRED, and SO_PEERGROUPS via `sys`, the crate's
 //!   only unsafe code) and their role; `deny` logs refusals without flooding;
-//! - [`router`]: the route table (each route's role), [`router::authorize`] and dispatch;
+//! - [`router`]: the route table (each route's role) and dispatch; [`authorize`]: the one
+//!   access rule every route goes through, failing closed;
 //!   [`routes`]: one module per route, each serving every identity (the device's own and
 //!   a gateway's children, [`crate::gateway::Identity`]); `reply`: the reply helpers they
 //!   share.
 
 pub mod activation;
+pub mod authorize;
 pub(crate) mod body;
 pub(crate) mod conns;
 pub(crate) mod deny;

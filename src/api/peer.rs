@@ -149,7 +149,7 @@ impl Policy {
     }
 
     /// Who may use the device's own identity besides admins: the token and signer lists,
-    /// and the socket's group as token readers (see [`super::router::authorize`]).
+    /// and the socket's group as token readers (see [`super::authorize::authorize`]).
     pub fn own_access(&self) -> config::Access {
         let mut allow_gids = self.token.gids.clone();
         allow_gids.extend(self.socket_gid);

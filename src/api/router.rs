@@ -19,6 +19,7 @@ use hyper::header::{ALLOW, CONNECTION, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 
 use super::Shared;
+pub use super::authorize::{Denied, authorize};
 use super::body::{ApiReply, full};
 use super::conns::BusyGuard;
 use super::peer::{Caller, Role};
@@ -26,7 +27,7 @@ use super::reply::error;
 use super::routes::{
     assets, health, metrics, mqtt_publish, refresh, reload, sign, status, token, watch,
 };
-use crate::gateway::{Grant, Identity};
+use crate::gateway::Identity;
 use wire::http::Reply;
 
 /// Every route of the API.
@@ -59,15 +60,6 @@ pub enum Whose {
     Own,
     /// The child named by the path's `{name}`.
     Child,
-}
-
-/// A caller may not do what it asked with an identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Denied {
-    /// The role the route needs.
-    pub needs: Role,
-    /// What the caller holds on that identity.
-    pub has: Option<Role>,
 }
 
 // === impl Route ===
@@ -188,42 +180,6 @@ impl Route {
                     (!name.is_empty() && !name.contains('/')).then_some((r, Some(name)))
                 }
             })
-    }
-}
-
-/// Whether `caller` may use `identity` for what needs `needs`. Admins (by their role on
-/// the socket) may do everything with every identity; anyone else what the identity's
-/// own lists grant (for the device's own identity: `[api]` and the socket's group; for a
-/// child: its `allow_*`/`signer_*`). Nothing else grants anything.
-///
-/// # Errors
-/// [`Denied`] when the caller holds less than `needs` on `identity`.
-pub fn authorize(caller: &Caller, identity: &Identity, needs: Role) -> Result<(), Denied> {
-    let peer = &caller.peer;
-    decide(
-        caller.role,
-        || identity.grant(peer.uid, peer.gid, &peer.groups),
-        needs,
-    )
-}
-
-/// [`authorize`]'s rule: a caller's role on the socket counts only when it is admin; else
-/// what the identity's lists `grant`. No grant, or too little, is a refusal.
-fn decide(
-    role: Option<Role>,
-    grant: impl FnOnce() -> Option<Grant>,
-    needs: Role,
-) -> Result<(), Denied> {
-    let has = match role {
-        Some(Role::Admin) => Some(Role::Admin),
-        Some(Role::Signer | Role::Token) | None => grant().map(|g| match g {
-            Grant::Token => Role::Token,
-            Grant::Signer => Role::Signer,
-        }),
-    };
-    match has {
-        Some(h) if h >= needs => Ok(()),
-        Some(_) | None => Err(Denied { needs, has }),
     }
 }
 
@@ -416,6 +372,8 @@ fn forbidden(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::authorize::decide;
+    use crate::gateway::Grant;
 
     #[test]
     fn route_table_is_consistent() {

@@ -21,8 +21,8 @@ use hyper::StatusCode;
 use serde::Serialize;
 
 use crate::api::Shared;
+use crate::api::authorize::authorize;
 use crate::api::peer::{Caller, Role};
-use crate::api::router::authorize;
 use wire::http::{self, Reply};
 
 /// The children `caller` may use, with their state.
