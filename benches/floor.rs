@@ -1,5 +1,5 @@
 //! The floor: an HTTP server over a Unix socket that does nothing but answer every request
-//! with the same bytes (docs/benchmarks.md §7). `scripts/bench.sh socket` runs it as a third
+//! with the same bytes (docs/benchmarks.md §1). `scripts/bench.sh socket` runs it as a third
 //! server beside the agent and nginx, pinned to the same core and sent the same load, so
 //! each cell shows what a server that spends next to nothing on a request gets from that
 //! load generator. Where even the floor is no better than nginx, the cell measures the

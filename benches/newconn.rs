@@ -1,5 +1,5 @@
 //! A lean closed-loop load generator for the API socket, a new connection per request
-//! (docs/benchmarks.md §7): `clients` connections at a time, each opened, sent
+//! (docs/benchmarks.md §1): `clients` connections at a time, each opened, sent
 //! `GET /v1/token`, read to the end of its answer and closed, then opened again at once.
 //!
 //! It exists because oha's one thread is the bottleneck of that load: it spends 17–26 µs of

@@ -3,8 +3,8 @@
 #
 #   scripts/bench.sh [SECTION...]
 #
-# With no section, the quick suite (under 5 minutes once built) that reruns the figures of
-# docs/benchmarks.md "Lean on the device", then prints one summary table:
+# With no section, the quick suite (under 5 minutes once built) that reruns the socket,
+# memory, cold start and idle CPU figures of docs/benchmarks.md, then prints one summary table:
 #   build      the shipped release build of the agent and the emulator (x86_64)
 #   memory     RSS and PSS idle with a token held, and after load (keep-alive and
 #              new-connection requests)
