@@ -194,7 +194,7 @@ impl Policy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
@@ -206,9 +206,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn roles_by_uid_gid_and_supplementary_group() {
-        let p = Policy {
+    /// Token, signer and admin each by a uid and a group; the socket's group 991.
+    pub(crate) fn sample_policy() -> Policy {
+        Policy {
             own_uid: 990,
             socket_gid: Some(991),
             token: Members {
@@ -223,7 +223,12 @@ mod tests {
                 uids: vec![1002],
                 gids: vec![70],
             },
-        };
+        }
+    }
+
+    #[test]
+    fn roles_by_uid_gid_and_supplementary_group() {
+        let p = sample_policy();
         let table = [
             (peer(0, 0, &[]), Some(Role::Admin)),
             (peer(990, 5, &[]), Some(Role::Admin)),

@@ -430,23 +430,8 @@ mod tests {
     /// socket says.
     #[test]
     fn the_own_identity_s_lists_are_the_roles() {
-        use super::super::peer::{Members, Peer, Policy};
-        let policy = Policy {
-            own_uid: 990,
-            socket_gid: Some(991),
-            token: Members {
-                uids: vec![1000],
-                gids: vec![50],
-            },
-            signer: Members {
-                uids: vec![1001],
-                gids: vec![60],
-            },
-            admin: Members {
-                uids: vec![1002],
-                gids: vec![70],
-            },
-        };
+        use super::super::peer::Peer;
+        let policy = super::super::peer::tests::sample_policy();
         let access = policy.own_access();
         for (uid, gid, groups) in [
             (0, 0, vec![]),

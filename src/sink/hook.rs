@@ -340,18 +340,20 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
+    /// A child process killed however the test ends, so a failure leaves none behind.
+    struct Reaped(std::process::Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     #[test]
     fn a_pid_file_its_group_or_others_can_write_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("app.pid");
-        // Killed however the test ends, so a failure leaves no process behind.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
         let target = Reaped(
             std::process::Command::new("sleep")
                 .arg("1000")
@@ -393,13 +395,6 @@ mod tests {
         std::fs::create_dir(&app).unwrap();
         std::os::unix::fs::chown(&app, Some(1001), Some(1001)).unwrap();
         // A "root process" and its root-owned PID file.
-        struct Reaped(std::process::Child);
-        impl Drop for Reaped {
-            fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
         let target = Reaped(
             std::process::Command::new("sleep")
                 .arg("1000")
